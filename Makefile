@@ -1,0 +1,45 @@
+# Latent Diffusion Tutorials. Two commands do everything on a fresh machine:
+#   make run    set up, prepare the data, execute every notebook (default preset)
+#   make test   set up, prepare the data, run the whole test suite (smoke preset)
+# Also: make lab (JupyterLab), make data, make bench, make strip, make clean.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PRESET ?= default
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help setup data run test lab bench strip clean
+
+help:
+	@sed -n '1,6p' Makefile
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+data: setup
+	$(PY) -m helpers.data prepare
+
+run: data
+	$(PY) -m helpers.series --preset $(PRESET)
+
+test: data
+	LDT_PROGRESS=0 $(PY) -m pytest tests
+
+lab: data
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) benchmarks/bench_zoo_training.py
+	$(PY) benchmarks/bench_ddim_sampling.py
+
+strip: setup
+	$(PY) -m helpers.notebooks strip notebooks/*.ipynb
+
+clean:
+	rm -rf artifacts runs outputs .pytest_cache

@@ -1,0 +1,27 @@
+"""Helpers for the Latent Diffusion Tutorials: the notebooks tell the story, this package does the work.
+
+One concept per module; nothing runs on import (no seeding, downloads, threads or
+plot styles until a function is called). Import what a notebook needs::
+
+    from helpers import config, runtime, data, plots
+
+| module        | what it holds                                                       |
+|---------------|---------------------------------------------------------------------|
+| `config`      | presets (`smoke`, `default`, `full`) as data; paths                 |
+| `runtime`     | seeds, device, CPU threads, progress bars, timers                   |
+| `data`        | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as tensors, offline  |
+| `artifacts`   | atomic, safe (safetensors) saving; a cache keyed by config          |
+| `runs`        | run folders and the metrics CSV                                     |
+| `plots`       | the one figure-export function and shared plot helpers              |
+| `animation`   | denoising frames as slider, GIF and static grid                     |
+| `classifiers` | small CNN/MLP classifiers and fast in-memory training               |
+| `weights`     | flatten/unflatten, normalisation, weight datasets, alignment        |
+| `vae`         | the parameter autoencoder / VAE                                     |
+| `diffusion`   | schedules, forward process, DDPM and DDIM samplers, EMA             |
+| `denoisers`   | networks that predict the noise (MLP for vectors, CNN for images)   |
+| `image_ae`    | the cat/dog image autoencoder                                       |
+| `evaluation`  | accuracy, novelty (IoU), baselines, ensembles, fine-tuning          |
+| `series`      | executes the notebooks in order (`make run`)                        |
+"""
+
+__version__ = "0.1.0"

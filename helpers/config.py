@@ -1,0 +1,219 @@
+"""Presets and paths: every knob of the series, as data, in one place.
+
+A *preset* is a named set of settings for every notebook:
+
+| preset    | what it is for                                                        |
+|-----------|-----------------------------------------------------------------------|
+| `smoke`   | tests: every notebook finishes in at most 60 s on a 2-core CPU        |
+| `default` | `make run`: the whole series in at most 25 min on a 2-core CPU        |
+| `full`    | the seeds' own settings (10 CNNs x 10 epochs, latent 512, ...)        |
+
+The preset is chosen by, in this order: the `preset=` argument (a notebook's
+`parameters` cell), the environment variable `LDT_PRESET`, then `"default"`.
+
+Each notebook reads one *section* (``zoo``, ``vae``, ...) with
+:func:`get_config`, which returns a :class:`Config` (a dict with attribute
+access) that a reader may override by keyword::
+
+    cfg = get_config("zoo", preset="smoke", epochs=2)
+
+Paths (all overridable by environment variables, nothing is created on import):
+
+- data: ``$LDT_DATA_DIR`` or ``<repo>/data`` (see :mod:`helpers.data`)
+- outputs root: ``$LDT_OUTPUT_DIR`` or ``<repo>``; under it ``figures/``,
+  ``artifacts/`` (trained models and datasets, keyed by the config that made
+  them) and ``runs/<timestamp>/`` (executed notebooks, ``metrics.csv``).
+  Tests point ``LDT_OUTPUT_DIR`` at a temporary folder, so the committed
+  ``figures/`` are only ever written by a real run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+PRESET_NAMES = ("smoke", "default", "full")
+
+# ---------------------------------------------------------------------------
+# One block per notebook section. Each block maps preset -> settings.
+# ---------------------------------------------------------------------------
+
+# Notebook 00: setup and data.
+SETUP = {
+    "smoke": {"seed": 0, "datasets": ["mnist", "cifar10"], "n_show": 16},
+    "default": {"seed": 0, "datasets": ["mnist", "fashion_mnist", "cifar10"], "n_show": 32},
+    "full": {"seed": 0, "datasets": ["mnist", "fashion_mnist", "cifar10"], "n_show": 64},
+}
+
+# Notebook 01: a zoo of trained CNN classifiers (owned by notebook 01).
+ZOO: dict[str, dict[str, Any]] = {
+    "smoke": {"seed": 0},
+    "default": {"seed": 0},
+    "full": {"seed": 0},
+}
+
+# Notebook 02: the parameter autoencoder / VAE (owned by notebook 02).
+# latent_dim/hidden/n_layers: MLP encoder and decoder sizes; beta: KL weight (0 = plain AE);
+# sigma_in/sigma_z: p-diff's noise augmentation on input and latent (training only);
+# lr_step/lr_gamma: StepLR (multiply the learning rate by lr_gamma every lr_step epochs);
+# n_eval: checkpoints decoded and evaluated on MNIST test (None = all); n_test: test images
+# used (None = all 10,000); n_prior: networks sampled from the prior.
+VAE: dict[str, dict[str, Any]] = {
+    "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
+              "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 30, "batch_size": 32, "lr": 1e-3,
+              "weight_decay": 2e-6, "lr_step": 20, "lr_gamma": 0.3, "eval_every": 5,
+              "n_eval": 16, "n_test": 2000, "n_prior": 8},
+    "default": {"seed": 0, "latent_dim": 64, "hidden": 512, "n_layers": 2, "beta": 1e-4,
+                "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 200, "batch_size": 32, "lr": 1e-3,
+                "weight_decay": 2e-6, "lr_step": 80, "lr_gamma": 0.3, "eval_every": 10,
+                "n_eval": None, "n_test": None, "n_prior": 32},
+    "full": {"seed": 0, "latent_dim": 512, "hidden": 1024, "n_layers": 2, "beta": 1e-4,
+             "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 100, "batch_size": 32, "lr": 1e-3,
+             "weight_decay": 2e-6, "lr_step": 40, "lr_gamma": 0.3, "eval_every": 5,
+             "n_eval": None, "n_test": None, "n_prior": 64},
+}
+
+# Notebook 03: latent diffusion over network weights (owned by notebook 03).
+WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
+    "smoke": {"seed": 0},
+    "default": {"seed": 0},
+    "full": {"seed": 0},
+}
+
+# Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
+CATDOG: dict[str, dict[str, Any]] = {
+    "smoke": {"seed": 0},
+    "default": {"seed": 0},
+    "full": {"seed": 0},
+}
+
+# Notebook 05: evaluation of generated networks (owned by notebook 05).
+# zoo/vae/weight_diffusion_preset: which preset of notebooks 01-03 made the artifacts evaluated;
+# dataset: the zoo's dataset ("mnist", "fashion_mnist", "cifar10"), passed to the ZOO config;
+# n_generated: networks per method (generated and every baseline); n_test: test images (None = all);
+# noise_sigma: checkpoint + N(0, sigma^2) in normalised units (memorisation study: 0.06-0.12);
+# soup_size: checkpoints averaged per soup; ensemble_sizes: members of the growing ensembles;
+# finetune_*: Adam steps, learning rate, batch, evaluation interval, training images (None = all).
+EVALUATION: dict[str, dict[str, Any]] = {
+    "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
+              "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
+              "n_test": 2000, "noise_sigma": 0.1, "soup_size": 16, "ensemble_sizes": [1, 2, 4, 8],
+              "finetune_steps": 20, "finetune_lr": 1e-3, "finetune_batch": 128,
+              "finetune_eval_every": 10, "finetune_n_train": 5000},
+    "default": {"seed": 0, "zoo_preset": "default", "vae_preset": "default",
+                "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
+                "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
+                "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 300, "finetune_lr": 1e-3,
+                "finetune_batch": 128, "finetune_eval_every": 25, "finetune_n_train": None},
+    "full": {"seed": 0, "zoo_preset": "full", "vae_preset": "full",
+             "weight_diffusion_preset": "full", "dataset": "mnist", "n_generated": 20,
+             "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
+             "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 500, "finetune_lr": 1e-3,
+             "finetune_batch": 128, "finetune_eval_every": 25, "finetune_n_train": None},
+}
+
+SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "setup": SETUP,
+    "zoo": ZOO,
+    "vae": VAE,
+    "weight_diffusion": WEIGHT_DIFFUSION,
+    "catdog": CATDOG,
+    "evaluation": EVALUATION,
+}
+
+
+class Config(dict):
+    """A dict whose keys can also be read as attributes (``cfg.epochs``).
+
+    It remembers the preset and section it came from, which are printed by
+    :meth:`show` and kept out of the dict itself so that the dict is exactly
+    the data that made an artifact (see :func:`helpers.artifacts.config_key`).
+    """
+
+    def __init__(self, *args, preset: str = "custom", section: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "preset", preset)
+        object.__setattr__(self, "section", section)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"config section {self.section!r} has no setting {name!r}; "
+                f"it has: {', '.join(sorted(self))}"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __deepcopy__(self, memo):
+        return Config(copy.deepcopy(dict(self), memo), preset=self.preset, section=self.section)
+
+    def show(self) -> str:
+        """Return (and print) a small table of the settings, for the top of a notebook."""
+        width = max((len(k) for k in self), default=0)
+        lines = [f"preset: {self.preset}    section: {self.section}"]
+        lines += [f"  {k:<{width}} = {v!r}" for k, v in self.items()]
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+
+def current_preset(preset: str | None = None) -> str:
+    """Resolve the preset name: argument, then ``$LDT_PRESET``, then ``"default"``."""
+    name = preset or os.environ.get("LDT_PRESET") or "default"
+    if name not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESET_NAMES)}")
+    return name
+
+
+def get_config(section: str, preset: str | None = None, **overrides: Any) -> Config:
+    """Settings of one notebook section in one preset, with keyword overrides.
+
+    An override of a key the section does not have is an error (a typo would
+    otherwise be silently ignored).
+    """
+    if section not in SECTIONS:
+        raise KeyError(f"unknown config section {section!r}: expected one of {', '.join(SECTIONS)}")
+    name = current_preset(preset)
+    values = copy.deepcopy(SECTIONS[section][name])
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise KeyError(
+            f"unknown setting(s) {unknown} for section {section!r}; it has: {', '.join(sorted(values))}"
+        )
+    values.update(overrides)
+    return Config(values, preset=name, section=section)
+
+
+# ---------------------------------------------------------------------------
+# Paths. Functions, not constants, so environment variables set by a test or
+# a notebook's parameters cell take effect.
+# ---------------------------------------------------------------------------
+
+def repo_root() -> Path:
+    """The folder that holds ``helpers/`` and ``notebooks/``."""
+    return Path(__file__).resolve().parent.parent
+
+
+def output_dir() -> Path:
+    """Root for everything a run writes: ``$LDT_OUTPUT_DIR`` or the repository."""
+    return Path(os.environ.get("LDT_OUTPUT_DIR") or repo_root())
+
+
+def figures_dir() -> Path:
+    """Where :func:`helpers.plots.save_figure` writes (``<output>/figures``)."""
+    return output_dir() / "figures"
+
+
+def artifacts_dir() -> Path:
+    """Trained models and datasets: ``$LDT_ARTIFACTS_DIR`` or ``<output>/artifacts``."""
+    return Path(os.environ.get("LDT_ARTIFACTS_DIR") or output_dir() / "artifacts")
+
+
+def runs_dir() -> Path:
+    """Parent of the timestamped run folders (``<output>/runs``)."""
+    return output_dir() / "runs"

@@ -1,0 +1,134 @@
+"""Execute the notebooks in order: what `make run` and the notebook tests do.
+
+    python -m helpers.series                     # every notebook, preset from $LDT_PRESET or "default"
+    python -m helpers.series --preset smoke --only 01 02
+
+Each run gets a folder ``runs/<timestamp>/`` holding the executed notebooks,
+``metrics.csv`` (every headline number, long format ``notebook,name,value,preset``)
+and ``timings.csv``. The notebooks find the folder through ``$LDT_RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import config as _config
+from . import runs as _runs
+
+
+def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks ``notebooks/NN_*.ipynb`` in order (optionally only some numbers)."""
+    paths = sorted((_config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {o.zfill(2) for o in only}
+        paths = [p for p in paths if p.name[:2] in wanted]
+        missing = wanted - {p.name[:2] for p in paths}
+        if missing:
+            raise SystemExit(f"no notebook numbered {', '.join(sorted(missing))} in notebooks/")
+    return paths
+
+
+def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None = None,
+                     timeout: int = 3600, env: dict[str, str] | None = None):
+    """Execute a notebook with nbclient in its own folder; return the executed notebook.
+
+    ``env`` entries are set in this process's environment for the duration of
+    the run, which the kernel inherits. The executed copy (with outputs) is
+    written to ``out_path`` even when a cell fails, then the error is re-raised.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute()
+        finally:
+            if out_path is not None:
+                Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, out_path)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def run_series(preset: str | None = None, only: list[str] | None = None,
+               run_dir: Path | None = None, stop_on_error: bool = True) -> Path:
+    """Execute the notebooks in order into a run folder; print a summary; return the folder."""
+    preset = _config.current_preset(preset)
+    run_dir = Path(run_dir) if run_dir else _runs.new_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {"LDT_PRESET": preset, "LDT_RUN_DIR": str(run_dir.resolve())}
+    print(f"preset {preset} | run folder {run_dir}")
+    timings, failed = [], None
+    total_start = time.perf_counter()
+    for path in notebook_paths(only):
+        print(f"-> {path.name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            execute_notebook(path, run_dir / path.name, env=env)
+            status = "ok"
+        except Exception as exc:  # report which notebook failed, then stop
+            status = f"FAILED: {type(exc).__name__}"
+            failed = (path.name, exc)
+        seconds = time.perf_counter() - start
+        timings.append((path.name, seconds, status))
+        print(f"   {path.name}: {seconds:.1f} s {status}", flush=True)
+        if failed and stop_on_error:
+            break
+    total = time.perf_counter() - total_start
+    with open(run_dir / "timings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["notebook", "seconds", "status", "preset"])
+        for name, sec, status in timings:
+            w.writerow([name, f"{sec:.1f}", status, preset])
+        w.writerow(["TOTAL", f"{total:.1f}", "failed" if failed else "ok", preset])
+    print_summary(run_dir, timings, total)
+    if failed:
+        name, exc = failed
+        raise SystemExit(f"{name} failed; the executed copy with the error is in {run_dir / name}\n{exc}")
+    return run_dir
+
+
+def print_summary(run_dir: Path, timings, total: float) -> None:
+    """Print the timings and every metric of the run."""
+    print("\n=== summary ===")
+    for name, sec, status in timings:
+        print(f"{name:<45} {sec:8.1f} s  {status}")
+    print(f"{'total':<45} {total:8.1f} s ({total / 60:.1f} min)")
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        print("\nmetrics:")
+        for row in _runs.read_metrics(metrics):
+            print(f"  {row['notebook']:>3} {row['name']:<40} {row['value']:10.4g}  ({row['preset']})")
+    print(f"\nexecuted notebooks, metrics.csv and timings.csv: {run_dir}")
+    print(f"figures: {_config.figures_dir()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.series", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=_config.PRESET_NAMES, default=None,
+                        help="preset (default: $LDT_PRESET or 'default')")
+    parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 02")
+    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<timestamp>)")
+    args = parser.parse_args(argv)
+    run_series(args.preset, args.only, args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Config, artifacts, runs, plots and animation: the ground every notebook stands on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import animation, artifacts, config, plots, runs, runtime
+
+
+# --- config -----------------------------------------------------------------
+
+def test_every_section_defines_every_preset_with_the_same_keys():
+    for name, block in config.SECTIONS.items():
+        assert set(block) == set(config.PRESET_NAMES), name
+        keys = {p: set(block[p]) for p in config.PRESET_NAMES}
+        assert keys["smoke"] == keys["default"] == keys["full"], f"{name}: {keys}"
+
+
+def test_preset_resolution_and_errors(monkeypatch):
+    monkeypatch.delenv("LDT_PRESET", raising=False)
+    assert config.current_preset() == "default"
+    monkeypatch.setenv("LDT_PRESET", "smoke")
+    assert config.current_preset() == "smoke"
+    assert config.current_preset("full") == "full"
+    with pytest.raises(ValueError, match="expected one of smoke, default, full"):
+        config.current_preset("fast")
+
+
+def test_get_config_overrides_and_rejects_typos():
+    cfg = config.get_config("zoo", "smoke", seed=7)
+    assert cfg.seed == 7 and cfg.preset == "smoke" and cfg.section == "zoo"
+    # the preset data itself is not mutated by an override
+    assert config.get_config("zoo", "smoke").seed == config.ZOO["smoke"]["seed"] != 7
+    with pytest.raises(KeyError, match="unknown setting"):
+        config.get_config("zoo", "smoke", sede=1)
+    with pytest.raises(AttributeError, match="has no setting 'nope'"):
+        _ = cfg.nope
+
+
+def test_paths_follow_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LDT_OUTPUT_DIR", str(tmp_path))
+    assert config.figures_dir() == tmp_path / "figures"
+    assert config.artifacts_dir() == tmp_path / "artifacts"
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path / "a2"))
+    assert config.artifacts_dir() == tmp_path / "a2"
+
+
+def test_import_has_no_side_effects():
+    code = ("import torch; n = torch.get_num_threads(); s = torch.initial_seed();"
+            "import matplotlib as mpl; r = dict(mpl.rcParams);"
+            "import helpers, helpers.config, helpers.runtime, helpers.artifacts, helpers.runs,"
+            " helpers.plots, helpers.animation, helpers.series, helpers.notebooks;"
+            "assert torch.get_num_threads() == n and torch.initial_seed() == s;"
+            "assert dict(mpl.rcParams) == r; print('clean')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stderr
+
+
+# --- runtime ------------------------------------------------------------------
+
+def test_seed_everything_is_deterministic():
+    g1 = runtime.seed_everything(3)
+    a = torch.randn(4), torch.randn(4, generator=g1), np.random.rand(2)
+    g2 = runtime.seed_everything(3)
+    b = torch.randn(4), torch.randn(4, generator=g2), np.random.rand(2)
+    for x, y in zip(a, b):
+        assert np.allclose(np.asarray(x), np.asarray(y))
+
+
+# --- artifacts ----------------------------------------------------------------
+
+def test_config_key_is_order_independent_and_sensitive():
+    assert artifacts.config_key({"a": 1, "b": 2}) == artifacts.config_key({"b": 2, "a": 1})
+    assert artifacts.config_key({"a": 1}) != artifacts.config_key({"a": 2})
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_write(target) as f:
+            f.write(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_save_load_tensors_round_trip_and_errors(tmp_path):
+    path = tmp_path / "t.safetensors"
+    artifacts.save_tensors(path, {"w": torch.arange(6.0).reshape(2, 3)}, {"spec": {"arch": "cnn"}, "n": 3})
+    tensors, meta = artifacts.load_tensors(path)
+    assert torch.equal(tensors["w"], torch.arange(6.0).reshape(2, 3))
+    assert meta == {"spec": {"arch": "cnn"}, "n": 3}
+    with pytest.raises(artifacts.ArtifactError, match="not found.*run notebook 01"):
+        artifacts.load_tensors(tmp_path / "missing.safetensors", hint="run notebook 01")
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(artifacts.ArtifactError, match="corrupted"):
+        artifacts.load_tensors(path)
+
+
+def test_cached_builds_once_and_rebuilds_corrupted(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
+    calls = []
+
+    def build():
+        calls.append(1)
+        return torch.ones(3)
+
+    save = lambda obj, p: artifacts.save_tensors(p, {"x": obj})
+    load = lambda p: artifacts.load_tensors(p)[0]["x"]
+    cfg = {"seed": 0}
+    artifacts.cached("thing", cfg, build, save, load, verbose=False)
+    artifacts.cached("thing", cfg, build, save, load, verbose=False)
+    assert len(calls) == 1
+    artifacts.artifact_path("thing", cfg).write_bytes(b"garbage")
+    out = artifacts.cached("thing", cfg, build, save, load, verbose=False)
+    assert len(calls) == 2 and torch.equal(out, torch.ones(3))
+    artifacts.cached("thing", {"seed": 1}, build, save, load, verbose=False)
+    assert len(calls) == 3
+
+
+# --- runs ---------------------------------------------------------------------
+
+def test_log_metric_writes_long_format(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("LDT_PRESET", "smoke")
+    runs.log_metric("01", "zoo_mean_test_acc", 97.5, verbose=False)
+    runs.log_metric("02", "recon_acc_drop_pp", 0.25, verbose=False)
+    text = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert text[0] == "notebook,name,value,preset"
+    rows = runs.read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [(r["notebook"], r["name"], r["value"], r["preset"]) for r in rows] == [
+        ("01", "zoo_mean_test_acc", 97.5, "smoke"), ("02", "recon_acc_drop_pp", 0.25, "smoke")]
+
+
+# --- plots and animation ------------------------------------------------------
+
+def _figure(seed=0):
+    import matplotlib
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(seed)
+    return plots.line_plot({"loss": rng.random(10).tolist(), "ema": rng.random(10).tolist()})
+
+
+def test_save_figure_writes_png_and_pdf_with_stable_bytes(tmp_path):
+    a = plots.save_figure(_figure(), "fig", directory=tmp_path / "a")
+    b = plots.save_figure(_figure(), "fig", directory=tmp_path / "b")
+    assert [p.suffix for p in a] == [".png", ".pdf"]
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes(), pa.name
+    assert a[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and a[1].read_bytes()[:5] == b"%PDF-"
+
+
+def test_save_figure_defaults_to_output_dir_not_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_OUTPUT_DIR", str(tmp_path))
+    (path, _) = plots.save_figure(_figure(), "x")
+    assert path == tmp_path / "figures" / "x.png"
+
+
+def test_image_grid_accepts_nchw_and_nhwc():
+    import matplotlib
+    matplotlib.use("Agg")
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    assert plots.to_numpy_images(x).shape == (6, 8, 8, 3)
+    assert plots.to_numpy_images(x.permute(0, 2, 3, 1).numpy()).shape == (6, 8, 8, 3)
+    with pytest.raises(ValueError, match="expected images"):
+        plots.to_numpy_images(np.zeros((2, 2)))
+    assert plots.image_grid(x, nrow=3) is not None
+
+
+def test_gif_has_every_frame_and_slider_shows_them(tmp_path):
+    frames = [np.full((10, 12, 3), i * 40, np.uint8) for i in range(6)]
+    path = animation.write_gif(frames, "run", directory=tmp_path)
+    assert animation.gif_frame_count(path) == 6
+    s = animation.frame_slider(frames, [f"t = {i}" for i in range(6)])
+    first = s.image.value
+    s.slider.value = 4
+    assert s.label.value == "<b>t = 4</b>" and s.image.value != first
+    with pytest.raises(ValueError, match="6 frames but 2 captions"):
+        animation.frame_slider(frames, ["a", "b"])
+    with pytest.raises(ValueError, match="one shape"):
+        animation.write_gif(frames + [np.zeros((3, 3, 3), np.uint8)], "bad", directory=tmp_path)

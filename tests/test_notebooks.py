@@ -1,0 +1,81 @@
+"""Every notebook runs end to end in the smoke preset, in order, and logs its headline numbers.
+
+The notebooks share one temporary output folder, so later notebooks reuse the
+artifacts of earlier ones (as in `make run`); each also rebuilds what it needs
+when run alone. Timings are recorded in the run folder's timings and printed
+by pytest's ``--durations``; the smoke budget (60 s a notebook) is checked in
+the README's measured table, not asserted here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import notebooks, runs, series
+
+NOTEBOOKS = series.notebook_paths()
+
+# Headline numbers each notebook must log (issue bars); checked after it runs.
+EXPECTED_METRICS = {
+    "01": ["zoo_mean_test_acc"],
+    "02": ["recon_acc_drop_pp"],
+    "03": ["train_median_acc", "generated_median_acc", "generated_frac_above_95"],
+    "04": ["catdog_real_test_acc", "catdog_class_consistency_guided"],
+    "05": [f"eval_{m}_{k}" for m in ("generated", "noise", "soup", "gaussian", "vae_prior", "direct")
+           for k in ("mean_acc", "max_iou")],
+}
+
+
+@pytest.fixture(scope="module")
+def shared_outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("series")
+
+
+def test_notebooks_exist_and_are_numbered():
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert numbers[:1] == ["00"], numbers
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_committed_without_outputs(path):
+    assert notebooks.dirty_cells(path) == [], f"{path.name} carries outputs; run `make strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_has_parameters_cell(path):
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}"
+    assert "PRESET" in tagged[0].source
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes_in_smoke(path, shared_outputs):
+    out = shared_outputs
+    run_dir = out / "runs" / "test"
+    env = {"LDT_PRESET": "smoke", "LDT_OUTPUT_DIR": str(out), "LDT_RUN_DIR": str(run_dir),
+           "LDT_PROGRESS": "0"}
+    series.execute_notebook(path, run_dir / path.name, timeout=600, env=env)
+    number = path.name[:2]
+    expected = EXPECTED_METRICS.get(number, [])
+    if expected:
+        rows = [r for r in runs.read_metrics(run_dir / "metrics.csv") if r["notebook"] == number]
+        logged = {r["name"]: r["value"] for r in rows}
+        missing = [m for m in expected if m not in logged]
+        assert not missing, f"{path.name} did not log {missing}; logged {sorted(logged)}"
+        assert all(r["preset"] == "smoke" for r in rows)
+        assert all(math.isfinite(logged[m]) for m in expected), logged
+    # Figures go to the temporary output folder, never the committed figures/.
+    assert not any(p.stat().st_mtime > _START for p in (Path(__file__).parents[1] / "figures").glob("*")), \
+        "a smoke run wrote into the committed figures/ folder"
+
+
+_START = __import__("time").time()
