@@ -18,10 +18,13 @@ plot styles until a function is called). Import what a notebook needs::
 | `weights`     | flatten/unflatten, normalisation, weight datasets, alignment        |
 | `vae`         | the parameter autoencoder / VAE                                     |
 | `diffusion`   | schedules, forward process, DDPM and DDIM samplers, EMA             |
-| `denoisers`   | networks that predict the noise (MLP for vectors, CNN for images)   |
-| `image_ae`    | the cat/dog image autoencoder                                       |
+| `denoisers`   | networks that predict the noise (residual MLP, time/class/scalar)  |
+| `generation`  | the weight generator: diffusion on VAE latents, direct baseline     |
+| `image_ae`    | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
+| `image_eval`  | honest image metrics: judge classifier, feature FD, nearest copies  |
 | `evaluation`  | accuracy, novelty (IoU), baselines, ensembles, fine-tuning          |
 | `series`      | executes the notebooks in order (`make run`)                        |
+| `notebooks`   | notebook hygiene: check and strip outputs                           |
 """
 
 __version__ = "0.1.0"

@@ -48,10 +48,22 @@ SETUP = {
 }
 
 # Notebook 01: a zoo of trained CNN classifiers (owned by notebook 01).
+# Independent runs (trained together), aligned to run 0, then a trajectory of
+# checkpoints per run; see helpers.weights.build_zoo for the meaning of each key.
+_ZOO_COMMON: dict[str, Any] = {
+    "seed": 0, "dataset": "mnist", "arch": "cnn", "spec": None,
+    "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
+    "align": True, "val_size": 5000, "train_subset": None, "test_subset": None,
+    "interp_points": 11, "threads": 1,
+}
 ZOO: dict[str, dict[str, Any]] = {
-    "smoke": {"seed": 0},
-    "default": {"seed": 0},
-    "full": {"seed": 0},
+    "smoke": {**_ZOO_COMMON, "n_runs": 2, "epochs": 1, "trajectory_epochs": 0.5,
+              "checkpoints_per_run": 10, "min_val_acc": 0.0, "train_subset": 8000,
+              "test_subset": 2000, "interp_points": 5},
+    "default": {**_ZOO_COMMON, "n_runs": 4, "epochs": 5, "trajectory_epochs": 1,
+                "checkpoints_per_run": 50, "min_val_acc": 97.5},
+    "full": {**_ZOO_COMMON, "n_runs": 10, "epochs": 10, "trajectory_epochs": 1,
+             "checkpoints_per_run": 30, "min_val_acc": 97.5},
 }
 
 # Notebook 02: the parameter autoencoder / VAE (owned by notebook 02).
@@ -62,12 +74,12 @@ ZOO: dict[str, dict[str, Any]] = {
 # used (None = all 10,000); n_prior: networks sampled from the prior.
 VAE: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
-              "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 30, "batch_size": 32, "lr": 1e-3,
-              "weight_decay": 2e-6, "lr_step": 20, "lr_gamma": 0.3, "eval_every": 5,
+              "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,
+              "weight_decay": 2e-6, "lr_step": 35, "lr_gamma": 0.3, "eval_every": 5,
               "n_eval": 16, "n_test": 2000, "n_prior": 8},
-    "default": {"seed": 0, "latent_dim": 64, "hidden": 512, "n_layers": 2, "beta": 1e-4,
-                "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 200, "batch_size": 32, "lr": 1e-3,
-                "weight_decay": 2e-6, "lr_step": 80, "lr_gamma": 0.3, "eval_every": 10,
+    "default": {"seed": 0, "latent_dim": 64, "hidden": 256, "n_layers": 2, "beta": 1e-4,
+                "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 60, "batch_size": 32, "lr": 1e-3,
+                "weight_decay": 2e-6, "lr_step": 25, "lr_gamma": 0.3, "eval_every": 5,
                 "n_eval": None, "n_test": None, "n_prior": 32},
     "full": {"seed": 0, "latent_dim": 512, "hidden": 1024, "n_layers": 2, "beta": 1e-4,
              "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 100, "batch_size": 32, "lr": 1e-3,
@@ -76,17 +88,71 @@ VAE: dict[str, dict[str, Any]] = {
 }
 
 # Notebook 03: latent diffusion over network weights (owned by notebook 03).
+# schedule/T: noise schedule ("linear" or "cosine") and number of diffusion steps;
+# hidden/n_blocks/time_dim/dropout: the MLPDenoiser; conditional: condition on the
+# checkpoint's test accuracy (scalar, standardised), dropped with probability p_uncond
+# (classifier-free guidance); train_steps/batch_size/lr/weight_decay/warmup_steps/
+# lr_schedule/ema_decay: the trainer; ddim_steps/eta/clip_x0: the DDIM sampler (clip_x0
+# bounds the predicted standardised latent, None = off); n_generated: networks sampled for
+# the headline numbers; n_test: MNIST test images used (None = all 10,000);
+# direct_*: the same diffusion on the normalised raw weight vectors (no autoencoder;
+# direct_input_skip adds g(t) x_t to the denoiser's output, see helpers.denoisers);
+# cond_quantiles: requested accuracies for accuracy-conditioned generation, as quantiles of
+# the zoo's test accuracies (so they fit any zoo), n_per_target networks each, guidance
+# weight w; gif_fps: the denoising GIF.
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
-    "smoke": {"seed": 0},
-    "default": {"seed": 0},
-    "full": {"seed": 0},
+    "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
+              "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
+              "train_steps": 300, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0,
+              "warmup_steps": 20, "lr_schedule": "cosine", "ema_decay": 0.99,
+              "ddim_steps": 10, "eta": 0.0, "clip_x0": 5.0, "n_generated": 8, "n_test": 2000,
+              "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 1, "direct_train_steps": 100,
+              "direct_lr": 1e-3, "cond_quantiles": [0.1, 0.5, 0.9], "n_per_target": 4,
+              "guidance": 2.0, "gif_fps": 6},
+    "default": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 256, "n_blocks": 2,
+                "time_dim": 64, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
+                "train_steps": 3000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
+                "warmup_steps": 100, "lr_schedule": "cosine", "ema_decay": 0.999,
+                "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
+                "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 2, "direct_train_steps": 1500,
+                "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
+                "guidance": 2.0, "gif_fps": 8},
+    "full": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 512, "n_blocks": 4,
+             "time_dim": 128, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
+             "train_steps": 20000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
+             "warmup_steps": 500, "lr_schedule": "cosine", "ema_decay": 0.9995,
+             "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
+             "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
+             "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
+             "guidance": 2.0, "gif_fps": 8},
 }
 
 # Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
+# ae_*: the image autoencoder (helpers.image_ae); clf_*: the independent judge
+# (helpers.image_eval); den_*: the latent denoiser; then sampling and evaluation.
+# n_train None = all 10,000 training images.
+_CATDOG_DEFAULT: dict[str, Any] = {
+    "seed": 0, "n_train": None,
+    "ae_channels": [16, 32, 64], "latent_dim": 128, "ae_epochs": 6, "ae_batch_size": 128,
+    "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05, "ae_latent_noise": 0.1,
+    "clf_channels": [16, 32, 64], "clf_epochs": 8, "clf_batch_size": 128, "clf_lr": 3e-3,
+    "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 3000,
+    "den_batch_size": 256, "den_lr": 1e-3, "den_ema": 0.999, "den_p_uncond": 0.15,
+    "T": 1000, "schedule": "cosine",
+    "ddim_steps": 50, "guidance": 3.0, "eta": 0.0, "n_eval_per_class": 500,
+    "sweep_steps": [10, 25, 50, 100], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 5.0],
+    "tsne_points": 600, "tsne_every": 3, "n_show": 16, "gif_fps": 8,
+}
 CATDOG: dict[str, dict[str, Any]] = {
-    "smoke": {"seed": 0},
-    "default": {"seed": 0},
-    "full": {"seed": 0},
+    "smoke": {**_CATDOG_DEFAULT, "n_train": 1000, "ae_channels": [8, 16, 32], "latent_dim": 64,
+              "ae_epochs": 1, "clf_channels": [8, 16, 32], "clf_epochs": 1, "den_hidden": 128,
+              "den_blocks": 2, "den_steps": 150, "T": 200, "ddim_steps": 10,
+              "n_eval_per_class": 100, "sweep_steps": [5, 10], "guidance_sweep": [0.0, 3.0],
+              "tsne_points": 200, "tsne_every": 1, "n_show": 8},
+    "default": dict(_CATDOG_DEFAULT),
+    "full": {**_CATDOG_DEFAULT, "ae_channels": [32, 64, 128], "ae_epochs": 40,
+             "clf_channels": [32, 64, 128], "clf_epochs": 30, "den_hidden": 1024, "den_blocks": 4,
+             "den_steps": 30000, "den_ema": 0.9995, "tsne_points": 2000, "tsne_every": 5},
 }
 
 # Notebook 05: evaluation of generated networks (owned by notebook 05).
@@ -100,18 +166,18 @@ EVALUATION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
               "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
               "n_test": 2000, "noise_sigma": 0.1, "soup_size": 16, "ensemble_sizes": [1, 2, 4, 8],
-              "finetune_steps": 20, "finetune_lr": 1e-3, "finetune_batch": 128,
-              "finetune_eval_every": 10, "finetune_n_train": 5000},
+              "finetune_steps": 10, "finetune_lr": 1e-3, "finetune_batch": 128,
+              "finetune_eval_every": 5, "finetune_n_train": 2000},
     "default": {"seed": 0, "zoo_preset": "default", "vae_preset": "default",
                 "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
                 "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
                 "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 300, "finetune_lr": 1e-3,
-                "finetune_batch": 128, "finetune_eval_every": 25, "finetune_n_train": None},
+                "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None},
     "full": {"seed": 0, "zoo_preset": "full", "vae_preset": "full",
              "weight_diffusion_preset": "full", "dataset": "mnist", "n_generated": 20,
              "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
              "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 500, "finetune_lr": 1e-3,
-             "finetune_batch": 128, "finetune_eval_every": 25, "finetune_n_train": None},
+             "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None},
 }
 
 SECTIONS: dict[str, dict[str, dict[str, Any]]] = {

@@ -1,0 +1,666 @@
+"""Network weights as data: flat vectors, their normalisation, datasets of them, alignment.
+
+A network of architecture ``spec`` (see :mod:`helpers.classifiers`) has
+parameter tensors :math:`W_1, b_1, \\dots` with a fixed order
+(:func:`param_shapes`). Concatenating them gives one vector
+:math:`\\theta \\in \\mathbb{R}^D`, the unit a weight generator learns from:
+
+- :func:`flatten` / :func:`unflatten`: state dict <-> vector, exact, with
+  errors that say what was expected and what was found;
+- :class:`Normalizer`: each parameter tensor standardised with one mean and
+  std over all checkpoints (as p-diff does), stored with the model that uses it;
+- :class:`WeightDataset`: N vectors, the spec, per-checkpoint metrics and the
+  config that made them, saved as safetensors with JSON metadata;
+- :func:`build_zoo` / :func:`build_or_load_zoo`: train the zoo (independent
+  runs, then a trajectory of checkpoints per run) or load it from artifacts;
+- :func:`align_to_reference`: *weight matching*. Hidden units of a layer can
+  be permuted without changing the function: with a permutation matrix
+  :math:`P_l` on layer l's outputs, :math:`W_l \\to P_l W_l P_{l-1}^\\top`,
+  :math:`b_l \\to P_l b_l` gives the same network. Two independently trained
+  networks are thus compared in arbitrary unit orders. Weight matching
+  (Ainsworth et al., "Git Re-Basin", 2023) picks the :math:`P_l` that maximise
+  :math:`\\sum_l \\langle W^A_l, P_l W^B_l P_{l-1}^\\top \\rangle`, one layer at a
+  time, each step a linear assignment problem
+  (``scipy.optimize.linear_sum_assignment``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from . import artifacts
+from . import classifiers as _clf
+
+FORMAT = "ldt-weight-dataset/1"
+METRIC_KEYS = ("run_seed", "epoch", "step", "train_loss", "test_acc")
+
+
+# ---------------------------------------------------------------------------
+# Flat vectors
+# ---------------------------------------------------------------------------
+
+def param_shapes(spec: Mapping) -> list[tuple[str, tuple[int, ...]]]:
+    """``[(name, shape), ...]`` of a spec's parameters, in flattening order."""
+    return _clf.param_shapes(spec)
+
+
+def _check_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Mapping) -> None:
+    """Raise ValueError naming the first parameter whose name or shape does not match ``spec``."""
+    expected = param_shapes(spec)
+    names = [n for n, _ in expected]
+    for name, shape in expected:
+        if name not in state_dict:
+            raise ValueError(
+                f"state dict has no parameter {name!r} (expected shape {tuple(shape)}) "
+                f"for spec {_clf.describe(spec)}; found parameters {sorted(state_dict)}")
+        found = tuple(state_dict[name].shape)
+        if found != tuple(shape):
+            raise ValueError(
+                f"parameter {name!r}: expected shape {tuple(shape)} for spec {_clf.describe(spec)}, "
+                f"found {found}")
+    extra = sorted(set(state_dict) - set(names))
+    if extra:
+        raise ValueError(f"state dict has unexpected parameter(s) {extra} for spec "
+                         f"{_clf.describe(spec)}; expected exactly {names}")
+
+
+def flatten(state_dict: Mapping[str, torch.Tensor], spec: Mapping | None = None) -> torch.Tensor:
+    """:math:`\\theta = [\\mathrm{vec}(W_1), b_1, \\mathrm{vec}(W_2), \\dots]`: a float32 vector (D,).
+
+    With ``spec`` the names and shapes are checked and the spec's order is
+    used; without it, the state dict's own order.
+    """
+    if spec is not None:
+        _check_state_dict(state_dict, spec)
+        names = [n for n, _ in param_shapes(spec)]
+    else:
+        names = list(state_dict)
+    return torch.cat([state_dict[n].detach().reshape(-1).to(torch.float32) for n in names])
+
+
+def unflatten(vector: torch.Tensor, spec: Mapping) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`flatten`: vector (..., D) -> {name: tensor (..., *shape)}.
+
+    Leading dimensions are kept, so a (K, D) batch gives stacked parameters.
+    The tensors are views of ``vector`` (no copy).
+    """
+    shapes = param_shapes(spec)
+    d = sum(math.prod(s) for _, s in shapes)
+    vector = torch.as_tensor(vector)
+    if vector.ndim == 0 or vector.shape[-1] != d:
+        found = "a scalar" if vector.ndim == 0 else f"{vector.shape[-1]} (shape {tuple(vector.shape)})"
+        raise ValueError(f"expected D={d} parameters for {_clf.describe(spec)}, got {found}")
+    lead = tuple(vector.shape[:-1])
+    out, i = {}, 0
+    for name, shape in shapes:
+        n = math.prod(shape)
+        out[name] = vector[..., i:i + n].reshape(lead + tuple(shape))
+        i += n
+    return out
+
+
+def load_into_model(vector: torch.Tensor, spec: Mapping) -> torch.nn.Module:
+    """A :class:`helpers.classifiers.Classifier` of ``spec`` with the weights ``vector`` (D,)."""
+    model = _clf.build_model(spec)
+    model.load_state_dict({k: v.clone() for k, v in unflatten(vector, spec).items()})
+    model.eval()
+    return model
+
+
+def state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters of a model as a detached state dict (no buffers)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------
+
+class Normalizer:
+    """Per-parameter-tensor standardisation: :math:`z = (\\theta - \\mu_t) / \\sigma_t`.
+
+    For each parameter tensor t (e.g. ``conv0.weight``) one mean :math:`\\mu_t`
+    and one std :math:`\\sigma_t` over all N checkpoints and all entries of that
+    tensor. Layers of very different scale then contribute alike to a loss.
+    :meth:`state` returns tensors to save beside the model that uses them.
+    """
+
+    def __init__(self, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 sizes: torch.Tensor | None = None):
+        self.mean, self.std, self.sizes = mean, std, sizes
+
+    def fit(self, vectors: torch.Tensor, spec: Mapping, eps: float = 1e-8) -> "Normalizer":
+        """Fit :math:`\\mu_t, \\sigma_t` on ``vectors`` (N, D) of architecture ``spec``."""
+        parts = unflatten(torch.as_tensor(vectors, dtype=torch.float32), spec)
+        self.mean = torch.stack([p.mean() for p in parts.values()])
+        self.std = torch.stack([p.std(unbiased=False).clamp_min(eps) for p in parts.values()])
+        self.sizes = torch.tensor([math.prod(s) for _, s in param_shapes(spec)], dtype=torch.long)
+        return self
+
+    def _expanded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mean is None:
+            raise RuntimeError("Normalizer is not fitted: call fit(vectors, spec) or from_state(...)")
+        return (torch.repeat_interleave(self.mean, self.sizes),
+                torch.repeat_interleave(self.std, self.sizes))
+
+    def _check(self, v: torch.Tensor) -> None:
+        d = int(self.sizes.sum())
+        if v.shape[-1] != d:
+            raise ValueError(f"Normalizer was fitted on D={d} parameters, got vectors of length {v.shape[-1]}")
+
+    def normalize(self, v: torch.Tensor) -> torch.Tensor:
+        """:math:`z = (\\theta - \\mu) / \\sigma`, for v of shape (..., D)."""
+        mu, sd = self._expanded()
+        self._check(v)
+        return (v - mu) / sd
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """:math:`\\theta = z \\sigma + \\mu`, for z of shape (..., D)."""
+        mu, sd = self._expanded()
+        self._check(z)
+        return z * sd + mu
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``{"mean", "std", "sizes"}`` tensors (per parameter tensor), to save with a model."""
+        self._expanded()
+        return {"mean": self.mean.clone(), "std": self.std.clone(), "sizes": self.sizes.clone()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor]) -> "Normalizer":
+        """Rebuild a fitted Normalizer from :meth:`state` (keys may carry a prefix stripped by the caller)."""
+        missing = [k for k in ("mean", "std", "sizes") if k not in state]
+        if missing:
+            raise ValueError(f"Normalizer state needs 'mean', 'std', 'sizes'; missing {missing}")
+        return cls(state["mean"].float(), state["std"].float(), state["sizes"].long())
+
+
+# ---------------------------------------------------------------------------
+# The weight dataset
+# ---------------------------------------------------------------------------
+
+@dataclass
+class WeightDataset:
+    """N flattened networks of one architecture, with what is known about each.
+
+    - ``vectors``: float32 (N, D), aligned to run 0 when ``config["align"]``;
+    - ``spec``: the architecture (see :mod:`helpers.classifiers`);
+    - ``metrics``: one dict per checkpoint with run_seed, epoch, step,
+      train_loss, test_acc (and run, phase);
+    - ``config``: the zoo config that made it;
+    - ``run_vectors``: (R, D) the unaligned end of each run's pre-training
+      (the "independent networks" way of collecting), optional;
+    - ``loss_curves``: (R, steps) per-step training loss of each run, optional.
+    """
+
+    vectors: torch.Tensor
+    spec: dict
+    metrics: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    run_vectors: torch.Tensor | None = None
+    loss_curves: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
+        d = _clf.count_params(self.spec)
+        if self.vectors.ndim != 2 or self.vectors.shape[1] != d:
+            raise ValueError(f"expected vectors of shape (N, D={d}) for {_clf.describe(self.spec)}, "
+                             f"got {tuple(self.vectors.shape)}")
+        if self.metrics and len(self.metrics) != self.vectors.shape[0]:
+            raise ValueError(f"{len(self.metrics)} metric rows for {self.vectors.shape[0]} vectors")
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """D, the number of parameters per network."""
+        return self.vectors.shape[1]
+
+    def column(self, key: str) -> torch.Tensor:
+        """One metric over all checkpoints as a float64 tensor (N,)."""
+        return torch.tensor([float(m[key]) for m in self.metrics], dtype=torch.float64)
+
+    @property
+    def test_acc(self) -> torch.Tensor:
+        """Test accuracy of every checkpoint, in % (N,)."""
+        return self.column("test_acc")
+
+    @property
+    def run_seed(self) -> torch.Tensor:
+        """Seed of the run each checkpoint comes from (N,)."""
+        return self.column("run_seed").long()
+
+    def state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Checkpoint ``i`` as a state dict."""
+        return {k: v.clone() for k, v in unflatten(self.vectors[i], self.spec).items()}
+
+    def model(self, i: int) -> torch.nn.Module:
+        """Checkpoint ``i`` as a ready-to-use model."""
+        return load_into_model(self.vectors[i], self.spec)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a safetensors file: the tensors, and spec/shapes/metrics/config as JSON metadata."""
+        tensors = {"vectors": self.vectors}
+        if self.run_vectors is not None:
+            tensors["run_vectors"] = self.run_vectors
+        if self.loss_curves is not None:
+            tensors["loss_curves"] = self.loss_curves
+        meta = {"format": FORMAT, "spec": self.spec, "D": self.dim,
+                "param_shapes": [[n, list(s)] for n, s in param_shapes(self.spec)],
+                "metrics": self.metrics, "config": dict(self.config)}
+        return artifacts.save_tensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | Path, spec: Mapping | None = None) -> "WeightDataset":
+        """Read a file written by :meth:`save`, checking it is self-consistent.
+
+        With ``spec`` the stored architecture must equal it. Every mismatch
+        raises :class:`helpers.artifacts.ArtifactError` saying what was
+        expected and what was found.
+        """
+        tensors, meta = artifacts.load_tensors(
+            path, hint="Delete it and run notebooks/01_weight_dataset.ipynb to rebuild it.")
+        if meta.get("format") != FORMAT or "vectors" not in tensors:
+            raise artifacts.ArtifactError(
+                f"{path} is not a weight dataset: expected format {FORMAT!r} with a 'vectors' "
+                f"tensor, found format {meta.get('format')!r} and tensors {sorted(tensors)}")
+        stored = meta["spec"]
+        if spec is not None and dict(spec) != stored:
+            raise artifacts.ArtifactError(
+                f"{path} holds networks of architecture {_clf.describe(stored)}, "
+                f"expected {_clf.describe(spec)}")
+        d = _clf.count_params(stored)
+        shapes = [[n, list(s)] for n, s in param_shapes(stored)]
+        v = tensors["vectors"]
+        if meta.get("D") != d or meta.get("param_shapes") != shapes or v.ndim != 2 or v.shape[1] != d:
+            raise artifacts.ArtifactError(
+                f"{path}: expected D={d} parameters {shapes} for {_clf.describe(stored)}, "
+                f"found D={meta.get('D')}, vectors of shape {tuple(v.shape)}")
+        if len(meta.get("metrics", [])) != v.shape[0]:
+            raise artifacts.ArtifactError(
+                f"{path}: expected one metrics row per vector ({v.shape[0]}), "
+                f"found {len(meta.get('metrics', []))}")
+        return cls(v, stored, meta["metrics"], meta.get("config", {}),
+                   tensors.get("run_vectors"), tensors.get("loss_curves"))
+
+    def table(self, max_rows: int = 12) -> str:
+        """A markdown table of the metadata (first and last rows, with an ellipsis)."""
+        cols = ["#"] + [k for k in ("run_seed", "phase", "epoch", "step", "train_loss", "test_acc")
+                        if not self.metrics or k in self.metrics[0]]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        n = len(self.metrics)
+        rows = list(range(n)) if n <= max_rows else list(range(max_rows // 2)) + [-1] + \
+            list(range(n - max_rows // 2, n))
+        for i in rows:
+            if i < 0:
+                lines.append("| " + " | ".join(["..."] * len(cols)) + " |")
+                continue
+            m = self.metrics[i]
+            cells = [str(i)]
+            for k in cols[1:]:
+                v = m[k]
+                cells.append(f"{v:.4f}" if k == "train_loss" else f"{v:.2f}" if k == "test_acc"
+                             else f"{v:g}" if isinstance(v, float) else str(v))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Alignment by weight matching
+# ---------------------------------------------------------------------------
+
+def _layers(spec: Mapping) -> list[tuple[str, str]]:
+    """``(weight name, bias name)`` of every layer, in forward order."""
+    names = [n for n, _ in param_shapes(spec)]
+    return [(names[i], names[i + 1]) for i in range(0, len(names), 2)]
+
+
+def _as_units(w: torch.Tensor, n_in: int) -> torch.Tensor:
+    """View a weight as (out units, in units, rest): conv (o, i, k, k) or fc (o, i) or
+    the first fc after the convs, (o, C*H*W) -> (o, C, H*W)."""
+    return w.reshape(w.shape[0], n_in, -1)
+
+
+def _in_units(spec: Mapping) -> list[int]:
+    """Number of input *units* (channels or features) of each layer."""
+    out, prev = [], None
+    for (w_name, _), (_, shape) in zip(_layers(spec), param_shapes(spec)[::2]):
+        out.append(shape[1] if prev is None or len(shape) == 4 else prev)
+        prev = shape[0]
+    return out
+
+
+def permute(state_dict: Mapping[str, torch.Tensor], perms: list[torch.Tensor], spec: Mapping) -> dict:
+    """Apply hidden-unit permutations: :math:`W_l \\to P_l W_l P_{l-1}^\\top,\\ b_l \\to P_l b_l`.
+
+    ``perms[l]`` (a LongTensor) lists, for each new position, the old unit of
+    layer l's output; there is one per hidden layer (not for the logits).
+    The permuted network computes the same function.
+    """
+    layers, n_in = _layers(spec), _in_units(spec)
+    out = {k: v.clone() for k, v in state_dict.items()}
+    for l, (w_name, b_name) in enumerate(layers):
+        w = _as_units(state_dict[w_name], n_in[l])
+        if l < len(perms):
+            w = w[perms[l]]
+            out[b_name] = state_dict[b_name][perms[l]].clone()
+        if l > 0:
+            w = w[:, perms[l - 1]]
+        out[w_name] = w.reshape(state_dict[w_name].shape).clone()
+    return out
+
+
+def weight_matching(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
+                    spec: Mapping, max_iter: int = 100, seed: int = 0) -> list[torch.Tensor]:
+    """Permutations that align ``other`` (B) to ``reference`` (A), by coordinate ascent.
+
+    For hidden layer l, with the other permutations fixed, the terms of
+    :math:`\\sum_l \\langle W^A_l, P_l W^B_l P_{l-1}^\\top \\rangle` that involve
+    :math:`P_l` are :math:`\\langle P_l, S_l \\rangle` with the similarity
+    :math:`S_l[i, j] = \\langle W^A_l[i], (W^B_l P_{l-1}^\\top)[j] \\rangle + b^A_l[i] b^B_l[j]
+    + \\langle W^A_{l+1}[:, i], (P_{l+1} W^B_{l+1})[:, j] \\rangle`,
+    maximised exactly by ``linear_sum_assignment``. Layers are visited in random
+    order until no permutation changes.
+    """
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    layers, n_in = _layers(spec), _in_units(spec)
+    n_hidden = len(layers) - 1
+    A = [(_as_units(reference[w], n_in[l]).double(), reference[b].double()) for l, (w, b) in enumerate(layers)]
+    B = [(_as_units(other[w], n_in[l]).double(), other[b].double()) for l, (w, b) in enumerate(layers)]
+    perms = [torch.arange(A[l][0].shape[0]) for l in range(n_hidden)]
+    rng = np.random.default_rng(seed)
+    for _ in range(max_iter):
+        changed = False
+        for l in rng.permutation(n_hidden):
+            wa, ba = A[l]
+            wb, bb = B[l]
+            if l > 0:
+                wb = wb[:, perms[l - 1]]
+            # S[i, j] = <W^A_l[i], W^B_l[j]> + b^A_l[i] b^B_l[j]   (inputs already permuted)
+            s = wa.flatten(1) @ wb.flatten(1).T + ba[:, None] * bb[None, :]
+            wa_next, _ = A[l + 1]
+            wb_next, _ = B[l + 1]
+            if l + 1 < n_hidden:
+                wb_next = wb_next[perms[l + 1]]
+            # + <W^A_{l+1}[:, i], W^B_{l+1}[:, j]> over outputs and the rest
+            s = s + torch.einsum("oir,ojr->ij", wa_next, wb_next)
+            _, cols = linear_sum_assignment(s.numpy(), maximize=True)
+            new = torch.as_tensor(cols, dtype=torch.long)
+            if not torch.equal(new, perms[l]):
+                # accept only improvements (ties keep the old permutation)
+                old_score = s[torch.arange(len(new)), perms[l]].sum()
+                new_score = s[torch.arange(len(new)), new].sum()
+                if new_score > old_score + 1e-12:
+                    perms[l] = new
+                    changed = True
+        if not changed:
+            break
+    return perms
+
+
+def align_to_reference(state_dict: Mapping[str, torch.Tensor],
+                       reference_state_dict: Mapping[str, torch.Tensor], spec: Mapping,
+                       return_perms: bool = False):
+    """``state_dict`` with its hidden units permuted to best match ``reference_state_dict``.
+
+    Same function, new coordinates (see :func:`weight_matching`). With
+    ``return_perms`` also returns the permutations.
+    """
+    _check_state_dict(state_dict, spec)
+    _check_state_dict(reference_state_dict, spec)
+    perms = weight_matching(reference_state_dict, state_dict, spec)
+    aligned = permute(state_dict, perms, spec)
+    return (aligned, perms) if return_perms else aligned
+
+
+def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: Mapping,
+                         x: torch.Tensor, y: torch.Tensor, n_points: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test accuracy along the straight line :math:`\\theta(\\alpha) = (1-\\alpha)\\theta_A + \\alpha\\theta_B`.
+
+    Returns ``(alphas (n_points,), accuracies in % (n_points,))``.
+    """
+    alphas = torch.linspace(0, 1, n_points)
+    line = (1 - alphas[:, None]) * vector_a[None] + alphas[:, None] * vector_b[None]
+    return alphas, _clf.evaluate_vectors(line, spec, x, y)
+
+
+# ---------------------------------------------------------------------------
+# Building the zoo
+# ---------------------------------------------------------------------------
+
+def zoo_spec(cfg: Mapping) -> dict:
+    """The architecture a zoo config asks for: ``cfg["spec"]`` if given, else the default."""
+    return dict(cfg.get("spec") or _clf.default_spec(cfg.get("dataset", "mnist"), cfg.get("arch", "cnn")))
+
+
+def _vectors(params: Mapping[str, torch.Tensor], spec: Mapping) -> torch.Tensor:
+    """Stacked parameters name -> (K, ...) as flat vectors (K, D)."""
+    return torch.cat([params[n].detach().reshape(params[n].shape[0], -1) for n, _ in param_shapes(spec)], 1)
+
+
+def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
+    """Train the zoo that ``cfg`` describes (a ``zoo`` config section) and return it.
+
+    1. **Independent runs.** ``n_runs`` networks, seeds ``seed, seed+1, ...``,
+       each trained ``epochs`` epochs with Adam (learning rate ``lr``), all K at
+       once with :func:`helpers.classifiers.train_stacked`. Their end points
+       are ``run_vectors``: the "several independent networks" way.
+    2. **Alignment.** If ``align``, every run's end point is aligned to run 0's
+       by weight matching; the same permutation is applied to that run's
+       whole trajectory, so the run keeps one coordinate system.
+    3. **Trajectories.** Training continues for ``trajectory_epochs`` epochs at
+       learning rate ``trajectory_lr``; every ``save_every`` steps a checkpoint
+       of each run is kept, ``checkpoints_per_run`` in all (the "many
+       checkpoints of one training run" way, as p-diff).
+    4. **Selection.** Checkpoints below ``min_val_acc`` on a held-out
+       validation split (the last ``val_size`` training images, never trained
+       on) are dropped; test accuracy is measured for the rest.
+
+    Runs with ``threads`` torch threads (restored afterwards): on the shared
+    2-core reference machine one thread was measured faster than two.
+    """
+
+    threads = torch.get_num_threads()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _build_zoo(cfg, verbose)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
+    spec = zoo_spec(cfg)
+    dataset = cfg.get("dataset", "mnist")
+    x_all, y_all = _clf.load_split(dataset, "train")
+    n_val = int(cfg["val_size"])
+    x_val, y_val = x_all[-n_val:], y_all[-n_val:]
+    x, y = x_all[:-n_val], y_all[:-n_val]
+    if cfg.get("train_subset"):
+        x, y = x[:cfg["train_subset"]], y[:cfg["train_subset"]]
+    x_test, y_test = _clf.load_split(dataset, "test", cfg.get("test_subset"))
+    k = int(cfg["n_runs"])
+    seeds = [int(cfg["seed"]) + r for r in range(k)]
+    gens = [torch.Generator().manual_seed(1000 + s) for s in seeds]
+    t0 = time.perf_counter()
+
+    # 1. independent runs, trained together
+    params = _clf.init_stacked(spec, seeds)
+    pre_losses, _ = _clf.train_stacked(params, spec, x, y, epochs=cfg["epochs"],
+                                       batch_size=cfg["batch_size"], lr=cfg["lr"], generators=gens,
+                                       augment_shift=cfg.get("augment_shift", 0), progress=verbose)
+    run_vectors = _vectors(params, spec).clone()
+    if verbose:
+        acc = _clf.evaluate_vectors(run_vectors, spec, x_test, y_test)
+        print(f"{k} runs x {cfg['epochs']} epochs: test acc {', '.join(f'{a:.2f}' for a in acc)} "
+              f"({time.perf_counter() - t0:.0f} s)")
+
+    # 2. permutations that align every run to run 0 (applied to the trajectory below)
+    perms = [None] * k
+    if cfg.get("align", True):
+        ref = unflatten(run_vectors[0], spec)
+        for r in range(1, k):
+            perms[r] = weight_matching(ref, unflatten(run_vectors[r], spec), spec)
+
+    # 3. trajectories: keep a checkpoint every `save_every` steps
+    per_epoch = x.shape[0] // cfg["batch_size"]
+    total = int(round(cfg["trajectory_epochs"] * per_epoch))
+    n_keep = int(cfg["checkpoints_per_run"])
+    save_every = max(1, total // n_keep)
+    first_saved = total - save_every * (min(n_keep, total) - 1)
+    snaps, snap_steps, snap_losses, window = [], [], [], []
+    opt = _clf.adam(params.values(), cfg["trajectory_lr"])
+
+    def on_step(step: int, losses: torch.Tensor) -> None:
+        window.append(losses)
+        if step >= first_saved and (step - first_saved) % save_every == 0:
+            snaps.append(_vectors(params, spec).clone())
+            snap_steps.append(step)
+            snap_losses.append(torch.stack(window).mean(0))
+            window.clear()
+
+    traj_losses, _ = _clf.train_stacked(params, spec, x, y, epochs=cfg["trajectory_epochs"],
+                                        batch_size=cfg["batch_size"], optimizer=opt, generators=gens,
+                                        augment_shift=cfg.get("augment_shift", 0), on_step=on_step,
+                                        progress=verbose)
+    # (checkpoints, runs, D) -> run-major (runs * checkpoints, D)
+    traj = torch.stack(snaps).transpose(0, 1)
+    if cfg.get("align", True):
+        for r in range(1, k):
+            traj[r] = torch.stack([flatten(permute(unflatten(v, spec), perms[r], spec), spec)
+                                   for v in traj[r]])
+    flat = traj.reshape(-1, traj.shape[-1]).contiguous()
+
+    # 4. selection on validation accuracy, then test accuracy
+    val_acc = _clf.evaluate_vectors(flat, spec, x_val, y_val)
+    keep = val_acc >= cfg["min_val_acc"]
+    test_acc = _clf.evaluate_vectors(flat[keep], spec, x_test, y_test)
+    pre_steps = pre_losses.shape[0]
+    metrics, j = [], 0
+    for i in range(flat.shape[0]):
+        r, c = divmod(i, len(snaps))
+        if not keep[i]:
+            continue
+        step = pre_steps + snap_steps[c]
+        metrics.append({"run": r, "run_seed": seeds[r], "phase": "trajectory",
+                        "epoch": round(step / per_epoch, 2), "step": step,
+                        "train_loss": float(snap_losses[c][r]), "val_acc": float(val_acc[i]),
+                        "test_acc": float(test_acc[j])})
+        j += 1
+    seconds = time.perf_counter() - t0
+    if verbose:
+        print(f"kept {int(keep.sum())} of {flat.shape[0]} checkpoints (val acc >= {cfg['min_val_acc']}); "
+              f"mean test acc {float(test_acc.mean()) if len(test_acc) else float('nan'):.2f} %; "
+              f"{seconds:.0f} s")
+    if not metrics:
+        raise RuntimeError(f"no checkpoint reached min_val_acc={cfg['min_val_acc']}; lower it or train longer")
+    config = {**dict(cfg), "spec": spec, "build_seconds": round(seconds, 1),
+              "threads": torch.get_num_threads(), "pretrain_steps": pre_steps,
+              "steps_per_epoch": per_epoch}
+    return WeightDataset(flat[keep].clone(), spec, metrics, config,
+                         run_vectors=run_vectors,
+                         loss_curves=torch.cat([pre_losses, traj_losses]).T.contiguous())
+
+
+def _zoo_key(cfg: Mapping) -> dict:
+    return {**dict(cfg), "spec": zoo_spec(cfg)}
+
+
+def zoo_path(cfg: Mapping) -> Path:
+    """Where the weight dataset of ``cfg`` is stored: ``<artifacts>/zoo-<config hash>.safetensors``."""
+    return artifacts.artifact_path("zoo", _zoo_key(cfg))
+
+
+def build_or_load_zoo(cfg: Mapping, rebuild: bool = False, verbose: bool = True) -> WeightDataset:
+    """The weight dataset of ``cfg``: loaded from ``artifacts/zoo-<hash>.safetensors``, or built.
+
+    Later notebooks call ``weights.build_or_load_zoo(config.get_config("zoo", PRESET))``.
+    The hash covers the config and the resolved architecture.
+    """
+    key = _zoo_key(cfg)
+    return artifacts.cached("zoo", key, build=lambda: build_zoo(cfg, verbose=verbose),
+                            save=lambda ds, path: ds.save(path),
+                            load=lambda path: WeightDataset.load(path, spec=key["spec"]),
+                            rebuild=rebuild, verbose=verbose)
+
+
+# ---------------------------------------------------------------------------
+# Figures (return the figure; the notebook shows and exports it)
+# ---------------------------------------------------------------------------
+
+def plot_interpolation(alphas: torch.Tensor, curves: Mapping[str, torch.Tensor], ax=None):
+    """Test accuracy along :math:`(1-\\alpha)\\theta_A + \\alpha\\theta_B` for each named curve."""
+    from . import plots
+
+    fig, ax = plots.new_axes(ax)
+    for label, acc in curves.items():
+        ax.plot(alphas.numpy(), torch.as_tensor(acc).numpy(), marker="o", ms=3, label=label)
+    ax.set_xlabel(r"$\alpha$  (0 = network A, 1 = network B)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    return fig
+
+
+def plot_loss_curves(loss_curves: torch.Tensor, pretrain_steps: int | None = None,
+                     smooth: int = 25, ax=None):
+    """Per-step training loss of each run (moving average over ``smooth`` steps), log scale."""
+    from . import plots
+
+    fig, ax = plots.new_axes(ax)
+    kernel = torch.ones(1, 1, smooth) / smooth
+    for r, curve in enumerate(loss_curves):
+        ys = torch.nn.functional.conv1d(curve.view(1, 1, -1), kernel).flatten() \
+            if curve.numel() > smooth else curve
+        ax.plot(torch.arange(len(ys)).numpy() + (len(curve) - len(ys)), ys.numpy(),
+                lw=1, label=f"run {r}")
+    if pretrain_steps:
+        ax.axvline(pretrain_steps, color="k", ls="--", lw=1)
+        ax.text(pretrain_steps, ax.get_ylim()[1], " checkpoints saved from here", va="top", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (cross-entropy)")
+    if len(loss_curves) <= 10:
+        ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def plot_accuracy_histogram(dataset: WeightDataset, bins: int = 30, ax=None):
+    """Histogram of the checkpoints' test accuracies, stacked by run."""
+    from . import plots
+
+    fig, ax = plots.new_axes(ax)
+    acc, run = dataset.test_acc, dataset.run_seed
+    groups = [acc[run == s].numpy() for s in run.unique()]
+    ax.hist(groups, bins=bins, stacked=True, label=[f"seed {int(s)}" for s in run.unique()])
+    ax.axvline(float(acc.mean()), color="k", ls="--", lw=1)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel("checkpoints")
+    ax.set_title(f"{len(dataset)} checkpoints, mean {float(acc.mean()):.2f} %")
+    if len(groups) <= 10:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def distance_summary(dataset: WeightDataset) -> dict[str, float]:
+    """Mean L2 distance between checkpoints of the same run, and between runs
+    (aligned), and between the unaligned run end points; shows how tightly a
+    trajectory clusters compared with independent networks."""
+    v, run = dataset.vectors, dataset.run_seed
+    d = torch.cdist(v, v)
+    same = run[:, None] == run[None, :]
+    off = ~torch.eye(len(v), dtype=torch.bool)
+    out = {"within a run": float(d[same & off].mean()) if (same & off).any() else float("nan"),
+           "between runs (aligned)": float(d[~same].mean()) if (~same).any() else float("nan")}
+    if dataset.run_vectors is not None and len(dataset.run_vectors) > 1:
+        r = torch.cdist(dataset.run_vectors, dataset.run_vectors)
+        out["between runs (unaligned end points)"] = float(r[~torch.eye(len(r), dtype=torch.bool)].mean())
+    return out

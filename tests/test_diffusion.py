@@ -1,0 +1,220 @@
+"""Tests of helpers.diffusion: schedules, forward process, samplers, guidance, EMA, trainer."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import diffusion as D
+from helpers.denoisers import MLPDenoiser
+
+
+def test_extract_shapes_2d_and_4d():
+    a = torch.arange(10, dtype=torch.float32)
+    t = torch.tensor([0, 3, 9])
+    out2 = D.extract(a, t, (3, 7))
+    out4 = D.extract(a, t, (3, 2, 4, 4))
+    assert out2.shape == (3, 1) and out4.shape == (3, 1, 1, 1)
+    assert out2.flatten().tolist() == [0.0, 3.0, 9.0]
+    assert torch.equal(out4.flatten(), out2.flatten())
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("T", [50, 500, 1000])
+def test_schedule_properties(name, T):
+    s = D.NoiseSchedule.make(name, T)
+    ab = s.alphas_cumprod
+    assert s.T == T and ab.shape == (T,)
+    assert torch.all(ab > 0) and torch.all(ab < 1)
+    assert torch.all(ab[1:] < ab[:-1])  # strictly decreasing
+    assert ab[-1] < 0.01  # ends in (almost) pure noise
+    assert ab[0] > 0.99   # starts (almost) clean
+    assert torch.allclose(s.sqrt_alphas_cumprod ** 2 + s.sqrt_one_minus_alphas_cumprod ** 2,
+                          torch.ones(T), atol=1e-6)
+
+
+def test_linear_schedule_is_ho_at_1000():
+    s = D.NoiseSchedule.make("linear", 1000)
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(2e-2)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        D.NoiseSchedule.make("quadratic", 10)
+
+
+def test_q_sample_statistics():
+    s = D.NoiseSchedule.make("linear", 100)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((20000, 2), 3.0)
+    t = torch.full((20000,), 40)
+    xt = D.q_sample(s, x0, t, torch.randn(x0.shape, generator=g))
+    ab = s.alphas_cumprod[40]
+    assert xt.mean().item() == pytest.approx(3.0 * ab.sqrt().item(), abs=0.03)
+    assert xt.var().item() == pytest.approx((1 - ab).item(), rel=0.05)
+    # t = 0 barely changes x0
+    x_first = D.q_sample(s, x0, torch.zeros(20000, dtype=torch.long), torch.zeros_like(x0))
+    assert torch.allclose(x_first, x0 * s.sqrt_alphas_cumprod[0])
+
+
+class OracleEps(nn.Module):
+    """Knows the single clean point x0: returns the exact noise of x_t = sqrt(ab) x0 + sqrt(1-ab) eps."""
+
+    def __init__(self, sched, x0):
+        super().__init__()
+        self.sched, self.x0 = sched, x0
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, cond=None, drop_cond=None):
+        a = D.extract(self.sched.sqrt_alphas_cumprod, t, x.shape)
+        b = D.extract(self.sched.sqrt_one_minus_alphas_cumprod, t, x.shape)
+        return (x - a * self.x0) / b
+
+
+@pytest.mark.parametrize("steps", [1, 7, 50])
+def test_ddim_with_perfect_eps_recovers_x0(steps):
+    s = D.NoiseSchedule.make("cosine", 200)
+    x0 = torch.tensor([[1.5, -2.0, 0.25, 4.0]])
+    out = D.ddim_sample(OracleEps(s, x0), s, (5, 4), steps=steps, eta=0.0,
+                        generator=torch.Generator().manual_seed(1))
+    # float32: at the cosine schedule's last step sqrt(abar) ~ 5e-5 amplifies rounding
+    assert torch.allclose(out, x0.expand(5, 4), atol=1e-3)
+
+
+def test_ddpm_with_perfect_eps_recovers_x0_and_trajectory():
+    s = D.NoiseSchedule.make("linear", 50)
+    x0 = torch.tensor([[0.5, -1.0]])
+    out, traj = D.ddpm_sample(OracleEps(s, x0), s, (3, 2), generator=torch.Generator().manual_seed(0),
+                              return_trajectory=True)
+    assert torch.allclose(out, x0.expand(3, 2), atol=1e-3)
+    assert len(traj) == 51 and traj[-1]["t"] == -1 and traj[0]["t"] == 49
+
+
+def test_ddim_trajectory_format():
+    s = D.NoiseSchedule.make("linear", 100)
+    model = MLPDenoiser(3, hidden=16, n_blocks=1, time_dim=8)
+    out, traj = D.ddim_sample(model, s, (4, 3), steps=10, generator=torch.Generator().manual_seed(0),
+                              return_trajectory=True)
+    assert len(traj) == 11
+    assert [e["t"] for e in traj[:-1]] == D.ddim_timesteps(100, 10)
+    assert traj[0]["t"] == 99 and traj[-2]["t"] == 0 and traj[-1]["t"] == -1
+    assert torch.equal(traj[-1]["x_t"], out)
+    assert all(e["x_t"].shape == (4, 3) and e["x0_pred"].shape == (4, 3) for e in traj)
+
+
+def _small_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = MLPDenoiser(6, hidden=32, n_blocks=2, time_dim=16, **kw)
+    # give the zero-initialised output layer some weights so outputs depend on inputs
+    nn.init.normal_(m.out.weight, std=0.1)
+    return m.eval()
+
+
+def test_determinism_same_seed_and_same_noise():
+    s = D.NoiseSchedule.make("linear", 100)
+    m = _small_model()
+    a = D.ddim_sample(m, s, (8, 6), steps=20, eta=0.0, generator=torch.Generator().manual_seed(3))
+    b = D.ddim_sample(m, s, (8, 6), steps=20, eta=0.0, generator=torch.Generator().manual_seed(3))
+    c = D.ddim_sample(m, s, (8, 6), steps=20, eta=0.0, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    # eta = 0: the same starting noise maps to the same sample, whatever the generator
+    noise = torch.randn(8, 6, generator=torch.Generator().manual_seed(9))
+    d = D.ddim_sample(m, s, (8, 6), steps=20, noise=noise, generator=torch.Generator().manual_seed(1))
+    e = D.ddim_sample(m, s, (8, 6), steps=20, noise=noise, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(d, e)
+    # eta > 0: same seed is still reproducible, different generators differ
+    f1 = D.ddim_sample(m, s, (8, 6), steps=20, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(1))
+    f2 = D.ddim_sample(m, s, (8, 6), steps=20, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(1))
+    f3 = D.ddim_sample(m, s, (8, 6), steps=20, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(f1, f2) and not torch.allclose(f1, f3)
+    g1 = D.ddpm_sample(m, s, (4, 6), generator=torch.Generator().manual_seed(5))
+    g2 = D.ddpm_sample(m, s, (4, 6), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(g1, g2)
+
+
+def test_ddim_timesteps():
+    assert D.ddim_timesteps(500, 50)[0] == 499 and D.ddim_timesteps(500, 50)[-1] == 0
+    assert len(D.ddim_timesteps(500, 50)) == 50
+    assert D.ddim_timesteps(10, 10) == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="steps"):
+        D.ddim_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "class"])
+def test_cfg_w1_equals_conditional_and_w0_unconditional(kind):
+    m = _small_model(cond_kind=kind, n_classes=3 if kind == "class" else None)
+    # make the null embedding differ from a real condition
+    for p in m.parameters():
+        if p.ndim == 1 and p.shape[0] == 32:
+            nn.init.normal_(p, std=0.5)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 10, 20, 30, 40])
+    c = torch.tensor([0.3, -1.0, 2.0, 0.0, 1.0]) if kind == "scalar" else torch.tensor([0, 1, 2, 1, 0])
+    with torch.no_grad():
+        cond_call = m(x, t, cond=c)
+        uncond_call = m(x, t, cond=None)
+        w1 = D.guided_eps(m, x, t, c, guidance=1.0)
+        w0 = D.guided_eps(m, x, t, c, guidance=0.0)
+        w3 = D.guided_eps(m, x, t, c, guidance=3.0)
+    assert torch.allclose(w1, cond_call, atol=1e-6)
+    assert torch.allclose(w0, uncond_call, atol=1e-5)
+    assert torch.allclose(w3, uncond_call + 3 * (cond_call - uncond_call), atol=1e-5)
+    assert not torch.allclose(cond_call, uncond_call)
+
+
+def test_update_ema_math():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = [p.detach().clone() for p in a.parameters()]
+    D.update_ema(a, b, decay=0.9)
+    for p_new, p_old, p_src in zip(a.parameters(), before, b.parameters()):
+        assert torch.allclose(p_new, 0.9 * p_old + 0.1 * p_src)
+    D.update_ema(a, b, decay=0.0)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_training_loss_falls_and_samples_move_to_data():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    # toy data: two clusters in 4-D
+    centers = torch.tensor([[2.0, 2.0, 0.0, 0.0], [-2.0, -2.0, 0.0, 0.0]])
+    data = centers[torch.randint(0, 2, (512,), generator=g)] + 0.1 * torch.randn(512, 4, generator=g)
+    s = D.NoiseSchedule.make("linear", 100)
+    model = MLPDenoiser(4, hidden=32, n_blocks=1, time_dim=16)
+    ema, hist = D.train_diffusion(model, data, s, steps=250, batch_size=64, lr=3e-3, ema_decay=0.99,
+                                  generator=g, progress=False)
+    first, last = sum(hist["loss"][:30]) / 30, sum(hist["loss"][-30:]) / 30
+    assert last < 0.7 * first
+    assert len(hist["loss"]) == 250 and not ema.training
+    x = D.ddim_sample(ema, s, (200, 4), steps=20, generator=torch.Generator().manual_seed(1))
+    dist = torch.cdist(x, centers).min(dim=1).values
+    assert dist.median() < 0.6
+    # clip_x0 bounds the predicted clean point at every step
+    _, traj = D.ddim_sample(ema, s, (50, 4), steps=10, clip_x0=1.0, return_trajectory=True,
+                            generator=torch.Generator().manual_seed(1))
+    assert all(e["x0_pred"].abs().max() <= 1.0 + 1e-6 for e in traj[:-1])
+
+
+def test_train_with_condition_and_cfg_dropout_runs():
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(64, 6, generator=g)
+    labels = torch.randint(0, 2, (64,), generator=g)
+    s = D.NoiseSchedule.make("linear", 50)
+    model = MLPDenoiser(6, hidden=16, n_blocks=1, time_dim=8, cond_kind="class", n_classes=2)
+    calls = []
+    ema, hist = D.train_diffusion(model, data, s, steps=5, batch_size=16, lr=1e-3, cond=labels,
+                                  p_uncond=0.2, generator=g, progress=False, lr_schedule="cosine",
+                                  warmup_steps=2, callback=lambda *a: calls.append(a[0]))
+    assert calls == list(range(5))
+    out = D.ddim_sample(ema, s, (3, 6), steps=5, cond=torch.tensor([0, 1, 0]), guidance=2.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 6)
+    with pytest.raises(ValueError, match="rows"):
+        D.train_diffusion(model, data, s, 1, 8, 1e-3, cond=labels[:10], progress=False)
+
+
+def test_samplers_work_on_4d_images():
+    s = D.NoiseSchedule.make("linear", 20)
+    x0 = torch.randn(1, 2, 3, 3)
+    out = D.ddim_sample(OracleEps(s, x0), s, (2, 2, 3, 3), steps=5)
+    assert out.shape == (2, 2, 3, 3) and torch.allclose(out, x0.expand(2, 2, 3, 3), atol=1e-4)
+    m = MLPDenoiser(18, hidden=16, n_blocks=1, time_dim=8)
+    loss = D.diffusion_loss(m, s, torch.randn(4, 2, 3, 3))
+    assert loss.ndim == 0

@@ -1,0 +1,147 @@
+"""Weights as data: flatten/unflatten, normalisation, the dataset file, alignment."""
+
+import pytest
+import torch
+
+from helpers import artifacts
+from helpers import classifiers as C
+from helpers import weights as W
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one torch thread is faster, and far faster on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+SPEC = C.default_spec("mnist")
+MLP = {"arch": "mlp", "in_channels": 1, "image_size": 6, "hidden": [10, 7], "n_classes": 4}
+SMALL_CNN = {"arch": "cnn", "in_channels": 1, "image_size": 12, "channels": [5, 6],
+             "kernel_size": 3, "stride": 1, "pool": True, "hidden": [9], "n_classes": 3}
+
+
+def test_flatten_unflatten_round_trip_is_exact():
+    model = C.build_model(SPEC, seed=0)
+    sd = W.state_dict_of(model)
+    v = W.flatten(sd, SPEC)
+    assert v.shape == (C.count_params(SPEC),) and v.dtype == torch.float32
+    back = W.unflatten(v, SPEC)
+    assert list(back) == list(sd)
+    for name in sd:
+        assert torch.equal(back[name], sd[name])
+    assert torch.equal(W.flatten(back, SPEC), v)
+    m2 = W.load_into_model(v, SPEC)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(m2(x), model(x))
+
+
+def test_unflatten_keeps_leading_dimensions():
+    v = torch.randn(3, C.count_params(MLP))
+    parts = W.unflatten(v, MLP)
+    assert parts["fc0.weight"].shape == (3, 10, 36)
+    assert torch.equal(W.unflatten(v[1], MLP)["fc1.bias"], parts["fc1.bias"][1])
+
+
+def test_wrong_length_error_says_expected_and_found():
+    d = C.count_params(SPEC)
+    with pytest.raises(ValueError) as err:
+        W.unflatten(torch.zeros(d - 1), SPEC)
+    msg = str(err.value)
+    assert f"expected D={d} parameters" in msg and f"got {d - 1}" in msg and '"arch": "cnn"' in msg
+
+
+def test_wrong_architecture_error_names_the_parameter():
+    other = {**SPEC, "hidden": [32]}
+    sd = W.state_dict_of(C.build_model(other))
+    with pytest.raises(ValueError, match=r"parameter 'fc0.weight': expected shape \(24, 400\).*found \(32, 400\)"):
+        W.flatten(sd, SPEC)
+    sd = W.state_dict_of(C.build_model(SPEC))
+    sd["fc9.weight"] = sd.pop("fc1.weight")
+    with pytest.raises(ValueError, match="no parameter 'fc1.weight'"):
+        W.flatten(sd, SPEC)
+
+
+def test_normalizer_round_trip_and_statistics():
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(20, C.count_params(MLP), generator=g) * 0.1 + 0.5
+    norm = W.Normalizer().fit(vectors, MLP)
+    z = norm.normalize(vectors)
+    for part in W.unflatten(z, MLP).values():          # each tensor: mean 0, std 1
+        assert abs(part.mean().item()) < 1e-4 and abs(part.std(unbiased=False).item() - 1) < 1e-4
+    torch.testing.assert_close(norm.denormalize(z), vectors)
+    again = W.Normalizer.from_state(norm.state())
+    torch.testing.assert_close(again.denormalize(z), vectors)
+    with pytest.raises(ValueError, match="fitted on D="):
+        norm.normalize(torch.zeros(3))
+
+
+def _dataset(n=6, spec=MLP):
+    vectors = torch.randn(n, C.count_params(spec))
+    metrics = [{"run_seed": i % 2, "epoch": 1.5, "step": 10 * i, "train_loss": 0.1 * i,
+                "test_acc": 90.0 + i} for i in range(n)]
+    return W.WeightDataset(vectors, spec, metrics, {"seed": 0, "n_runs": 2},
+                           run_vectors=vectors[:2].clone(), loss_curves=torch.rand(2, 30))
+
+
+def test_weight_dataset_save_load_round_trip(tmp_path):
+    ds = _dataset()
+    path = ds.save(tmp_path / "zoo.safetensors")
+    back = W.WeightDataset.load(path)
+    assert torch.equal(back.vectors, ds.vectors) and back.spec == ds.spec
+    assert back.metrics == ds.metrics and back.config == ds.config
+    assert torch.equal(back.run_vectors, ds.run_vectors) and torch.equal(back.loss_curves, ds.loss_curves)
+    torch.testing.assert_close(back.test_acc, torch.arange(90.0, 96.0, dtype=torch.float64))
+    assert "| run_seed |" in back.table() or "run_seed" in back.table()
+
+
+def test_weight_dataset_load_rejects_mismatch_and_corruption(tmp_path):
+    path = _dataset().save(tmp_path / "zoo.safetensors")
+    with pytest.raises(artifacts.ArtifactError, match="expected .*\"hidden\": \\[24\\]"):
+        W.WeightDataset.load(path, spec=SPEC)
+    # vectors of the wrong length for the stored spec
+    artifacts.save_tensors(tmp_path / "bad.safetensors", {"vectors": torch.zeros(2, 5)},
+                           {"format": W.FORMAT, "spec": MLP, "D": 5, "param_shapes": [], "metrics": [{}, {}]})
+    with pytest.raises(artifacts.ArtifactError, match=f"expected D={C.count_params(MLP)}"):
+        W.WeightDataset.load(tmp_path / "bad.safetensors")
+    raw = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(artifacts.ArtifactError, match="corrupted"):
+        W.WeightDataset.load(tmp_path / "cut.safetensors")
+
+
+def test_weight_dataset_rejects_wrong_shape_in_memory():
+    with pytest.raises(ValueError, match=r"expected vectors of shape \(N, D="):
+        W.WeightDataset(torch.zeros(3, 10), MLP)
+
+
+@pytest.mark.parametrize("spec", [MLP, SMALL_CNN, SPEC])
+def test_alignment_recovers_a_permuted_copy(spec):
+    torch.manual_seed(0)
+    model = C.build_model(spec, seed=1)
+    sd = W.state_dict_of(model)
+    layers = W._layers(spec)
+    g = torch.Generator().manual_seed(5)
+    perms = [torch.randperm(sd[w].shape[0], generator=g) for w, _ in layers[:-1]]
+    shuffled = W.permute(sd, perms, spec)
+    c, s = spec["in_channels"], spec["image_size"]
+    x = torch.randn(8, c, s, s)
+    # a permutation does not change the function...
+    torch.testing.assert_close(W.load_into_model(W.flatten(shuffled, spec), spec)(x), model(x))
+    assert not torch.equal(W.flatten(shuffled, spec), W.flatten(sd, spec))
+    # ...and weight matching undoes it exactly
+    aligned, found = W.align_to_reference(shuffled, sd, spec, return_perms=True)
+    assert torch.equal(W.flatten(aligned, spec), W.flatten(sd, spec))
+    for p, f in zip(perms, found):
+        assert torch.equal(p[f], torch.arange(len(p)))
+    torch.testing.assert_close(W.load_into_model(W.flatten(aligned, spec), spec)(x), model(x))
+
+
+def test_interpolate_accuracy_endpoints():
+    x = torch.randn(50, 1, 6, 6)
+    a, b = C.build_model(MLP, seed=0), C.build_model(MLP, seed=1)
+    y = a(x).argmax(1)
+    alphas, accs = W.interpolate_accuracy(W.flatten(a.state_dict()), W.flatten(b.state_dict()), MLP, x, y, 5)
+    assert alphas.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert accs[0] == 100.0 and accs[-1] == C.evaluate(b, x, y)
