@@ -25,8 +25,11 @@ setup: $(STAMP)
 data: setup
 	$(PY) -m helpers.data prepare
 
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+
 run: data
-	$(PY) -m helpers.series --preset $(PRESET)
+	$(PY) -m helpers.series --preset $(PRESET) --run-dir $(RUN_DIR)
+	LDT_RUN_DIR=$(CURDIR)/$(RUN_DIR) LDT_PRESET=$(PRESET) $(MAKE) --no-print-directory bench
 
 test: data
 	LDT_PROGRESS=0 $(PY) -m pytest tests
@@ -36,7 +39,7 @@ lab: data
 
 bench: setup
 	$(PY) benchmarks/bench_zoo_training.py
-	$(PY) benchmarks/bench_ddim_sampling.py
+	$(PY) benchmarks/bench_ddim_sampling.py --preset $(PRESET)
 
 strip: setup
 	$(PY) -m helpers.notebooks strip notebooks/*.ipynb

@@ -136,11 +136,12 @@ _CATDOG_DEFAULT: dict[str, Any] = {
     "ae_channels": [16, 32, 64], "latent_dim": 128, "ae_epochs": 6, "ae_batch_size": 128,
     "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05, "ae_latent_noise": 0.1,
     "clf_channels": [16, 32, 64], "clf_epochs": 8, "clf_batch_size": 128, "clf_lr": 3e-3,
+    "clf_blur": 0.5,
     "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 3000,
     "den_batch_size": 256, "den_lr": 1e-3, "den_ema": 0.999, "den_p_uncond": 0.15,
     "T": 1000, "schedule": "cosine",
-    "ddim_steps": 50, "guidance": 3.0, "eta": 0.0, "n_eval_per_class": 500,
-    "sweep_steps": [10, 25, 50, 100], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 5.0],
+    "ddim_steps": 50, "guidance": 5.0, "eta": 0.0, "n_eval_per_class": 500,
+    "sweep_steps": [10, 25, 50, 100], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 5.0, 8.0],
     "tsne_points": 600, "tsne_every": 3, "n_show": 16, "gif_fps": 8,
 }
 CATDOG: dict[str, dict[str, Any]] = {
