@@ -1,6 +1,6 @@
 """Benchmark: training the zoo's CNN the naive way vs the in-memory way, in one process.
 
-    python benchmarks/bench_zoo_training.py                   # 2 epochs, 1 thread
+    python benchmarks/bench_zoo_training.py                   # 2 epochs, every core
     python benchmarks/bench_zoo_training.py --epochs 1 --threads 2 --models 4
     python benchmarks/bench_zoo_training.py --out /tmp/bench.json
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import classifiers, data  # noqa: E402
+from helpers import classifiers, data, runtime  # noqa: E402
 
 
 def train_naive(spec, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
@@ -89,14 +89,14 @@ def train_zoo_way(spec, epochs: int, seed: int, k: int) -> tuple[torch.Tensor, f
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: every core)")
     ap.add_argument("--models", type=int, default=4, help="networks trained together in the zoo way")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-naive", action="store_true", help="only time the fast ways")
     ap.add_argument("--out", type=str, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    args.threads = runtime.setup_threads(args.threads)
     spec = classifiers.default_spec("mnist")
     x_test, y_test = classifiers.load_split("mnist", "test")
     print(f"CNN {spec} ({classifiers.count_params(spec)} parameters), {args.epochs} epochs, "

@@ -54,7 +54,7 @@ _ZOO_COMMON: dict[str, Any] = {
     "seed": 0, "dataset": "mnist", "arch": "cnn", "spec": None,
     "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
     "align": True, "val_size": 5000, "train_subset": None, "test_subset": None,
-    "interp_points": 11, "threads": 1,
+    "interp_points": 11, "threads": None,  # None: every core (runtime.setup_threads)
 }
 ZOO: dict[str, dict[str, Any]] = {
     "smoke": {**_ZOO_COMMON, "n_runs": 2, "epochs": 1, "trajectory_epochs": 0.5,

@@ -44,8 +44,10 @@ def get_device(prefer: str | None = None) -> torch.device:
 def setup_threads(n: int | None = None) -> int:
     """Set torch's intra-op CPU threads to ``n`` (``$LDT_NUM_THREADS``, else every core).
 
-    On the 2-core reference machine, 2 threads were measured fastest for the
-    small convolutions of this series (``benchmarks/bench_threads.py``).
+    On the idle 2-core reference machine, 2 threads were measured 1.8-2.6x
+    faster than 1 for this series' small networks (``benchmarks/bench_threads.py``).
+    On a machine busy with other jobs, use 1 (``LDT_NUM_THREADS=1``): threads
+    that wait on each other were measured up to 10x slower there.
     """
     if n is None:
         n = int(os.environ.get("LDT_NUM_THREADS", 0)) or (os.cpu_count() or 1)

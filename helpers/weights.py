@@ -464,8 +464,10 @@ def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
        validation split (the last ``val_size`` training images, never trained
        on) are dropped; test accuracy is measured for the rest.
 
-    Runs with ``threads`` torch threads (restored afterwards): on the shared
-    2-core reference machine one thread was measured faster than two.
+    Runs with ``cfg["threads"]`` torch threads if set (restored afterwards),
+    else with the current setting. On an idle 2-core machine two threads were
+    measured faster than one; on a machine busy with other jobs, one thread is
+    far faster (threads then wait on each other).
     """
 
     threads = torch.get_num_threads()

@@ -1,0 +1,509 @@
+"""The cat/dog image autoencoder: a small conv autoencoder whose latent space is sorted by class.
+
+Latent diffusion runs a diffusion model not on pixels but on the codes of an
+autoencoder, :math:`z = E(x)`, and decodes its samples, :math:`\\hat x = D(z)`.
+For a class-conditional model the latent space should also be *organised by
+class*, so that "a cat code" is a region the denoiser can find. This module
+trains, jointly,
+
+.. math::
+
+    \\mathcal L = \\underbrace{\\lVert D(E(x)) - x \\rVert^2}_{\\text{reconstruction}}
+      + \\lambda_{cls}\\, \\mathrm{CE}(h(z), y)
+      + \\lambda_{c}\\, \\tfrac12 \\lVert z - c_y \\rVert^2 ,
+
+- a **reconstruction** loss (pixels scaled to [-1, 1]);
+- a **latent classifier head** :math:`h` (one linear layer) whose cross-entropy
+  makes cats and dogs linearly separable in latent space;
+- a **center loss** (Wen et al., 2016) pulling each code :math:`z` towards a
+  learnable center :math:`c_y` of its class, so each class is a compact cloud.
+
+The decoder sees :math:`z + \\sigma \\varepsilon` during training (latent noise,
+as in p-diff): small errors of a diffusion sample then still decode to an image.
+
+The blocks follow the cat/dog seed: **CAL**, a channel attention layer
+(squeeze-and-excitation: global average pool, bottleneck MLP, sigmoid gate per
+channel), and **CAB**, a convolutional attention block (two 3x3 convolutions and
+a CAL inside a residual connection, as in RCAN).
+
+Shapes (default channels (32, 64, 128), latent 128)::
+
+    x (N,3,32,32) -> stem /2 -> CAB -> down /2 -> CAB -> down /2 -> CAB -> (N,128,4,4) -> linear -> z (N,128)
+    z -> linear -> (N,128,4,4) -> CAB -> up x2 -> CAB -> up x2 -> CAB -> up x2 -> conv -> x_hat (N,3,32,32)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts, runtime
+
+
+# ---------------------------------------------------------------------------
+# Pixels <-> model scale
+# ---------------------------------------------------------------------------
+
+def to_model(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float32 in [-1, 1]: :math:`x = 2\\,u/255 - 1`."""
+    return x_uint8.float().div(127.5).sub(1.0)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model-scale images in [-1, 1] -> float in [0, 1] (clamped), for display and metrics."""
+    return x.add(1.0).mul(0.5).clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------
+
+class CAL(nn.Module):
+    """Channel attention layer (squeeze-and-excitation).
+
+    :math:`s = \\sigma(W_2\\,\\mathrm{ReLU}(W_1\\,\\mathrm{avgpool}(x)))`, output :math:`x \\odot s`
+    (one gate per channel). ``channels`` is C, ``reduction`` the bottleneck ratio C / r.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(4, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # s = sigmoid(W2 relu(W1 mean_{h,w} x))
+        s = x.mean(dim=(2, 3), keepdim=True)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * s
+
+
+class CAB(nn.Module):
+    """Convolutional attention block: :math:`x + \\mathrm{CAL}(\\mathrm{conv}(\\mathrm{act}(\\mathrm{conv}(x))))`.
+
+    Keeps the shape (N, C, H, W). GroupNorm before each convolution keeps
+    training stable at the small batch sizes a CPU affords.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        groups = math.gcd(8, channels)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.cal = CAL(channels, reduction)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return x + self.cal(h)
+
+
+# ---------------------------------------------------------------------------
+# Encoder, decoder, autoencoder
+# ---------------------------------------------------------------------------
+
+class Encoder(nn.Module):
+    """x (N, 3, 32, 32) -> z (N, latent_dim): three stride-2 stages with a CAB each."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), latent_dim: int = 128,
+                 in_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        channels = list(channels)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 4, stride=2, padding=1),
+                                   CAB(channels[0])]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), CAB(c_out)]
+        self.body = nn.Sequential(*layers)
+        self.side = image_size // 2 ** len(channels)
+        self.out = nn.Linear(channels[-1] * self.side ** 2, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.body(x))
+        return self.out(h.flatten(1))
+
+
+class Decoder(nn.Module):
+    """z (N, latent_dim) -> x_hat (N, 3, 32, 32): the encoder mirrored (nearest upsample + conv)."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), latent_dim: int = 128,
+                 out_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        channels = list(channels)[::-1]
+        self.side = image_size // 2 ** len(channels)
+        self.c0 = channels[0]
+        self.inp = nn.Linear(latent_dim, channels[0] * self.side ** 2)
+        layers: list[nn.Module] = [CAB(channels[0])]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(c_in, c_out, 3, padding=1), CAB(c_out)]
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                   nn.Conv2d(channels[-1], channels[-1], 3, padding=1), nn.SiLU(),
+                   nn.Conv2d(channels[-1], out_channels, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.inp(z).view(z.shape[0], self.c0, self.side, self.side)
+        return self.body(h)
+
+
+class CenterLoss(nn.Module):
+    """Center loss: :math:`\\tfrac12\\, \\mathrm{mean}_i \\lVert z_i - c_{y_i} \\rVert^2` with learnable centers.
+
+    ``n_classes`` centers :math:`c_k \\in \\mathbb R^{d}` (``dim`` = d), trained with
+    the rest of the model. Zero exactly when every code sits on its center.
+    """
+
+    def __init__(self, n_classes: int, dim: int):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(n_classes, dim) * 0.1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # L_c = 1/2 mean_i sum_j (z_ij - c_{y_i j})^2
+        return 0.5 * (z - self.centers[y]).pow(2).sum(1).mean()
+
+
+class ImageAutoencoder(nn.Module):
+    """Encoder, decoder, linear latent classifier head and center loss, as one module.
+
+    ``channels`` are the feature widths of the three stages, ``latent_dim`` is d
+    (the flat latent :math:`z \\in \\mathbb R^d`), ``n_classes`` is K (2: cat, dog).
+    """
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), latent_dim: int = 128,
+                 n_classes: int = 2):
+        super().__init__()
+        self.channels = [int(c) for c in channels]
+        self.latent_dim = int(latent_dim)
+        self.n_classes = int(n_classes)
+        self.encoder = Encoder(self.channels, self.latent_dim)
+        self.decoder = Decoder(self.channels, self.latent_dim)
+        self.head = nn.Linear(self.latent_dim, self.n_classes)
+        self.center = CenterLoss(self.n_classes, self.latent_dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [-1, 1], (N, 3, 32, 32) -> z, (N, d)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z, (N, d) -> x_hat in (about) [-1, 1], (N, 3, 32, 32)."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor):
+        z = self.encode(x)
+        return z, self.decode(z), self.head(z)
+
+
+def ae_loss(model: ImageAutoencoder, x: torch.Tensor, y: torch.Tensor, w_cls: float = 0.1,
+            w_center: float = 0.05, latent_noise: float = 0.0,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """The joint loss of the module docstring; returns ``(loss, parts)``.
+
+    ``x`` images in [-1, 1], ``y`` labels; ``w_cls`` is :math:`\\lambda_{cls}`,
+    ``w_center`` is :math:`\\lambda_c`, ``latent_noise`` is :math:`\\sigma` (Gaussian
+    noise added to z before decoding). The noise also fixes the scale of z: codes
+    that shrink to please the center loss drown in it, so the reconstruction
+    term keeps them spread out.
+    """
+    z = model.encode(x)
+    z_dec = z
+    if latent_noise > 0:
+        # z~ = z + sigma eps,  eps ~ N(0, I)
+        z_dec = z + latent_noise * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+    x_hat = model.decode(z_dec)
+    rec = F.mse_loss(x_hat, x)
+    cls = F.cross_entropy(model.head(z), y)
+    cen = model.center(z, y)
+    loss = rec + w_cls * cls + w_center * cen
+    return loss, {"rec": rec.item(), "cls": cls.item(), "center": cen.item()}
+
+
+# ---------------------------------------------------------------------------
+# Training, encoding, caching
+# ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_all(model: ImageAutoencoder, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Codes of a whole uint8 image tensor, in batches: (N, d)."""
+    model.eval()
+    return torch.cat([model.encode(to_model(x_uint8[i:i + batch_size]))
+                      for i in range(0, len(x_uint8), batch_size)])
+
+
+@torch.no_grad()
+def decode_all(model: ImageAutoencoder, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Images in [0, 1] decoded from codes, in batches: (N, 3, 32, 32)."""
+    model.eval()
+    return torch.cat([to_unit(model.decode(z[i:i + batch_size]))
+                      for i in range(0, len(z), batch_size)])
+
+
+@torch.no_grad()
+def reconstruction_mse(model: ImageAutoencoder, x_uint8: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean squared error per pixel of :math:`D(E(x))` against x, both in [0, 1]."""
+    total = 0.0
+    for i in range(0, len(x_uint8), batch_size):
+        xb = x_uint8[i:i + batch_size]
+        x_hat = decode_all(model, encode_all(model, xb, batch_size), batch_size)
+        total += F.mse_loss(x_hat, xb.float() / 255.0, reduction="sum").item()
+    return total / x_uint8.numel()
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2 (batched, no per-sample loop)."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def train_autoencoder(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 128),
+                      latent_dim: int = 128, epochs: int = 5, batch_size: int = 128,
+                      lr: float = 2e-3, w_cls: float = 0.1, w_center: float = 0.05,
+                      latent_noise: float = 0.1, seed: int = 0, flip: bool = True,
+                      snapshot_x: torch.Tensor | None = None, snapshot_every: int = 0,
+                      ) -> tuple[ImageAutoencoder, dict]:
+    """Train an :class:`ImageAutoencoder` on uint8 images ``x_uint8`` with labels ``y``.
+
+    Adam with a cosine learning-rate decay; ``flip`` adds left-right flips.
+    If ``snapshot_x`` is given, its codes are recorded after every
+    ``snapshot_every``-th epoch (for a latent-space film). Returns the model (in
+    eval mode) and a history dict: per-step ``loss``/``rec``/``cls``/``center``
+    and ``snapshots`` (list of (epoch, codes)).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ImageAutoencoder(channels, latent_dim, int(y.max()) + 1)
+    # channels-last memory layout: ~20% faster convolutions on CPU (measured)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(x_uint8)
+    steps_per_epoch = max(1, n // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    hist: dict = {"loss": [], "rec": [], "cls": [], "center": [], "snapshots": []}
+    bar = runtime.progress(total=epochs * steps_per_epoch, desc="autoencoder")
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for k in range(steps_per_epoch):
+            idx = perm[k * batch_size:(k + 1) * batch_size]
+            xb = to_model(x_uint8[idx])
+            if flip:
+                xb = random_flip(xb, gen)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            loss, parts = ae_loss(model, xb, y[idx], w_cls, w_center, latent_noise, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            hist["loss"].append(loss.item())
+            for key, v in parts.items():
+                hist[key].append(v)
+            bar.update(1)
+        if snapshot_x is not None and snapshot_every and ((epoch + 1) % snapshot_every == 0
+                                                          or epoch + 1 == epochs):
+            hist["snapshots"].append((epoch + 1, encode_all(model, snapshot_x)))
+    bar.close()
+    model.eval()
+    return model.to(memory_format=torch.contiguous_format), hist
+
+
+def _state_meta(model: ImageAutoencoder) -> dict:
+    return {"channels": model.channels, "latent_dim": model.latent_dim, "n_classes": model.n_classes}
+
+
+def save_autoencoder(model: ImageAutoencoder, path, extra: dict | None = None) -> None:
+    """Weights to safetensors, with the architecture in the metadata."""
+    meta = {"kind": "image_autoencoder", **_state_meta(model), **(extra or {})}
+    artifacts.save_tensors(path, model.state_dict(), meta)
+
+
+def load_autoencoder(path) -> tuple[ImageAutoencoder, dict]:
+    """Rebuild the model from its metadata and load weights; ``(model, metadata)``.
+
+    A file of another kind or with other shapes raises :class:`ArtifactError`
+    saying what was expected and what was found.
+    """
+    tensors, meta = artifacts.load_tensors(path, hint="Run notebook 04 to train it again.")
+    if meta.get("kind") != "image_autoencoder":
+        raise artifacts.ArtifactError(
+            f"{path}: expected an image_autoencoder artifact, found kind {meta.get('kind')!r}")
+    model = ImageAutoencoder(meta["channels"], meta["latent_dim"], meta["n_classes"])
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:4]
+        raise artifacts.ArtifactError(
+            f"{path}: weights do not match the architecture in its metadata "
+            f"(expected vs found differ at {diff})")
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, meta
+
+
+AE_KEYS = ("seed", "n_train", "ae_channels", "latent_dim", "ae_epochs", "ae_batch_size", "ae_lr",
+           "ae_w_cls", "ae_w_center", "ae_latent_noise")
+
+
+def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuild: bool = False,
+                              snapshot_x: torch.Tensor | None = None, snapshot_every: int = 0):
+    """The autoencoder trained with the ``catdog`` settings ``cfg``, from the cache or trained now.
+
+    Keyed by the autoencoder settings only (``AE_KEYS``), so changing a
+    denoiser knob does not retrain it. Returns ``(model, history)``; a loaded
+    model's history holds the loss curve and snapshots saved with it.
+    """
+    key = {k: cfg[k] for k in AE_KEYS}
+
+    def build():
+        return train_autoencoder(x_uint8, y, cfg["ae_channels"], cfg["latent_dim"], cfg["ae_epochs"],
+                                 cfg["ae_batch_size"], cfg["ae_lr"], cfg["ae_w_cls"],
+                                 cfg["ae_w_center"], cfg["ae_latent_noise"], cfg["seed"],
+                                 snapshot_x=snapshot_x, snapshot_every=snapshot_every)
+
+    def save(obj, path):
+        model, hist = obj
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors["hist.loss"] = torch.tensor(hist["loss"])
+        tensors["hist.rec"] = torch.tensor(hist["rec"])
+        for i, (ep, codes) in enumerate(hist["snapshots"]):
+            tensors[f"snap.{i}"] = codes
+        meta = {"kind": "image_autoencoder", **_state_meta(model), "config": key,
+                "snapshot_epochs": [ep for ep, _ in hist["snapshots"]]}
+        artifacts.save_tensors(path, tensors, meta)
+
+    def load(path):
+        tensors, meta = artifacts.load_tensors(path)
+        if meta.get("kind") != "image_autoencoder":
+            raise artifacts.ArtifactError(f"{path}: expected an image_autoencoder artifact, "
+                                          f"found kind {meta.get('kind')!r}")
+        model = ImageAutoencoder(meta["channels"], meta["latent_dim"], meta["n_classes"])
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise artifacts.ArtifactError(f"{path}: weights do not match the architecture "
+                                          f"{_state_meta(model)}: {exc}") from None
+        model.eval()
+        hist = {"loss": tensors["hist.loss"].tolist(), "rec": tensors["hist.rec"].tolist(),
+                "snapshots": [(ep, tensors[f"snap.{i}"])
+                              for i, ep in enumerate(meta.get("snapshot_epochs", []))]}
+        return model, hist
+
+    return artifacts.cached("catdog_autoencoder", key, build, save, load, rebuild=rebuild)
+
+
+# ---------------------------------------------------------------------------
+# Latent standardisation (what the diffusion model sees)
+# ---------------------------------------------------------------------------
+
+class LatentScaler:
+    """Per-dimension standardisation of codes: :math:`\\tilde z = (z - \\mu) / s`.
+
+    Diffusion assumes data of about unit scale (the noise is :math:`\\mathcal N(0, I)`);
+    the anchors' users report collapse when latents are not standardised.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean, self.std = mean, std
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, eps: float = 1e-6) -> "LatentScaler":
+        return cls(z.mean(0), z.std(0) + eps)
+
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        # z~ = (z - mu) / s
+        return (z - self.mean) / self.std
+
+    def inverse(self, z_std: torch.Tensor) -> torch.Tensor:
+        # z = mu + s * z~
+        return z_std * self.std + self.mean
+
+
+# ---------------------------------------------------------------------------
+# The class-conditional latent denoiser (shared diffusion code, cached here)
+# ---------------------------------------------------------------------------
+
+DENOISER_KEYS = ("den_hidden", "den_blocks", "den_time_dim", "den_steps", "den_batch_size", "den_lr",
+                 "den_ema", "den_p_uncond", "T", "schedule")
+
+
+def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_key: str,
+                                  rebuild: bool = False):
+    """The class-conditional :class:`~helpers.denoisers.MLPDenoiser` over standardised codes.
+
+    Trained with :func:`helpers.diffusion.train_diffusion` (ε-prediction loss,
+    EMA, labels dropped with probability ``den_p_uncond`` for classifier-free
+    guidance) on ``z_std`` (N, d) with labels ``y``. Keyed by the denoiser
+    settings plus ``ae_key`` (the autoencoder's config hash: new codes, new
+    denoiser). Returns ``(ema_model, history)``.
+    """
+    from . import denoisers, diffusion
+
+    key = {k: cfg[k] for k in DENOISER_KEYS}
+    key["autoencoder"] = ae_key
+    key["seed"] = cfg["seed"]
+    arch = dict(dim=int(z_std.shape[1]), hidden=cfg["den_hidden"], n_blocks=cfg["den_blocks"],
+                time_dim=cfg["den_time_dim"], cond_kind="class", n_classes=int(y.max()) + 1)
+
+    def build():
+        torch.manual_seed(cfg["seed"])
+        model = denoisers.MLPDenoiser(**arch)
+        sched = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["T"])
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        ema, hist = diffusion.train_diffusion(
+            model, z_std, sched, cfg["den_steps"], cfg["den_batch_size"], cfg["den_lr"],
+            ema_decay=cfg["den_ema"], cond=y, p_uncond=cfg["den_p_uncond"], generator=gen,
+            warmup_steps=min(200, cfg["den_steps"] // 10), lr_schedule="cosine",
+            progress=True, desc="latent denoiser")
+        return ema, hist
+
+    def save(obj, path):
+        ema, hist = obj
+        tensors = {f"model.{k}": v for k, v in ema.state_dict().items()}
+        tensors["hist.loss"] = torch.tensor(hist["loss"])
+        artifacts.save_tensors(path, tensors, {"kind": "catdog_latent_denoiser", "arch": arch,
+                                               "config": key, "seconds": hist["seconds"]})
+
+    def load(path):
+        tensors, meta = artifacts.load_tensors(path)
+        if meta.get("kind") != "catdog_latent_denoiser":
+            raise artifacts.ArtifactError(f"{path}: expected a catdog_latent_denoiser artifact, "
+                                          f"found kind {meta.get('kind')!r}")
+        if meta.get("arch") != arch:
+            raise artifacts.ArtifactError(f"{path}: denoiser architecture {meta.get('arch')} "
+                                          f"does not match the expected {arch}")
+        model = denoisers.MLPDenoiser(**arch)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        return model.eval(), {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds")}
+
+    return artifacts.cached("catdog_latent_denoiser", key, build, save, load, rebuild=rebuild)
+
+
+@torch.no_grad()
+def sample_codes(denoiser, sched, scaler: LatentScaler, labels: torch.Tensor, steps: int = 50,
+                 guidance: float = 3.0, eta: float = 0.0, seed: int = 0, clip: float | None = 5.0,
+                 return_trajectory: bool = False):
+    """Class-conditional DDIM samples in the autoencoder's code space.
+
+    ``labels`` (n,) the requested classes :math:`c`; ``guidance`` the weight
+    :math:`w` (0 = unconditional, 1 = conditional, >1 guided); ``clip`` bounds
+    :math:`\\hat x_0` in standardised units. Returns codes z (n, d), de-standardised,
+    and with ``return_trajectory`` the DDIM trajectory (standardised units).
+    """
+    from . import diffusion
+
+    gen = torch.Generator().manual_seed(seed)
+    n, d = len(labels), int(scaler.mean.shape[0])
+    cond = None if guidance == 0 else labels
+    out = diffusion.ddim_sample(denoiser, sched, (n, d), steps=steps, eta=eta, cond=cond,
+                                guidance=float(guidance) if cond is not None else 1.0,
+                                generator=gen, return_trajectory=return_trajectory, clip_x0=clip)
+    if return_trajectory:
+        z, traj = out
+        return scaler.inverse(z), traj
+    return scaler.inverse(out)

@@ -1,0 +1,449 @@
+r"""Honest, offline metrics for generated cat and dog images.
+
+The usual score, FID, compares Inception-v3 features of generated and real
+images; its weights are downloaded at run time, so it is not our default.
+We measure the same things with a judge trained here, on real images only:
+
+1. **An independent classifier** (:class:`CatDogCNN`), a small CNN trained on
+   the real training images (never on the autoencoder's outputs). Its accuracy
+   on the real test set says how good a judge it is; its accuracy on generated
+   images of a requested class is the **class consistency** of the generator.
+2. **A Fréchet distance in that classifier's feature space** (:func:`frechet_distance`).
+   Fit a Gaussian :math:`\mathcal N(\mu, \Sigma)` to the penultimate features of
+   each image set; then
+
+   .. math:: \mathrm{FD} = \lVert \mu_1 - \mu_2 \rVert^2
+             + \mathrm{tr}\big(\Sigma_1 + \Sigma_2 - 2(\Sigma_1\Sigma_2)^{1/2}\big).
+
+   A number alone means little: we report it beside the **floor**, the FD of
+   real training images against real test images with the same set sizes.
+3. **Nearest-neighbour distances** to the training set (:func:`nearest_neighbours`):
+   a generator that memorised would put samples at distance ~0 from a training
+   image; we compare with the distances of real test images to the training set.
+4. **A linear probe** (:func:`linear_probe_accuracy`): logistic regression on the
+   latents, trained on training codes and scored on test codes, measures how
+   separable the classes are in latent space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts, runtime
+
+# ---------------------------------------------------------------------------
+# The independent classifier
+# ---------------------------------------------------------------------------
+
+_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+
+
+def _prep(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> per-channel standardised float."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return (x - _MEAN) / _STD
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
+class CatDogCNN(nn.Module):
+    """A small VGG-style CNN for 32x32 cats vs dogs: three double-conv stages, global pool, linear.
+
+    ``channels`` are the widths of the stages; :meth:`features` returns the
+    global-average-pooled last stage (N, channels[-1]), the space of the
+    Fréchet distance. Inputs are images as uint8 or floats in [0, 1].
+    """
+
+    def __init__(self, channels=(32, 64, 128), n_classes: int = 2):
+        super().__init__()
+        self.channels = [int(c) for c in channels]
+        self.n_classes = int(n_classes)
+        stages, c_in = [], 3
+        for c in self.channels:
+            stages.append(_block(c_in, c))
+            c_in = c
+        self.body = nn.Sequential(*stages)
+        self.fc = nn.Linear(c_in, self.n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(_prep(x)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def random_shift_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched augmentation: random left-right flip and random crop after ``pad`` reflect-padding."""
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    di = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dj = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (di[:, None] + torch.arange(h)[None])[:, None, :, None]
+    cols = (dj[:, None] + torch.arange(w)[None])[:, None, None, :]
+    return xp[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def random_blur(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur a random fraction ``p`` of the images: average-pool by 2 or 4, then upsample bilinearly.
+
+    A judge that has only seen sharp photographs calls every blurred image the
+    same class; decoded latents are blurred, so without this the judge would
+    measure sharpness instead of "cat or dog".
+    """
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    out = x
+    pick = torch.rand(n, generator=generator)
+    for k, lo, hi in ((2, 0.0, p / 2), (4, p / 2, p)):
+        m = (pick >= lo) & (pick < hi)
+        if m.any():
+            low = F.avg_pool2d(x[m], k)
+            out = out.clone() if out is x else out
+            out[m] = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 128), epochs: int = 8,
+                     batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 5e-4,
+                     seed: int = 0, blur: float = 0.0) -> tuple[CatDogCNN, dict]:
+    """Train :class:`CatDogCNN` on real images with flips, shifts and (``blur`` > 0) random blur.
+
+    AdamW with a one-cycle learning rate; ``blur`` is the fraction of each batch
+    blurred by :func:`random_blur`.
+
+    Returns the model in eval mode and ``{"loss": [...]}`` per step.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = CatDogCNN(channels, int(y.max()) + 1).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(x_uint8)
+    spe = max(1, n // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=0.2)
+    hist = {"loss": []}
+    bar = runtime.progress(total=epochs * spe, desc="classifier")
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for k in range(spe):
+            idx = perm[k * batch_size:(k + 1) * batch_size]
+            xb = random_blur(random_shift_flip(x_uint8[idx].float() / 255.0, 4, gen), blur, gen)
+            loss = F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            hist["loss"].append(loss.item())
+            bar.update(1)
+    bar.close()
+    model.eval()
+    return model.to(memory_format=torch.contiguous_format), hist
+
+
+@torch.no_grad()
+def predict(model: CatDogCNN, x: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probabilities (N, K), features (N, F))`` of images x (uint8 or [0, 1] floats)."""
+    model.eval()
+    probs, feats = [], []
+    for i in range(0, len(x), batch_size):
+        f = model.features(x[i:i + batch_size])
+        feats.append(f)
+        probs.append(model.fc(f).softmax(-1))
+    return torch.cat(probs), torch.cat(feats)
+
+
+def accuracy(model: CatDogCNN, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy in % of ``model`` on images ``x`` with (requested or true) labels ``y``."""
+    p, _ = predict(model, x)
+    return 100.0 * (p.argmax(1) == torch.as_tensor(y)).float().mean().item()
+
+
+CLS_KEYS = ("seed", "n_train", "clf_channels", "clf_epochs", "clf_batch_size", "clf_lr", "clf_blur")
+
+
+def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuild: bool = False):
+    """The independent classifier for the ``catdog`` settings ``cfg``, cached by its own settings."""
+    key = {k: cfg[k] for k in CLS_KEYS}
+
+    def build():
+        model, _ = train_classifier(x_uint8, y, cfg["clf_channels"], cfg["clf_epochs"],
+                                    cfg["clf_batch_size"], cfg["clf_lr"], seed=cfg["seed"],
+                                    blur=cfg["clf_blur"])
+        return model
+
+    def save(model, path):
+        artifacts.save_tensors(path, model.state_dict(), {
+            "kind": "catdog_classifier", "channels": model.channels, "n_classes": model.n_classes,
+            "config": key})
+
+    def load(path):
+        tensors, meta = artifacts.load_tensors(path)
+        if meta.get("kind") != "catdog_classifier":
+            raise artifacts.ArtifactError(f"{path}: expected a catdog_classifier artifact, "
+                                          f"found kind {meta.get('kind')!r}")
+        model = CatDogCNN(meta["channels"], meta["n_classes"])
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise artifacts.ArtifactError(f"{path}: weights do not match CatDogCNN"
+                                          f"(channels={meta['channels']}): {exc}") from None
+        return model.eval()
+
+    return artifacts.cached("catdog_classifier", key, build, save, load, rebuild=rebuild)
+
+
+# ---------------------------------------------------------------------------
+# Distances
+# ---------------------------------------------------------------------------
+
+def frechet_distance(feats_a, feats_b) -> float:
+    r"""Fréchet distance between Gaussians fitted to two feature sets (N_a, F) and (N_b, F).
+
+    Uses the eigenvalues of :math:`\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}` for
+    :math:`\mathrm{tr}(\Sigma_1\Sigma_2)^{1/2}` (symmetric, so stable in float64).
+    """
+    a = np.asarray(torch.as_tensor(feats_a).double())
+    b = np.asarray(torch.as_tensor(feats_b).double())
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected two (N, F) feature sets with the same F; got {a.shape} and {b.shape}")
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # \Sigma_1^{1/2} by eigendecomposition
+    w, v = np.linalg.eigh(s1)
+    s1_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    # tr (\Sigma_1 \Sigma_2)^{1/2} = sum sqrt eig(\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2})
+    ev = np.linalg.eigvalsh(s1_half @ s2 @ s1_half)
+    tr_sqrt = np.sqrt(np.clip(ev, 0, None)).sum()
+    # FD = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})
+    fd = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+    return max(fd, 0.0)
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, batch_size: int = 256):
+    """For each query image, the closest reference image in pixel space (RMS distance in [0, 1] units).
+
+    ``queries`` (Q, C, H, W), ``reference`` (N, C, H, W), uint8 or [0, 1] floats.
+    Returns ``(distances (Q,), indices (Q,))``; distance 0 means an exact copy.
+    """
+    def flat(x):
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return x.reshape(len(x), -1)
+
+    r = flat(reference)
+    r2 = (r * r).sum(1)
+    dists, idxs = [], []
+    for i in range(0, len(queries), batch_size):
+        q = flat(queries[i:i + batch_size])
+        # ||q - r||^2 = ||q||^2 - 2 q.r + ||r||^2
+        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ r.T + r2[None]
+        d, j = d2.clamp(min=0).min(1)
+        dists.append((d / r.shape[1]).sqrt())
+        idxs.append(j)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def linear_probe_accuracy(z_train, y_train, z_test, y_test, max_iter: int = 500) -> float:
+    """Accuracy in % of a logistic regression trained on (standardised) train codes, on test codes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    clf.fit(np.asarray(z_train), np.asarray(y_train))
+    return 100.0 * float(clf.score(np.asarray(z_test), np.asarray(y_test)))
+
+
+def tsne_2d(z, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """A 2-D t-SNE embedding (N, 2) of codes z (N, d) (PCA initialisation, fixed seed)."""
+    from sklearn.manifold import TSNE
+
+    z = np.asarray(z, dtype=np.float32)
+    perplexity = min(perplexity, max(2.0, (len(z) - 1) / 3))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
+
+
+# ---------------------------------------------------------------------------
+# Frames and figures of notebook 04 (helpers return figures; the notebook shows them)
+# ---------------------------------------------------------------------------
+
+def tile(images: torch.Tensor, nrow: int, pad: int = 1, scale: int = 2) -> np.ndarray:
+    """Images (N, 3, H, W) in [0, 1] -> one uint8 picture (rows of ``nrow``), upscaled ``scale``x."""
+    x = images.detach().float().clamp(0, 1).cpu().numpy().transpose(0, 2, 3, 1)
+    n, h, w, c = x.shape
+    ncol = int(np.ceil(n / nrow))
+    canvas = np.ones((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), np.float32)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = x[i]
+    canvas = canvas.repeat(scale, 0).repeat(scale, 1)
+    return (canvas * 255).round().astype(np.uint8)
+
+
+def trajectory_frames(decode, trajectory: list[dict], key: str = "x_t", nrow: int = 4,
+                      inverse=None) -> tuple[list[np.ndarray], list[str]]:
+    """One frame per DDIM step: the decoded ``key`` ("x_t" or "x0_pred") of every sample, tiled.
+
+    ``decode`` maps codes (n, d) to images in [0, 1]; ``inverse`` undoes the
+    latent standardisation first. Returns ``(frames, captions)``.
+    """
+    frames, captions = [], []
+    n = len(trajectory)
+    for i, step in enumerate(trajectory):
+        z = step[key]
+        if inverse is not None:
+            z = inverse(z)
+        frames.append(tile(decode(z), nrow))
+        t = step["t"]
+        captions.append(f"step {i}/{n - 1}: " + ("final sample" if t < 0 else f"t = {t}"))
+    return frames, captions
+
+
+def paired_frames(decode, trajectory: list[dict], inverse=None, nrow: int = 8):
+    """Frames with two rows: decoded :math:`x_t` on top, decoded :math:`\\hat x_0` below."""
+    frames, captions = [], []
+    a, cap = trajectory_frames(decode, trajectory, "x_t", nrow, inverse)
+    b, _ = trajectory_frames(decode, trajectory, "x0_pred", nrow, inverse)
+    for fa, fb in zip(a, b):
+        frames.append(np.concatenate([fa, fb], 0))
+    return frames, [c + "  (top: D(x_t), bottom: D(x0 prediction))" for c in cap]
+
+
+def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, mse: float | None = None):
+    """Originals on top, reconstructions below; the title carries the test MSE."""
+    import matplotlib.pyplot as plt
+
+    n = len(originals)
+    orig = originals.float() / 255.0 if originals.dtype == torch.uint8 else originals
+    fig, ax = plt.subplots(figsize=(min(16, 0.8 * n), 2.2))
+    ax.imshow(tile(torch.cat([orig, reconstructions]), n, scale=1))
+    ax.set_axis_off()
+    title = "top: test images, bottom: reconstructions D(E(x))"
+    if mse is not None:
+        title += f"   (test MSE per pixel {mse:.4f})"
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def tsne_figure(embeddings: list[tuple[str, np.ndarray]], labels, class_names=("cat", "dog")):
+    """One scatter panel per (title, (N, 2) embedding), points coloured by class."""
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    k = len(embeddings)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
+    colors = ["tab:orange", "tab:blue"]
+    for ax, (title, e) in zip(axes[0], embeddings):
+        for c, name in enumerate(class_names):
+            m = labels == c
+            ax.scatter(e[m, 0], e[m, 1], s=4, alpha=0.6, color=colors[c % 2], label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(markerscale=3, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def denoising_path_figure(step_images: list[torch.Tensor], step_labels: list[str],
+                          background: np.ndarray, background_labels, paths: list[np.ndarray],
+                          path_labels, class_names=("cat", "dog")):
+    """Images along the denoising steps (one row per class) beside the latent paths in 2-D.
+
+    ``step_images[r]`` (S, 3, H, W) is row r (one sample, S steps); ``background``
+    (N, 2) the projected training codes; ``paths`` a list of (S+1, 2) projected
+    trajectories with classes ``path_labels``.
+    """
+    import matplotlib.pyplot as plt
+
+    rows, S = len(step_images), len(step_labels)
+    fig = plt.figure(figsize=(1.25 * S + 4.5, 1.4 * rows + 1.6))
+    gs = fig.add_gridspec(rows, S + 4)
+    for r, imgs in enumerate(step_images):
+        for s in range(S):
+            ax = fig.add_subplot(gs[r, s])
+            ax.imshow(imgs[s].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(step_labels[s], fontsize=7)
+    ax = fig.add_subplot(gs[:, S:])
+    colors = ["tab:orange", "tab:blue"]
+    bl = np.asarray(background_labels)
+    for c, name in enumerate(class_names):
+        m = bl == c
+        ax.scatter(background[m, 0], background[m, 1], s=2, alpha=0.15, color=colors[c % 2],
+                   label=f"training codes: {name}")
+    for p, c in zip(paths, path_labels):
+        ax.plot(p[:, 0], p[:, 1], "-", color=colors[int(c) % 2], lw=1.2, alpha=0.9)
+        ax.plot(p[0, 0], p[0, 1], "o", color="k", ms=3)
+        ax.plot(p[-1, 0], p[-1, 1], "*", color=colors[int(c) % 2], ms=9, mec="k", mew=0.5)
+    ax.set_title("latent paths, PCA of training codes (o start, * end)", fontsize=8)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.legend(fontsize=7, markerscale=4, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def neighbours_figure(samples: torch.Tensor, neighbours: torch.Tensor, distances, n: int = 10):
+    """Generated samples (top) above their nearest training images (bottom), with distances."""
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(samples))
+    nb = neighbours[:n].float() / 255.0 if neighbours.dtype == torch.uint8 else neighbours[:n]
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
+    for i in range(n):
+        axes[0][i].imshow(samples[i].permute(1, 2, 0).clamp(0, 1).numpy())
+        axes[1][i].imshow(nb[i].permute(1, 2, 0).clamp(0, 1).numpy())
+        axes[1][i].set_title(f"{float(distances[i]):.3f}", fontsize=7)
+        axes[0][i].set_axis_off()
+        axes[1][i].set_axis_off()
+    axes[0][0].set_title("sample", fontsize=7, loc="left")
+    fig.suptitle("generated (top) and nearest training image (bottom, RMS pixel distance)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_figure(xs, series: dict[str, list[float]], xlabel: str, floors: dict[str, float] | None = None):
+    """One panel per metric against a swept setting (e.g. DDIM steps); dashed floors if given."""
+    import matplotlib.pyplot as plt
+
+    k = len(series)
+    fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.0), squeeze=False)
+    for ax, (name, ys) in zip(axes[0], series.items()):
+        ax.plot(xs, ys, "o-")
+        if floors and name in floors:
+            ax.axhline(floors[name], ls="--", color="gray", label="real-vs-real")
+            ax.legend(fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def evaluate_generated(judge: CatDogCNN, images: torch.Tensor, labels: torch.Tensor,
+                       real_features: torch.Tensor) -> dict:
+    """Class consistency (%, overall and per class) and feature FD against ``real_features``.
+
+    ``images`` (n, 3, H, W) in [0, 1] generated for the requested ``labels``.
+    """
+    probs, feats = predict(judge, images)
+    labels = torch.as_tensor(labels)
+    hit = (probs.argmax(1) == labels).float()
+    out = {"class_consistency": 100.0 * hit.mean().item(),
+           "feature_fd": frechet_distance(feats, real_features)}
+    for c in labels.unique().tolist():
+        out[f"class_consistency_{c}"] = 100.0 * hit[labels == c].mean().item()
+    return out

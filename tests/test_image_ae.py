@@ -1,0 +1,104 @@
+"""The cat/dog image autoencoder: shapes, attention blocks, center loss, a loss that falls, caching."""
+
+import pytest
+import torch
+
+from helpers import artifacts, image_ae
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_encoder_decoder_shapes():
+    model = image_ae.ImageAutoencoder((8, 16, 32), latent_dim=24)
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    z, x_hat, logits = model(x)
+    assert z.shape == (5, 24)
+    assert x_hat.shape == (5, 3, 32, 32)
+    assert logits.shape == (5, 2)
+    assert model.decode(torch.randn(3, 24)).shape == (3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("block", [image_ae.CAL(16), image_ae.CAB(16)])
+def test_attention_blocks_keep_shape(block):
+    x = torch.randn(2, 16, 8, 8)
+    assert block(x).shape == x.shape
+
+
+def test_cal_gates_between_zero_and_input():
+    cal = image_ae.CAL(8)
+    x = torch.rand(2, 8, 4, 4) + 0.1
+    y = cal(x)
+    assert torch.all(y > 0) and torch.all(y < x)
+
+
+def test_center_loss_zero_on_centers_positive_elsewhere():
+    loss = image_ae.CenterLoss(2, 6)
+    y = torch.tensor([0, 1, 1, 0])
+    z = loss.centers.detach()[y].clone()
+    assert loss(z, y).item() == pytest.approx(0.0, abs=1e-12)
+    assert loss(z + 0.5, y).item() > 0.1
+    # a code on the *other* class's center is penalised
+    assert loss(loss.centers.detach()[1 - y], y).item() > 0
+
+
+def test_ae_loss_falls_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_dim=16)
+    # smooth images (random 4x4 colour patterns, upsampled): learnable in a few steps
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4), size=32, mode="nearest") * 2 - 1
+    y = torch.tensor([0, 1] * 4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, parts = image_ae.ae_loss(model, x, y, latent_noise=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(parts) == {"rec", "cls", "center"}
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_pixel_scaling_round_trip():
+    u = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    back = (image_ae.to_unit(image_ae.to_model(u)) * 255).round().to(torch.uint8)
+    assert torch.equal(back, u)
+
+
+def test_latent_scaler_round_trip():
+    z = torch.randn(100, 5) * 3 + 2
+    s = image_ae.LatentScaler.fit(z)
+    zs = s.transform(z)
+    assert torch.allclose(zs.mean(0), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(s.inverse(zs), z, atol=1e-5)
+
+
+def test_save_load_round_trip_and_wrong_kind(tmp_path):
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_dim=12).eval()
+    path = tmp_path / "ae.safetensors"
+    image_ae.save_autoencoder(model, path)
+    loaded, meta = image_ae.load_autoencoder(path)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(loaded(x)[1], model(x)[1])
+    assert meta["latent_dim"] == 12
+    artifacts.save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {"kind": "vae"})
+    with pytest.raises(artifacts.ArtifactError, match="expected an image_autoencoder"):
+        image_ae.load_autoencoder(tmp_path / "other.safetensors")
+
+
+def test_build_or_load_caches_by_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
+    cfg = {"seed": 0, "n_train": 16, "ae_channels": [4, 8, 8], "latent_dim": 8, "ae_epochs": 1,
+           "ae_batch_size": 8, "ae_lr": 1e-3, "ae_w_cls": 0.1, "ae_w_center": 0.01,
+           "ae_latent_noise": 0.05}
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1] * 8)
+    m1, h1 = image_ae.build_or_load_autoencoder(cfg, x, y, snapshot_x=x[:4], snapshot_every=1)
+    m2, h2 = image_ae.build_or_load_autoencoder(cfg, x, y)
+    assert len(list(tmp_path.glob("catdog_autoencoder-*.safetensors"))) == 1
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert h2["snapshots"][0][1].shape == (4, 8)
