@@ -89,6 +89,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+    with artifacts.atomic_write(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o044, "atomic writes must not leave files private (0600)"
 
 
 def test_save_load_tensors_round_trip_and_errors(tmp_path):
