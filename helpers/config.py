@@ -133,9 +133,9 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
 # n_train None = all 10,000 training images.
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None,
-    "ae_channels": [16, 32, 64], "latent_dim": 128, "ae_epochs": 6, "ae_batch_size": 128,
+    "ae_channels": [16, 32, 64], "latent_dim": 128, "ae_epochs": 12, "ae_batch_size": 32,
     "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05, "ae_latent_noise": 0.1,
-    "clf_channels": [16, 32, 64], "clf_epochs": 8, "clf_batch_size": 128, "clf_lr": 3e-3,
+    "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3,
     "clf_blur": 0.5,
     "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 3000,
     "den_batch_size": 256, "den_lr": 1e-3, "den_ema": 0.999, "den_p_uncond": 0.15,

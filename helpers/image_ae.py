@@ -10,16 +10,19 @@ trains, jointly,
 
     \\mathcal L = \\underbrace{\\lVert D(E(x)) - x \\rVert^2}_{\\text{reconstruction}}
       + \\lambda_{cls}\\, \\mathrm{CE}(h(z), y)
-      + \\lambda_{c}\\, \\tfrac12 \\lVert z - c_y \\rVert^2 ,
+      + \\lambda_{c}\\, \\frac{\\tfrac12 \\lVert z - c_y \\rVert^2}{\\lVert z - \\bar z \\rVert^2} ,
 
 - a **reconstruction** loss (pixels scaled to [-1, 1]);
 - a **latent classifier head** :math:`h` (one linear layer) whose cross-entropy
   makes cats and dogs linearly separable in latent space;
 - a **center loss** (Wen et al., 2016) pulling each code :math:`z` towards a
   learnable center :math:`c_y` of its class, so each class is a compact cloud.
+  It is divided by the batch's total variance of z (batch means), so it
+  cannot be lowered by shrinking all codes: see :func:`ae_loss`.
 
-The decoder sees :math:`z + \\sigma \\varepsilon` during training (latent noise,
-as in p-diff): small errors of a diffusion sample then still decode to an image.
+The decoder sees :math:`z + \\sigma\\, s \\odot \\varepsilon` during training (latent
+noise as in p-diff, :math:`s` the codes' per-dimension spread): small errors
+of a diffusion sample then still decode to an image.
 
 The blocks follow the cat/dog seed: **CAL**, a channel attention layer
 (squeeze-and-excitation: global average pool, bottleneck MLP, sigmoid gate per
@@ -205,20 +208,34 @@ def ae_loss(model: ImageAutoencoder, x: torch.Tensor, y: torch.Tensor, w_cls: fl
     """The joint loss of the module docstring; returns ``(loss, parts)``.
 
     ``x`` images in [-1, 1], ``y`` labels; ``w_cls`` is :math:`\\lambda_{cls}`,
-    ``w_center`` is :math:`\\lambda_c`, ``latent_noise`` is :math:`\\sigma` (Gaussian
-    noise added to z before decoding). The noise also fixes the scale of z: codes
-    that shrink to please the center loss drown in it, so the reconstruction
-    term keeps them spread out.
+    ``w_center`` is :math:`\\lambda_c`, ``latent_noise`` is :math:`\\sigma`.
+
+    Both latent terms are *relative to the scale of the codes*, because the
+    flat code has no fixed scale of its own:
+
+    - the noise is :math:`\\sigma\\, s \\odot \\varepsilon`, with :math:`s` the batch's
+      per-dimension standard deviation of z (not back-propagated);
+    - the center loss is divided by the batch's total variance,
+      :math:`\\tfrac12\\,\\mathrm{mean}_i\\lVert z_i-c_{y_i}\\rVert^2 / \\mathrm{mean}_i\\lVert z_i-\\bar z\\rVert^2`,
+      i.e. the share of the code's variance that lies *within* a class.
+
+    With an absolute center loss and absolute noise, the cheapest way to lower
+    the center loss is to shrink every code towards zero until a fixed noise of
+    0.1 drowns it: the decoder then sees mostly noise and outputs the
+    colourless average image (what an earlier version of this notebook did).
     """
     z = model.encode(x)
     z_dec = z
     if latent_noise > 0:
-        # z~ = z + sigma eps,  eps ~ N(0, I)
-        z_dec = z + latent_noise * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        # z~ = z + sigma * s * eps,  s = std_batch(z) per dimension,  eps ~ N(0, I)
+        scale = z.detach().std(0, keepdim=True)
+        z_dec = z + latent_noise * scale * torch.randn(z.shape, generator=generator, dtype=z.dtype)
     x_hat = model.decode(z_dec)
     rec = F.mse_loss(x_hat, x)
     cls = F.cross_entropy(model.head(z), y)
-    cen = model.center(z, y)
+    # L_c = (1/2 mean_i ||z_i - c_{y_i}||^2) / (mean_i ||z_i - zbar||^2)
+    total_var = (z - z.mean(0, keepdim=True)).pow(2).sum(1).mean().clamp_min(1e-8)
+    cen = model.center(z, y) / total_var
     loss = rec + w_cls * cls + w_center * cen
     return loss, {"rec": rec.item(), "cls": cls.item(), "center": cen.item()}
 

@@ -102,3 +102,19 @@ def test_build_or_load_caches_by_config(tmp_path, monkeypatch):
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
     assert h2["snapshots"][0][1].shape == (4, 8)
+
+
+def test_latent_terms_are_relative_to_the_code_scale():
+    # the old bug: an absolute center loss + fixed noise made codes shrink to nothing.
+    # Scaling every code (and the centers) by 10 must leave the center term unchanged.
+    torch.manual_seed(0)
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_dim=12)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1] * 3)
+    _, parts = image_ae.ae_loss(model, x, y, latent_noise=0.0)
+    with torch.no_grad():
+        model.encoder.out.weight.mul_(10)
+        model.encoder.out.bias.mul_(10)
+        model.center.centers.mul_(10)
+    _, parts10 = image_ae.ae_loss(model, x, y, latent_noise=0.0)
+    assert parts10["center"] == pytest.approx(parts["center"], rel=1e-4)
