@@ -8,13 +8,6 @@ from helpers import classifiers as C
 from helpers import weights as W
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 SMALL = {"arch": "cnn", "in_channels": 1, "image_size": 12, "channels": [4, 6],
          "kernel_size": 3, "stride": 1, "pool": True, "hidden": [8], "n_classes": 3}

@@ -327,13 +327,7 @@ def test_evaluation_on_a_fashion_mnist_zoo_in_smoke(tmp_path, monkeypatch):
     from helpers import classifiers, config, generation, vae, weights
 
     monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    # one thread: these tiny models train ~20x slower with 2 threads on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _fashion_pipeline(ev, classifiers, config, generation, vae, weights)
-    finally:
-        torch.set_num_threads(threads)
+    _fashion_pipeline(ev, classifiers, config, generation, vae, weights)
 
 
 def _fashion_pipeline(ev, classifiers, config, generation, vae, weights):

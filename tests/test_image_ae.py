@@ -6,11 +6,6 @@ import torch
 from helpers import artifacts, image_ae
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_encoder_decoder_shapes():
     model = image_ae.ImageAutoencoder((8, 16, 32), latent_dim=24)
     x = torch.rand(5, 3, 32, 32) * 2 - 1

@@ -7,11 +7,6 @@ import torch
 from helpers import animation, image_eval
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_frechet_distance_zero_for_same_set_positive_for_shift():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(500, 8, generator=g)

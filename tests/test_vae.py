@@ -37,15 +37,6 @@ class _IdentityNormalizer:
         return {}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(**kw):
     torch.manual_seed(0)
     return vae.model_from_config(D, _cfg(**kw))
