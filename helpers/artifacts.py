@@ -105,6 +105,26 @@ def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, tor
     return tensors, meta
 
 
+def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+               prefix: str = "", what: str = "model") -> torch.nn.Module:
+    """Load the tensors named ``<prefix><name>`` into ``model``, checking every name and shape first.
+
+    A file whose weights do not fit the architecture rebuilt from its metadata
+    raises :class:`ArtifactError` naming the first parameter that differs, with
+    the expected and the found shape, instead of torch's long error.
+    """
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        bad = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+        raise ArtifactError(
+            f"{path}: {what} weights do not match its architecture: parameter {bad[0]!r} "
+            f"expected shape {expected.get(bad[0])}, found {found.get(bad[0])}")
+    model.load_state_dict(state)
+    return model
+
+
 def artifact_path(kind: str, cfg: Mapping[str, Any], suffix: str = ".safetensors") -> Path:
     """``<artifacts>/<kind>-<config hash><suffix>``."""
     return _config.artifacts_dir() / f"{kind}-{config_key(cfg)}{suffix}"

@@ -95,15 +95,7 @@ def load_denoiser(path, dim: int | None = None, kind: str | None = None) -> tupl
     if kind is not None and meta.get("kind") != kind:
         raise artifacts.ArtifactError(f"{path}: expected a {kind!r} denoiser, found {meta.get('kind')!r}")
     model = MLPDenoiser(**arch)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        bad = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
-        raise artifacts.ArtifactError(
-            f"{path}: denoiser weights do not match its architecture {arch}: parameter {bad[0]!r} "
-            f"expected shape {expected.get(bad[0])}, found {found.get(bad[0])}")
-    model.load_state_dict(state)
+    artifacts.load_state(model, tensors, path, prefix="model.", what=f"denoiser {arch}")
     model.eval()
     info = {k: v for k, v in meta.items() if k not in ("format", "version", "arch")}
     info["history"] = {"loss": tensors["history.loss"].tolist()}

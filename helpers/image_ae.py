@@ -350,14 +350,7 @@ def load_autoencoder(path) -> tuple[ImageAutoencoder, dict]:
         raise artifacts.ArtifactError(
             f"{path}: expected an image_autoencoder artifact, found kind {meta.get('kind')!r}")
     model = ImageAutoencoder(meta["channels"], meta["latent_dim"], meta["n_classes"])
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))[:4]
-        raise artifacts.ArtifactError(
-            f"{path}: weights do not match the architecture in its metadata "
-            f"(expected vs found differ at {diff})")
-    model.load_state_dict(tensors)
+    artifacts.load_state(model, tensors, path, what=f"image autoencoder {_state_meta(model)}")
     model.eval()
     return model, meta
 
@@ -399,12 +392,8 @@ def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebui
             raise artifacts.ArtifactError(f"{path}: expected an image_autoencoder artifact, "
                                           f"found kind {meta.get('kind')!r}")
         model = ImageAutoencoder(meta["channels"], meta["latent_dim"], meta["n_classes"])
-        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise artifacts.ArtifactError(f"{path}: weights do not match the architecture "
-                                          f"{_state_meta(model)}: {exc}") from None
+        artifacts.load_state(model, tensors, path, prefix="model.",
+                             what=f"image autoencoder {_state_meta(model)}")
         model.eval()
         hist = {"loss": tensors["hist.loss"].tolist(), "rec": tensors["hist.rec"].tolist(),
                 "snapshots": [(ep, tensors[f"snap.{i}"])
@@ -495,7 +484,7 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
             raise artifacts.ArtifactError(f"{path}: denoiser architecture {meta.get('arch')} "
                                           f"does not match the expected {arch}")
         model = denoisers.MLPDenoiser(**arch)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        artifacts.load_state(model, tensors, path, prefix="model.", what=f"denoiser {arch}")
         return model.eval(), {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds")}
 
     return artifacts.cached("catdog_latent_denoiser", key, build, save, load, rebuild=rebuild)

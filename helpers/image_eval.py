@@ -194,11 +194,7 @@ def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuil
             raise artifacts.ArtifactError(f"{path}: expected a catdog_classifier artifact, "
                                           f"found kind {meta.get('kind')!r}")
         model = CatDogCNN(meta["channels"], meta["n_classes"])
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as exc:
-            raise artifacts.ArtifactError(f"{path}: weights do not match CatDogCNN"
-                                          f"(channels={meta['channels']}): {exc}") from None
+        artifacts.load_state(model, tensors, path, what=f"CatDogCNN(channels={meta['channels']})")
         return model.eval()
 
     return artifacts.cached("catdog_classifier", key, build, save, load, rebuild=rebuild)

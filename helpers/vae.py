@@ -456,16 +456,7 @@ def load_vae(path, dim: int | None = None, spec: Any = None) -> tuple[ParamVAE, 
             f"{path}: VAE for another network architecture: expected spec {_jsonable(spec)}, "
             f"found {_jsonable(meta['spec'])}")
     model = ParamVAE(**arch)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        diff = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
-        k = diff[0]
-        raise artifacts.ArtifactError(
-            f"{path}: VAE weights do not match the architecture {arch}: parameter {k!r} "
-            f"expected shape {expected.get(k)}, found {found.get(k)}")
-    model.load_state_dict(state)
+    artifacts.load_state(model, tensors, path, prefix="model.", what=f"VAE {arch}")
     model.spec = meta.get("spec")
     norm_t = {k[len("normalizer."):]: v for k, v in tensors.items() if k.startswith("normalizer.")}
     if norm_t or meta.get("normalizer"):

@@ -190,3 +190,17 @@ def test_gif_has_every_frame_and_slider_shows_them(tmp_path):
         animation.frame_slider(frames, ["a", "b"])
     with pytest.raises(ValueError, match="one shape"):
         animation.write_gif(frames + [np.zeros((3, 3, 3), np.uint8)], "bad", directory=tmp_path)
+
+
+def test_load_state_names_the_mismatched_parameter(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    fresh = artifacts.load_state(torch.nn.Linear(4, 3), tensors, tmp_path / "m", prefix="model.")
+    assert torch.equal(fresh.weight, model.weight)
+    tensors["model.weight"] = torch.zeros(3, 5)
+    with pytest.raises(artifacts.ArtifactError,
+                       match=r"parameter 'weight' expected shape \(3, 4\), found \(3, 5\)"):
+        artifacts.load_state(torch.nn.Linear(4, 3), tensors, tmp_path / "m", prefix="model.")
+    with pytest.raises(artifacts.ArtifactError, match="parameter 'bias' expected shape"):
+        artifacts.load_state(torch.nn.Linear(4, 3), {"model.weight": model.weight}, tmp_path / "m",
+                             prefix="model.")
