@@ -30,9 +30,10 @@ Paths (all overridable by environment variables, nothing is created on import):
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 PRESET_NAMES = ("smoke", "default", "full")
 
@@ -191,6 +192,93 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# ---------------------------------------------------------------------------
+# Checking settings: environment variables and config values, where they are read.
+# ---------------------------------------------------------------------------
+
+class SettingError(ValueError):
+    """A setting or environment variable holds a value it does not accept.
+
+    The message is one line naming the setting, the value found and the values accepted.
+    """
+
+
+def env_int(name: str, minimum: int = 1, default: int | None = None) -> int | None:
+    """The whole number in ``$name`` (at least ``minimum``), or ``default`` if unset or empty."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise SettingError(f"{name}={text!r} is not accepted: expected a whole number >= {minimum}")
+    return value
+
+
+def env_choice(name: str, choices: Iterable[str], default: str | None = None) -> str | None:
+    """The value of ``$name`` if it is one of ``choices``, or ``default`` if unset or empty."""
+    choices = tuple(choices)
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if text not in choices:
+        raise SettingError(f"{name}={text!r} is not accepted: expected one of {', '.join(choices)}")
+    return text
+
+
+def _kind(value: Any) -> str:
+    """The type family of a preset value: bool, int, float, str, list, dict (or its type name)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, Mapping):
+        return "dict"
+    return type(value).__name__
+
+
+def _fits(value: Any, kinds: set[str]) -> bool:
+    kind = _kind(value)
+    return kind in kinds or (kind == "int" and "float" in kinds)   # 3 is a fine learning rate
+
+
+def check_setting(section: str, key: str, value: Any) -> None:
+    """Refuse ``value`` for ``section.key`` if the presets never hold a value of its type.
+
+    The accepted types are those of the key's values in every preset: an int
+    is accepted where a float is expected, None only where some preset has
+    None, and a key that is None in every preset accepts anything. Lists are
+    checked one level deep (``[16, "32"]`` is refused where channels go).
+    """
+    presets = SECTIONS[section]
+    if not any(key in presets[p] for p in presets):
+        raise KeyError(f"section {section!r} has no setting {key!r}")
+    examples = [presets[p][key] for p in presets if key in presets[p]]
+    known = [v for v in examples if v is not None]
+    if not known or (value is None and len(known) < len(examples)):
+        return
+    kinds = {_kind(v) for v in known}
+    shown = ", ".join(sorted(kinds)) + (" or None" if len(known) < len(examples) else "")
+    if value is None or not _fits(value, kinds):
+        found = "None" if value is None else f"{_kind(value)} {value!r}"
+        raise SettingError(f"setting {section}.{key} expects {shown} (as in the presets: "
+                           f"{', '.join(repr(v) for v in examples)}), found {found}")
+    if _kind(value) == "list":
+        inner = {_kind(v) for example in known if _kind(example) == "list" for v in example}
+        bad = [v for v in value if inner and not _fits(v, inner)]
+        if bad:
+            raise SettingError(f"setting {section}.{key} expects a list of {', '.join(sorted(inner))}, "
+                               f"found {_kind(bad[0])} {bad[0]!r} in {value!r}")
+
+
 class Config(dict):
     """A dict whose keys can also be read as attributes (``cfg.epochs``).
 
@@ -214,10 +302,39 @@ class Config(dict):
             ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("section") in SECTIONS and name not in self:
+            raise AttributeError(
+                f"config section {self.section!r} has no setting {name!r} (a typo?); "
+                f"it has: {', '.join(sorted(self))}")
         self[name] = value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        """A config made by :func:`get_config` refuses unknown keys and values of the wrong type."""
+        section = self.__dict__.get("section")
+        if section in SECTIONS:
+            if name not in self:
+                raise KeyError(f"config section {section!r} has no setting {name!r} (a typo?); "
+                               f"it has: {', '.join(sorted(self))}")
+            check_setting(section, name, value)
+        super().__setitem__(name, value)
+
+    def update(self, *args, **kwargs) -> None:
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def setdefault(self, name: str, value: Any = None) -> Any:
+        if name not in self:
+            self[name] = value
+        return self[name]
 
     def __deepcopy__(self, memo):
         return Config(copy.deepcopy(dict(self), memo), preset=self.preset, section=self.section)
+
+    def __copy__(self):
+        return Config(dict(self), preset=self.preset, section=self.section)
+
+    def __reduce__(self):
+        return (_config_from, (dict(self), self.preset, self.section))
 
     def show(self) -> str:
         """Return (and print) a small table of the settings, for the top of a notebook."""
@@ -229,12 +346,18 @@ class Config(dict):
         return text
 
 
+def _config_from(values: dict, preset: str, section: str) -> Config:
+    """Rebuild a pickled :class:`Config` (its checks need ``section`` before the items)."""
+    return Config(values, preset=preset, section=section)
+
+
 def current_preset(preset: str | None = None) -> str:
     """Resolve the preset name: argument, then ``$LDT_PRESET``, then ``"default"``."""
-    name = preset or os.environ.get("LDT_PRESET") or "default"
-    if name not in PRESET_NAMES:
-        raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESET_NAMES)}")
-    return name
+    if preset:
+        if preset not in PRESET_NAMES:
+            raise SettingError(f"unknown preset {preset!r}: expected one of {', '.join(PRESET_NAMES)}")
+        return preset
+    return env_choice("LDT_PRESET", PRESET_NAMES, default="default")
 
 
 def get_config(section: str, preset: str | None = None, **overrides: Any) -> Config:
@@ -252,6 +375,8 @@ def get_config(section: str, preset: str | None = None, **overrides: Any) -> Con
         raise KeyError(
             f"unknown setting(s) {unknown} for section {section!r}; it has: {', '.join(sorted(values))}"
         )
+    for key, value in overrides.items():
+        check_setting(section, key, value)
     values.update(overrides)
     return Config(values, preset=name, section=section)
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .config import env_choice, env_int
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a ``torch.Generator`` seeded the same way.
@@ -30,15 +32,45 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def get_device(prefer: str | None = None) -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU (or ``prefer``/``$LDT_DEVICE``)."""
-    prefer = prefer or os.environ.get("LDT_DEVICE")
+    """CUDA if available, then Apple's MPS, then the CPU (or ``prefer``/``$LDT_DEVICE``).
+
+    A requested device must exist: ``LDT_DEVICE=cuda`` on a machine without
+    CUDA is an error (:class:`helpers.config.SettingError`), not a silent CPU run.
+    """
     if prefer:
-        return torch.device(prefer)
+        return check_device(prefer, "device")
+    if os.environ.get("LDT_DEVICE", "").strip():
+        return check_device(os.environ["LDT_DEVICE"].strip(), "LDT_DEVICE")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(name: str, what: str = "device") -> torch.device:
+    """``torch.device(name)`` if it is cpu, cuda, cuda:N or mps and present on this machine."""
+    from .config import SettingError
+
+    accepted = "cpu" + ("".join(f", cuda:{i}" for i in range(torch.cuda.device_count()))
+                        if torch.cuda.is_available() else "")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        accepted += ", mps"
+    head = f"{what}={name!r} is not accepted"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise SettingError(f"{head}: expected cpu, cuda, cuda:N or mps (available here: {accepted})") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise SettingError(f"{head}: this CUDA device is not available here "
+                           f"(available here: {accepted})")
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise SettingError(f"{head}: Apple's MPS is not available here (available here: {accepted})")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SettingError(f"{head}: expected cpu, cuda, cuda:N or mps (available here: {accepted})")
+    return device
 
 
 def setup_threads(n: int | None = None) -> int:
@@ -50,7 +82,7 @@ def setup_threads(n: int | None = None) -> int:
     that wait on each other were measured up to 10x slower there.
     """
     if n is None:
-        n = int(os.environ.get("LDT_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+        n = env_int("LDT_NUM_THREADS", minimum=1) or (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
 
@@ -91,7 +123,7 @@ def progress(iterable=None, **kwargs):
     """
     from tqdm.auto import tqdm
 
-    kwargs.setdefault("disable", os.environ.get("LDT_PROGRESS", "1") == "0")
+    kwargs.setdefault("disable", env_choice("LDT_PROGRESS", ("0", "1"), default="1") == "0")
     kwargs.setdefault("leave", False)
     return tqdm(iterable, **kwargs)
 
