@@ -4,11 +4,17 @@ Three rules, because a tutorial's artifacts outlive the kernel that made them:
 
 1. **Atomic writes.** Everything is written to a temporary file in the same
    folder and renamed into place (:func:`atomic_write`), so an interrupted run
-   never leaves a half-written file that a later run would trust.
+   never leaves a half-written file that a later run would trust. The
+   temporary file of a run that was killed is removed by the next run
+   (:func:`remove_stale_tmp`).
 2. **Safe formats.** Tensors go into `safetensors` files, with a JSON metadata
    string beside them. Nothing is ever unpickled: a weight file a reader was
    handed cannot run code.
-3. **Keyed by config.** An artifact's file name carries a short hash of the
+3. **Checked on load.** Each file stores a sha256 of its metadata and tensor
+   bytes (:func:`tensors_digest`); :func:`load_tensors` recomputes it and checks
+   that every floating tensor is finite, so a flipped byte or a block of NaN is
+   an :class:`ArtifactError`, never a silently worse model.
+4. **Keyed by config.** An artifact's file name carries a short hash of the
    settings that made it (:func:`config_key`), so notebook 03 finds the VAE that
    notebook 02 trained *with the same settings*, and rebuilds it otherwise
    (:func:`cached`).
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -39,15 +46,67 @@ def config_key(cfg: Mapping[str, Any], length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+STALE_SECONDS = 60.0
+"""A temporary file older than this whose writer is gone is left over from a killed run."""
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (unknown counts as alive: never delete on a guess)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True           # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: str | os.PathLike, pattern: str = ".*.tmp",
+                     max_age: float = STALE_SECONDS) -> list[Path]:
+    """Delete temporary files of interrupted :func:`atomic_write` calls in ``folder``.
+
+    A file ``.<name>.<pid>.<random>.tmp`` is removed when it is older than
+    ``max_age`` seconds and its writer process is gone (or, for a name without a
+    pid, on age alone); any temporary file older than a day is removed. Files
+    of a write still in progress are never touched. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for tmp in folder.glob(pattern):
+        try:
+            age = now - tmp.stat().st_mtime
+        except OSError:
+            continue
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        if age > 86400 or (age > max_age and (pid is None or not _pid_alive(pid))):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file next to ``path``; on success rename it to ``path``.
 
     On an exception the temporary file is removed and ``path`` is untouched.
+    The temporary name carries the writer's pid (``.<name>.<pid>.<random>.tmp``),
+    so leftovers of a killed writer of the same file are removed here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_tmp(path.parent, f".{_glob_escape(path.name)}.*.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file private (0600); give it the usual permissions.
     umask = os.umask(0)
     os.umask(umask)
@@ -66,13 +125,32 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
+    """sha256 of the metadata text and of every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write tensors and JSON-able metadata to a safetensors file, atomically."""
+    """Write tensors and JSON-able metadata to a safetensors file, atomically.
+
+    The file's header also holds ``sha256``, the :func:`tensors_digest` of the
+    metadata and tensors, which :func:`load_tensors` checks.
+    """
     from safetensors.torch import save
 
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"json": json.dumps(metadata or {}, sort_keys=True, default=str)}
+    text = json.dumps(metadata or {}, sort_keys=True, default=str)
+    meta = {"json": text, "sha256": tensors_digest(payload, text)}
     data = save(payload, metadata=meta)
     with atomic_write(path) as f:
         f.write(data)
@@ -82,8 +160,10 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
 def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
     """Read a file written by :func:`save_tensors`: ``(tensors, metadata)``.
 
-    A missing or unreadable file raises :class:`ArtifactError` naming the file
-    and, via ``hint``, how to make it again.
+    The stored sha256 is recomputed and every floating tensor must be finite. A
+    missing, unreadable, corrupted or unchecked (no checksum) file raises
+    :class:`ArtifactError`, one line naming the file and, via ``hint``, how to
+    make it again.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -92,16 +172,34 @@ def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, tor
     fix = f" {hint}" if hint else " Delete it and run the notebook that makes it again."
     if not path.exists():
         raise ArtifactError(f"artifact not found: {path}.{fix}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"artifact {path} cannot be read ({exc.strerror}).{fix}") from None
     try:
         tensors = load(raw)
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8:8 + header_len])
-        meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        stored = header.get("__metadata__") or {}
+        text = stored.get("json", "{}")
+        meta = json.loads(text)
+    except (SafetensorError, ValueError, AttributeError, json.JSONDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:120]
         raise ArtifactError(
-            f"artifact {path} is corrupted or not a safetensors file ({exc}).{fix}"
+            f"artifact {path} is corrupted or not a safetensors file ({reason}).{fix}"
         ) from None
+    if "sha256" not in stored:
+        raise ArtifactError(f"artifact {path} has no checksum (written by an older version), "
+                            f"so it cannot be trusted.{fix}")
+    found = tensors_digest(tensors, text)
+    if found != stored["sha256"]:
+        raise ArtifactError(f"artifact {path} is corrupted: its bytes changed since it was written "
+                            f"(sha256 expected {stored['sha256'][:12]}.., found {found[:12]}..).{fix}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ArtifactError(f"artifact {path}: tensor {name!r} holds {bad} non-finite values "
+                                f"(NaN or inf), so it cannot be trusted.{fix}")
     return tensors, meta
 
 
@@ -125,6 +223,17 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path
     return model
 
 
+def _one_line(exc: BaseException, path: Path) -> str:
+    """A load failure as one line that names the file."""
+    if isinstance(exc, ArtifactError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, KeyError):
+        return f"artifact {path} lacks the metadata or tensor {exc.args[0]!r} its loader needs."
+    reason = " ".join(str(exc).split())
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return f"artifact {path} could not be loaded ({type(exc).__name__}: {reason})."
+
+
 def artifact_path(kind: str, cfg: Mapping[str, Any], suffix: str = ".safetensors") -> Path:
     """``<artifacts>/<kind>-<config hash><suffix>``."""
     return _config.artifacts_dir() / f"{kind}-{config_key(cfg)}{suffix}"
@@ -136,17 +245,21 @@ def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
     """Load the ``kind`` artifact made by ``cfg`` if it exists, else build and save it.
 
     ``save(obj, path)`` must write atomically (e.g. with :func:`save_tensors`).
-    A corrupted cached file is reported and rebuilt, never trusted.
+    A file that fails to load for any reason (checksum, non-finite values, a
+    missing metadata key, a wrong shape, unreadable) is reported in one line
+    naming it and rebuilt from ``cfg``, never trusted. Temporary files left by
+    a killed run in the artifacts folder are removed first.
     """
     path = artifact_path(kind, cfg)
+    remove_stale_tmp(path.parent)
     if path.exists() and not rebuild:
         try:
             obj = load(path)
             if verbose:
                 print(f"loaded {kind} from {path}")
             return obj
-        except ArtifactError as exc:
-            print(f"warning: {exc} Rebuilding it.")
+        except (ArtifactError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            print(f"warning: {_one_line(exc, path)} Rebuilding it from its settings.")
     obj = build()
     save(obj, path)
     if verbose:

