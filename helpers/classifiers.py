@@ -264,11 +264,39 @@ def adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(step: int, total: int, schedule: str = "constant", warmup: float = 0.0) -> float:
+    """Learning-rate multiplier before optimiser step ``step`` (0-based) of ``total``.
+
+    ``warmup``: fraction of the steps with a linear ramp :math:`(t+1)/t_w`; then
+    ``"constant"`` keeps 1, ``"cosine"`` decays as :math:`\tfrac12(1+\cos\pi p)` and
+    ``"linear"`` as :math:`1-p`, with :math:`p = (t-t_w)/(T-t_w)` the progress after warm-up
+    (a one-cycle schedule, which reaches a given accuracy in fewer epochs than a constant rate).
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    t_w = int(round(warmup * total))
+    if step < t_w:
+        return (step + 1) / t_w
+    if schedule == "constant":
+        return 1.0
+    p = (step - t_w) / max(1, total - t_w)
+    return 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1,
                  batch_size: int = 128, lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
                  generator: torch.Generator | None = None, augment_shift: int = 0,
                  on_step: Callable[[int, float], None] | None = None,
-                 progress: bool = False) -> list[float]:
+                 progress: bool = False, lr_schedule: str = "constant",
+                 warmup: float = 0.0) -> list[float]:
     """Train ``model`` in place with Adam on in-memory tensors; return the per-step losses.
 
     ``x`` is already normalised (see :func:`load_split`). Each epoch draws a
@@ -276,11 +304,14 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
     ``batch_size`` (the last, short batch is dropped). ``epochs`` may be
     fractional (e.g. 0.5 = half an epoch of steps). ``on_step(step, loss)`` is
     called after every optimiser step (for checkpointing). Pass ``optimizer``
-    to continue training with its state.
+    to continue training with its state. ``lr_schedule``/``warmup``: see
+    :func:`lr_factor` (the default keeps ``lr`` constant).
     """
     from . import runtime
 
+    lr_factor(0, 1, lr_schedule)                      # checks the name
     opt = optimizer or adam(model.parameters(), lr)
+    base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
     n = x.shape[0]
     per_epoch = n // batch_size
     total = int(round(epochs * per_epoch))
@@ -295,6 +326,8 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
                 break
             idx = perm[b * batch_size:(b + 1) * batch_size]
             xb = random_shift(x[idx], augment_shift, generator) if augment_shift else x[idx]
+            if lr_schedule != "constant" or warmup:
+                _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))
             # L = -(1/B) \sum_i \log softmax(f(x_i))_{y_i}
             loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -332,7 +365,8 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                   optimizer: torch.optim.Optimizer | None = None,
                   generators: list[torch.Generator] | None = None, augment_shift: int = 0,
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
-                  progress: bool = False) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+                  progress: bool = False, lr_schedule: str = "constant",
+                  warmup: float = 0.0) -> tuple[torch.Tensor, torch.optim.Optimizer]:
     """Train K networks at once (stacked parameters, each with its own data order).
 
     ``params``: name -> (K, ...) leaf tensors, updated in place (see
@@ -342,6 +376,12 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     (one per network) fix each network's shuffling. ``on_step(step, losses)``
     receives the K minibatch losses. Returns ``(losses (steps, K), optimizer)``;
     pass the optimizer back in to continue with its state.
+
+    Network k draws its shuffling *and* its augmentation shifts from
+    ``generators[k]`` in the same order as :func:`train_epochs` does, so network
+    k here follows, up to float rounding, the single run
+    ``train_epochs(model_k, ..., generator=generators[k])`` with the same
+    ``lr_schedule`` (tested in ``tests/test_classifiers.py``).
     """
     from . import runtime
 
@@ -349,7 +389,11 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
         p.requires_grad_(True)
     k = next(iter(params.values())).shape[0]
     generators = generators or [torch.Generator().manual_seed(i) for i in range(k)]
+    if len(generators) != k:
+        raise ValueError(f"expected one generator per network ({k}), got {len(generators)}")
+    lr_factor(0, 1, lr_schedule)                      # checks the name
     opt = optimizer or adam(params.values(), lr)
+    base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
     n = x.shape[0]
     per_epoch = n // batch_size
     total = int(round(epochs * per_epoch))
@@ -364,7 +408,9 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
             idx = perms[:, b * batch_size:(b + 1) * batch_size]                       # (K, B)
             xb = x[idx]                                                               # (K, B, C, H, W)
             if augment_shift:
-                xb = random_shift(xb.flatten(0, 1), augment_shift, generators[0]).view_as(xb)
+                xb = torch.stack([random_shift(xb[j], augment_shift, g) for j, g in enumerate(generators)])
+            if lr_schedule != "constant" or warmup:
+                _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))
             logits = stacked_forward(params, xb, spec)                               # (K, B, classes)
             # per-network mean cross-entropy L_k, then \sum_k L_k
             losses = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
