@@ -53,8 +53,9 @@ Every file is written to a temporary name and then renamed, so an interrupted
 run never leaves a half-written file under the real name (and the temporary
 files of a killed run are removed by the next one). ``load_tensors`` checks
 shapes, dtypes and the sha256 of pixels and labels against ``EXPECTED``, once
-per process (about 0.1 s for CIFAR-10's training split), so no notebook trains
-on a flipped pixel or a shuffled label; ``verify`` also checks the IDX files.
+per process (hashing adds about 0.1 s for CIFAR-10's training split), so no
+notebook trains on a flipped pixel or a shuffled label; ``verify`` also checks
+the IDX files.
 
 "catdog" is derived on the fly from the CIFAR-10 cache: classes 3 (cat) and
 5 (dog), relabelled 0 = cat, 1 = dog, in the original order.
