@@ -339,7 +339,8 @@ class Config(dict):
     def show(self) -> str:
         """Return (and print) a small table of the settings, for the top of a notebook."""
         width = max((len(k) for k in self), default=0)
-        lines = [f"preset: {self.preset}    section: {self.section}"]
+        lines = [SMOKE_NOTE] if self.preset == "smoke" else []
+        lines += [f"preset: {self.preset}    section: {self.section}"]
         lines += [f"  {k:<{width}} = {v!r}" for k, v in self.items()]
         text = "\n".join(lines)
         print(text)
@@ -378,7 +379,30 @@ def get_config(section: str, preset: str | None = None, **overrides: Any) -> Con
     for key, value in overrides.items():
         check_setting(section, key, value)
     values.update(overrides)
+    _set_active_preset(name)
     return Config(values, preset=name, section=section)
+
+
+# The preset a notebook runs in: the last one resolved by get_config in this
+# process (a notebook's parameters cell passes PRESET to get_config). Metrics
+# (helpers.runs.log_metric) and figures (helpers.plots.save_figure) are filed
+# under it, so a notebook whose PRESET differs from $LDT_PRESET logs its own.
+_ACTIVE_PRESET: str | None = None
+
+
+def _set_active_preset(name: str | None) -> None:
+    global _ACTIVE_PRESET
+    _ACTIVE_PRESET = name
+
+
+def active_preset(preset: str | None = None) -> str:
+    """The preset numbers and figures belong to: ``preset``, else the one the last
+    :func:`get_config` call in this process used, else :func:`current_preset`."""
+    return current_preset(preset or _ACTIVE_PRESET)
+
+
+SMOKE_NOTE = ("NOTE: smoke preset: a tiny budget that only proves the code runs; "
+              "its numbers (accuracies, bars, sweeps) mean nothing. Use PRESET = \"default\" for results.")
 
 
 # ---------------------------------------------------------------------------
@@ -397,8 +421,15 @@ def output_dir() -> Path:
 
 
 def figures_dir() -> Path:
-    """Where :func:`helpers.plots.save_figure` writes (``<output>/figures``)."""
+    """The committed figures' folder, ``<output>/figures``: only the `default` preset
+    writes here; other presets write to ``figures/<preset>/`` (see :func:`preset_figures_dir`)."""
     return output_dir() / "figures"
+
+
+def preset_figures_dir(preset: str | None = None) -> Path:
+    """Where the figures of a preset go: ``figures/`` for `default`, ``figures/<preset>/`` otherwise."""
+    name = active_preset(preset)
+    return figures_dir() if name == "default" else figures_dir() / name
 
 
 def artifacts_dir() -> Path:
