@@ -48,8 +48,12 @@ def _as_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def write_gif(frames: Sequence[np.ndarray], name: str | Path, fps: float = 8,
-              hold_last: int = 4, directory: str | Path | None = None) -> Path:
+              hold_last: int = 4, directory: str | Path | None = None,
+              preset: str | None = None) -> Path:
     """Write frames as a looping GIF to ``<figures>/<name>.gif`` (atomically).
+
+    ``<figures>`` is the preset's figure folder (``figures/`` for `default`,
+    ``figures/<preset>/`` otherwise; :func:`helpers.config.preset_figures_dir`).
 
     ``hold_last`` shows the final frame that many frame-times longer, so the
     loop pauses on the result. The GIF holds exactly ``len(frames)`` frames.
@@ -63,7 +67,7 @@ def write_gif(frames: Sequence[np.ndarray], name: str | Path, fps: float = 8,
     if path.suffix != ".gif":
         path = path.with_suffix(".gif")
     if not path.is_absolute():
-        path = (Path(directory) if directory else _config.figures_dir()) / path
+        path = (Path(directory) if directory else _config.preset_figures_dir(preset)) / path
     data = iio.imwrite("<bytes>", np.stack(frames), extension=".gif",
                        duration=durations, loop=0)
     with atomic_write(path) as f:
@@ -79,24 +83,34 @@ def gif_frame_count(path: str | Path) -> int:
 
 
 def frames_grid(frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,
-                n: int = 8, ncols: int | None = None):
-    """A static figure of ``n`` evenly spaced frames (always including the last)."""
+                n: int = 8, ncols: int | None = None, frame_dpi: float = 80, max_width: float = 13.0,
+                titles: bool = True):
+    """A static figure of ``n`` evenly spaced frames (always including the last).
+
+    Each frame is drawn at its own size (``frame_dpi``: the dpi it was rendered at,
+    see :func:`fig_to_array`), so the titles and axes drawn inside it stay as
+    readable as in the slider; ``ncols`` defaults to as many frames as fit in
+    ``max_width`` inches side by side. ``titles=False`` leaves out the titles above
+    the frames (for frames that carry their own caption).
+    """
     import matplotlib.pyplot as plt
 
     frames = _as_frames(frames)
     idx = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int))
-    ncols = ncols or len(idx)
-    nrows = int(np.ceil(len(idx) / ncols))
     h, w = frames[0].shape[:2]
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols * w / max(h, w) + 0.2,
-                                                    2.2 * nrows * h / max(h, w) + 0.4),
+    panel_w, panel_h = w / frame_dpi, h / frame_dpi
+    if ncols is None:
+        ncols = max(1, min(len(idx), int(max_width // panel_w)))
+    nrows = int(np.ceil(len(idx) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols, (panel_h + 0.35) * nrows),
                              squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, i in zip(axes.flat, idx):
-        ax.imshow(frames[i])
-        ax.set_title(captions[i] if captions is not None else f"frame {i}", fontsize=8)
-    fig.tight_layout()
+        ax.imshow(frames[i], interpolation="antialiased")
+        if titles:
+            ax.set_title(captions[i] if captions is not None else f"frame {i}", fontsize=11)
+    fig.tight_layout(pad=0.3)
     return fig
 
 
@@ -113,6 +127,12 @@ class FrameSlider:
     (an ``HTML`` caption) are public so that a test can set ``slider.value`` and
     check what is shown, with no browser. Display it with ``display(s.widget)``
     or just by leaving ``s`` as the last expression of a cell.
+
+    The slider spans the output area's width (one step per few pixels even for
+    51 frames) and the image scales to it. ``captions`` are shown above the
+    image; leave them out when the frames already carry their caption (as
+    :func:`helpers.generation.slider_frames` draws it into each frame), so it is
+    not shown twice.
     """
 
     def __init__(self, frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,
@@ -120,17 +140,20 @@ class FrameSlider:
         import ipywidgets as widgets
 
         self.frames = _as_frames(frames)
-        self.captions = list(captions) if captions is not None else [
-            f"frame {i}" for i in range(len(self.frames))]
-        if len(self.captions) != len(self.frames):
+        self.captions = list(captions) if captions is not None else None
+        if self.captions is not None and len(self.captions) != len(self.frames):
             raise ValueError(f"{len(self.frames)} frames but {len(self.captions)} captions")
         self._png = [None] * len(self.frames)
         self.slider = widgets.IntSlider(value=0, min=0, max=len(self.frames) - 1, step=1,
-                                        description=description, continuous_update=False)
-        self.image = widgets.Image(format="png")
+                                        description=description, continuous_update=False,
+                                        layout=widgets.Layout(width="100%"))
+        h, w = self.frames[0].shape[:2]
+        self.image = widgets.Image(format="png", layout=widgets.Layout(
+            width="100%", max_width=f"{max(w, 640)}px", height="auto", object_fit="contain"))
         self.label = widgets.HTML()
         self.slider.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([self.slider, self.label, self.image])
+        children = [self.slider] + ([self.label] if self.captions is not None else []) + [self.image]
+        self.widget = widgets.VBox(children, layout=widgets.Layout(width="100%"))
         self.show(0)
 
     def _on_change(self, change) -> None:
@@ -141,7 +164,7 @@ class FrameSlider:
         if self._png[i] is None:
             self._png[i] = _png_bytes(self.frames[i])
         self.image.value = self._png[i]
-        self.label.value = f"<b>{self.captions[i]}</b>"
+        self.label.value = f"<b>{self.captions[i]}</b>" if self.captions is not None else ""
         if self.slider.value != i:
             self.slider.value = i
 

@@ -3,8 +3,9 @@
 Plot functions take ``ax=None`` and return the figure; the notebook displays it
 and, if it wants it in a report, passes it to :func:`save_figure`, the one way
 figures leave a notebook: PNG and PDF with stable bytes (no timestamps or
-version strings), written atomically to ``figures/`` (``$LDT_OUTPUT_DIR/figures``
-in tests).
+version strings), written atomically to ``figures/`` for the `default` preset
+and ``figures/<preset>/`` for the others, so that a smoke run never overwrites
+the committed figures (all under ``$LDT_OUTPUT_DIR`` in tests).
 """
 
 from __future__ import annotations
@@ -49,14 +50,26 @@ def new_axes(ax=None, figsize=None):
     return fig, ax
 
 
+class SavedPaths(list):
+    """The paths :func:`save_figure` wrote: a plain list that shows nothing when it
+    is the last value of a notebook cell (no ``[PosixPath(...)]`` under a figure)."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 def save_figure(fig, name: str, formats: Sequence[str] = ("png", "pdf"),
-                directory: str | Path | None = None, dpi: int = 150) -> list[Path]:
+                directory: str | Path | None = None, dpi: int = 150,
+                preset: str | None = None) -> SavedPaths:
     """Write ``fig`` as ``<figures>/<name>.<fmt>`` for each format; return the paths.
 
+    ``<figures>`` is ``figures/`` in the `default` preset and ``figures/<preset>/``
+    otherwise (the preset the notebook runs in, see
+    :func:`helpers.config.preset_figures_dir`), unless ``directory`` is given.
     The bytes are stable: the same figure gives the same files on every run.
     """
-    directory = Path(directory) if directory else _config.figures_dir()
-    paths = []
+    directory = Path(directory) if directory else _config.preset_figures_dir(preset)
+    paths = SavedPaths()
     for fmt in formats:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight",

@@ -1,7 +1,7 @@
 """Run folders and the metrics CSV that holds every headline number.
 
 `make run` executes the notebooks into ``runs/<timestamp>/`` and sets
-``LDT_RUN_DIR`` so that every notebook appends its headline numbers to the same
+``LDT_RUN_DIR`` so that every notebook records its headline numbers in the same
 ``metrics.csv`` (long format: ``notebook,name,value,preset``). A notebook run by
 hand in JupyterLab gets a run folder of its own, made on first use.
 """
@@ -9,12 +9,14 @@ hand in JupyterLab gets a run folder of its own, made on first use.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
 from pathlib import Path
 
 from . import config as _config
+from .artifacts import atomic_write
 
 FIELDS = ("notebook", "name", "value", "preset")
 _RUN_DIR: Path | None = None
@@ -51,20 +53,35 @@ def run_dir() -> Path:
 
 
 def log_metric(notebook: str, name: str, value: float, preset: str | None = None,
-               verbose: bool = True) -> float:
-    """Append one headline number to ``<run>/metrics.csv`` and return it."""
-    preset = _config.current_preset(preset)
+               verbose: bool = True) -> None:
+    """Record one headline number in ``<run>/metrics.csv``.
+
+    The row is filed under ``preset``, else the preset the notebook runs in
+    (its parameters cell, via :func:`helpers.config.get_config`), else
+    ``$LDT_PRESET``. A metric is held once per run: logging it again (a cell
+    re-run) replaces its row. The file is rewritten atomically. Returns
+    nothing, so a cell that ends with it shows only the ``[metric]`` line.
+    """
+    preset = _config.active_preset(preset)
     value = float(value)
     path = run_dir() / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(FIELDS)
-        writer.writerow([notebook, name, repr(value) if math.isfinite(value) else str(value), preset])
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f)][1:]
+    text = repr(value) if math.isfinite(value) else str(value)
+    new_row = [notebook, name, text, preset]
+    keep = [r for r in rows if r[:2] != [notebook, name]]
+    where = next((i for i, r in enumerate(rows) if r[:2] == [notebook, name]), len(keep))
+    keep.insert(where, new_row)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(FIELDS)
+    writer.writerows(keep)
+    with atomic_write(path, "w") as f:
+        f.write(buf.getvalue())
     if verbose:
         print(f"[metric] {notebook} {name} = {value:.4g} ({preset})")
-    return value
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -10,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import animation, artifacts, config, plots, runs, runtime
+from helpers import animation, artifacts, config, notebooks, plots, runs, runtime
+
+
+@pytest.fixture(autouse=True)
+def _no_active_preset(monkeypatch):
+    """Each test starts with no preset recorded by an earlier get_config call."""
+    monkeypatch.setattr(config, "_ACTIVE_PRESET", None)
 
 
 # --- config -----------------------------------------------------------------
@@ -204,3 +212,119 @@ def test_load_state_names_the_mismatched_parameter(tmp_path):
     with pytest.raises(artifacts.ArtifactError, match="parameter 'bias' expected shape"):
         artifacts.load_state(torch.nn.Linear(4, 3), {"model.weight": model.weight}, tmp_path / "m",
                              prefix="model.")
+
+
+# --- the preset a notebook runs in, quiet cells, notebook format (issue 11) ---
+
+def test_metrics_are_filed_under_the_notebooks_preset_once_per_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("LDT_PRESET", "smoke")
+    runs.log_metric("01", "a", 1.0, verbose=False)
+    assert runs.read_metrics(tmp_path / "run" / "metrics.csv")[0]["preset"] == "smoke"
+    config.get_config("zoo", "default")  # what a parameters cell with PRESET = "default" does
+    assert runs.log_metric("01", "a", 2.0, verbose=False) is None  # nothing echoed under a cell
+    runs.log_metric("01", "b", 3.0, verbose=False)
+    runs.log_metric("01", "a", 4.0, verbose=False)  # a re-run cell replaces its row
+    rows = runs.read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [(r["name"], r["value"], r["preset"]) for r in rows] == [("a", 4.0, "default"), ("b", 3.0, "default")]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.csv"]  # no temp files left
+    runs.log_metric("01", "b", 5.0, preset="full", verbose=False)
+    assert runs.read_metrics(tmp_path / "run" / "metrics.csv")[1]["preset"] == "full"
+
+
+def test_figures_of_other_presets_go_to_their_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("LDT_PRESET", "smoke")
+    frames = [np.full((6, 8, 3), 40 * i, np.uint8) for i in range(3)]
+    assert plots.save_figure(_figure(), "f")[0] == tmp_path / "figures" / "smoke" / "f.png"
+    assert animation.write_gif(frames, "g") == tmp_path / "figures" / "smoke" / "g.gif"
+    config.get_config("zoo", "default")
+    assert plots.save_figure(_figure(), "f")[0] == tmp_path / "figures" / "f.png"
+    assert animation.write_gif(frames, "g") == tmp_path / "figures" / "g.gif"
+    config.get_config("zoo", "full")
+    assert plots.save_figure(_figure(), "f")[1] == tmp_path / "figures" / "full" / "f.pdf"
+
+
+def test_save_figure_result_displays_nothing_in_a_notebook(tmp_path):
+    from IPython.core.formatters import DisplayFormatter
+
+    paths = plots.save_figure(_figure(), "f", directory=tmp_path)
+    assert paths == [tmp_path / "f.png", tmp_path / "f.pdf"]
+    assert DisplayFormatter().format(paths) == ({}, {})
+    assert DisplayFormatter().format(list(paths))[0]["text/plain"].startswith("[PosixPath(")
+
+
+def test_smoke_config_says_its_numbers_only_prove_the_code_runs(capsys):
+    config.get_config("zoo", "smoke").show()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("NOTE: smoke preset") and "only proves the code runs" in first
+    config.get_config("zoo", "default").show()
+    assert "NOTE" not in capsys.readouterr().out
+
+
+def test_slider_without_captions_shows_none_and_spans_the_width():
+    frames = [np.full((10, 12, 3), i * 40, np.uint8) for i in range(4)]
+    s = animation.frame_slider(frames)
+    assert s.label not in s.widget.children and s.label.value == ""
+    assert s.slider.layout.width == "100%" and s.image.layout.width == "100%"
+    s.slider.value = 3
+    assert s.image.value == animation._png_bytes(frames[3])
+
+
+def test_frames_grid_draws_frames_at_their_own_size():
+    import matplotlib
+    matplotlib.use("Agg")
+    frames = [np.zeros((208, 512, 3), np.uint8)] * 51
+    fig = animation.frames_grid(frames, n=6, titles=False)
+    # 512 px rendered at 80 dpi = 6.4 in per frame; two fit in 13 in, so 3 rows of 2
+    assert len(fig.axes) == 6 and abs(fig.get_size_inches()[0] - 12.8) < 1e-6
+    assert all(ax.get_title() == "" for ax in fig.axes)
+
+
+def _old_style_notebook(path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("1 + 1")]
+    nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    nb.cells[1].execution_count = 1
+    nb.cells[1].metadata["scrolled"] = True
+    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python"}}
+    nbformat.write(nb, path)
+    return nb
+
+
+def test_strip_stores_notebooks_as_jupyterlab_writes_them(tmp_path):
+    path = tmp_path / "n.ipynb"
+    nb = _old_style_notebook(path)
+    problems = notebooks.format_problems(path)
+    assert any("carry outputs" in p for p in problems) and any("kernelspec expected" in p for p in problems)
+    assert notebooks.strip(path) is True
+    assert notebooks.format_problems(path) == [] and notebooks.dirty_cells(path) == []
+    text = path.read_text()
+    assert text.endswith("}\n") and '\n "metadata": {\n  "kernelspec": {\n   "display_name": "Python 3 (ipykernel)"' in text
+    stored = json.loads(text)
+    assert [c["id"] for c in stored["cells"]] == [c.id for c in nb.cells]  # ids kept
+    assert stored["metadata"]["language_info"]["version"] == platform.python_version()
+    assert "scrolled" not in stored["cells"][1]["metadata"]
+    assert notebooks.strip(path) is False  # idempotent
+    assert notebooks.main(["check", str(path)]) == 0
+
+
+def test_make_lab_git_filter_keeps_outputs_out_of_commits(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True)
+    git("init", "-q")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "t")
+    (repo / ".gitattributes").write_text((config.repo_root() / ".gitattributes").read_text())
+    notebooks.install_git_filter(repo)
+    _old_style_notebook(repo / "n.ipynb")
+    git("add", ".gitattributes", "n.ipynb")
+    git("commit", "-q", "-m", "x")
+    committed = json.loads(git("show", "HEAD:n.ipynb").stdout)
+    assert committed["cells"][1]["outputs"] == [] and committed["cells"][1]["execution_count"] is None
+    assert committed["metadata"]["kernelspec"]["display_name"] == "Python 3 (ipykernel)"
+    assert json.loads((repo / "n.ipynb").read_text())["cells"][1]["outputs"]  # the reader's file keeps them
