@@ -188,6 +188,9 @@ def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, tor
         raise ArtifactError(
             f"artifact {path} is corrupted or not a safetensors file ({reason}).{fix}"
         ) from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"artifact {path} is corrupted: its metadata is a {type(meta).__name__}, "
+                            f"not a JSON object.{fix}")
     if "sha256" not in stored:
         raise ArtifactError(f"artifact {path} has no checksum (written by an older version), "
                             f"so it cannot be trusted.{fix}")
@@ -258,7 +261,8 @@ def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
             if verbose:
                 print(f"loaded {kind} from {path}")
             return obj
-        except (ArtifactError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        except (ArtifactError, KeyError, IndexError, AttributeError, TypeError, ValueError,
+                RuntimeError) as exc:
             print(f"warning: {_one_line(exc, path)} Rebuilding it from its settings.")
     obj = build()
     save(obj, path)

@@ -171,6 +171,13 @@ def test_old_file_without_checksum_is_not_trusted(toy, capsys):
     _rebuilt_once(toy, capsys, "has no checksum (written by an older version)")
 
 
+def test_metadata_that_is_not_an_object_is_rebuilt(toy, capsys):
+    artifacts.save_tensors(toy.path, {"w": torch.zeros(8, 8)}, ["spec"])   # checksum fine, JSON a list
+    with pytest.raises(artifacts.ArtifactError, match="its metadata is a list, not a JSON object"):
+        artifacts.load_tensors(toy.path)
+    _rebuilt_once(toy, capsys, "its metadata is a list")
+
+
 def test_unreadable_and_truncated_files_name_the_file(tmp_path):
     folder = tmp_path / "x.safetensors"
     folder.mkdir()                                            # exists, but cannot be read as a file
