@@ -66,6 +66,28 @@ ZOO: dict[str, dict[str, Any]] = {
     "full": {**_ZOO_COMMON, "n_runs": 10, "epochs": 10, "trajectory_epochs": 1,
              "checkpoints_per_run": 30, "min_val_acc": 97.5},
 }
+# The many-seed zoo (weights.zoo_config(preset, "multiseed")): these keys are laid over the
+# preset's ZOO settings (so the trajectory zoo's settings, and its artifact key, stay as above).
+# n_runs independent networks (own init and data order) trained together with a one-cycle
+# Adam rate (peak lr, linear warm-up for a `warmup` fraction, then linear decay: lr_schedule),
+# the last checkpoints_per_run checkpoints kept, checkpoint_every steps apart; all aligned by
+# weight matching to an iterated common reference (re-aligned to the running mean, at most
+# align_iters rounds, until no assignment changes); barrier_pairs random pairs for the
+# interpolation barrier. Recipe chosen on the validation split (benchmarks/bench_zoo_training.py).
+_ZOO_MULTISEED_COMMON: dict[str, Any] = {
+    "kind": "multiseed", "lr": 1e-2, "lr_schedule": "linear", "warmup": 0.05, "align_iters": 10,
+}
+ZOO_MULTISEED: dict[str, dict[str, Any]] = {
+    "smoke": {**_ZOO_MULTISEED_COMMON, "n_runs": 8, "epochs": 1, "batch_size": 64,
+              "checkpoints_per_run": 2, "checkpoint_every": 10, "min_val_acc": 0.0,
+              "barrier_pairs": 8},
+    "default": {**_ZOO_MULTISEED_COMMON, "n_runs": 64, "epochs": 1, "batch_size": 128,
+                "checkpoints_per_run": 4, "checkpoint_every": 30, "min_val_acc": 97.0,
+                "barrier_pairs": 32},
+    "full": {**_ZOO_MULTISEED_COMMON, "n_runs": 128, "epochs": 2, "batch_size": 128,
+             "checkpoints_per_run": 4, "checkpoint_every": 50, "min_val_acc": 97.5,
+             "barrier_pairs": 64},
+}
 
 # Notebook 02: the parameter autoencoder / VAE (owned by notebook 02).
 # latent_dim/hidden/n_layers: MLP encoder and decoder sizes; beta: KL weight (0 = plain AE);
@@ -129,32 +151,48 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
 }
 
 # Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
-# ae_*: the image autoencoder (helpers.image_ae); clf_*: the independent judge
-# (helpers.image_eval); den_*: the latent denoiser; then sampling and evaluation.
+# ae_*: the image autoencoder (helpers.image_ae): latent_channels C gives a spatial code
+# (C, 8, 8) (None: the flat code of latent_dim numbers), ae_n_cab CABs at 8x8, ae_w_l1 and
+# ae_w_grad an L1 pixel term and an edge term beside the MSE; clf_*: the independent judge
+# (helpers.image_eval); val_size/sel_*: the selector, a second classifier trained on the
+# training images minus val_size held out, which chooses the guidance weight
+# (helpers.image_generation.choose_guidance: lowest validation FD among the w whose selector
+# class consistency reaches guidance_target %); den_*: the latent denoiser (den_kind "unet":
+# width/mults/res/attention; "mlp": hidden/blocks); then sampling and evaluation.
+# compare_flat: also train the flat 128-d model (flat_* settings) for the comparison table.
 # n_train None = all 10,000 training images.
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None,
-    "ae_channels": [16, 32, 64], "latent_dim": 128, "ae_epochs": 12, "ae_batch_size": 32,
-    "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05, "ae_latent_noise": 0.1,
+    "ae_channels": [16, 32, 64], "latent_dim": 128, "latent_channels": 4, "ae_n_cab": 1,
+    "ae_epochs": 8, "ae_batch_size": 64, "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05,
+    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_w_grad": 0.0,
     "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3,
     "clf_blur": 0.5,
+    "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
+    "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
     "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 3000,
-    "den_batch_size": 256, "den_lr": 1e-3, "den_ema": 0.999, "den_p_uncond": 0.15,
+    "den_batch_size": 128, "den_lr": 1e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
     "T": 1000, "schedule": "cosine",
-    "ddim_steps": 50, "guidance": 5.0, "eta": 0.0, "n_eval_per_class": 500,
-    "sweep_steps": [10, 25, 50, 100], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 5.0, 8.0],
-    "tsne_points": 600, "tsne_every": 3, "n_show": 16, "gif_fps": 8,
+    "ddim_steps": 25, "eta": 0.0, "n_eval_per_class": 250,
+    "sweep_steps": [10, 25, 50], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0],
+    "compare_flat": True, "flat_ae_epochs": 12, "flat_ae_batch_size": 32, "flat_den_steps": 3000,
+    "flat_guidance": 5.0,
+    "tsne_points": 600, "tsne_every": 2, "n_show": 16, "gif_fps": 8,
 }
 CATDOG: dict[str, dict[str, Any]] = {
-    "smoke": {**_CATDOG_DEFAULT, "n_train": 1000, "ae_channels": [8, 16, 32], "latent_dim": 64,
-              "ae_epochs": 1, "clf_channels": [8, 16, 32], "clf_epochs": 1, "den_hidden": 128,
-              "den_blocks": 2, "den_steps": 150, "T": 200, "ddim_steps": 10,
-              "n_eval_per_class": 100, "sweep_steps": [5, 10], "guidance_sweep": [0.0, 3.0],
+    "smoke": {**_CATDOG_DEFAULT, "n_train": 1000, "ae_channels": [8, 16, 32], "ae_epochs": 1,
+              "clf_channels": [8, 16, 32], "clf_epochs": 1, "val_size": 200, "sel_channels": [8, 16, 16],
+              "sel_epochs": 1, "den_width": 16, "den_steps": 100, "T": 200, "ddim_steps": 5,
+              "n_eval_per_class": 50, "sweep_steps": [3, 5], "guidance_sweep": [1.0, 3.0],
+              "compare_flat": False, "flat_ae_epochs": 1, "flat_den_steps": 50,
               "tsne_points": 200, "tsne_every": 1, "n_show": 8},
     "default": dict(_CATDOG_DEFAULT),
-    "full": {**_CATDOG_DEFAULT, "ae_channels": [32, 64, 128], "ae_epochs": 40,
-             "clf_channels": [32, 64, 128], "clf_epochs": 30, "den_hidden": 1024, "den_blocks": 4,
-             "den_steps": 30000, "den_ema": 0.9995, "tsne_points": 2000, "tsne_every": 5},
+    "full": {**_CATDOG_DEFAULT, "ae_channels": [64, 128, 256], "ae_n_cab": 2, "ae_epochs": 60,
+             "clf_channels": [32, 64, 128], "clf_epochs": 30, "sel_channels": [32, 64, 128], "sel_epochs": 30,
+             "den_width": 128, "den_res": 2, "den_steps": 50000, "den_ema": 0.9995, "ddim_steps": 50,
+             "n_eval_per_class": 1000, "sweep_steps": [10, 25, 50, 100],
+             "guidance_sweep": [0.0, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0], "flat_ae_epochs": 40,
+             "flat_den_steps": 30000, "tsne_points": 2000, "tsne_every": 5},
 }
 
 # Notebook 05: evaluation of generated networks (owned by notebook 05).
@@ -182,6 +220,48 @@ EVALUATION: dict[str, dict[str, Any]] = {
              "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None},
 }
 
+# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).
+# val_size: training images held out as the validation split (settings are chosen on it, never
+# on the test set); n_train: training images used (None = all but val_size);
+# vae_*: helpers.digit_models.DigitVAE (latent size, conv widths, epochs, batch, lr, KL weight
+# beta, weight of the linear class head on mu: 0 = unsupervised);
+# gen_*: the latent generators (size one of digit_models.GENERATOR_SIZES; steps, batch, lr, EMA,
+# label-drop probability for guidance), T/schedule: the DDPM's; sizes: the "how small" sweep;
+# sample_steps/sample_method: the flow sampler (Euler or Heun), ddim_steps: the DDPM's;
+# guidance_grid / n_select_per_class: guidance chosen on validation codes (no judge);
+# n_eval_per_class: generated digits per class judged; quality_steps: the steps sweep;
+# bayes_n_noise: noise samples tried for the denoising estimators, n_bayes_val: validation images
+# for choosing the estimator, ode_steps/ode_probes/n_ode: the flow ODE likelihood (Heun steps,
+# Hutchinson probes, images); judge_*/cnn_*: classifiers.py specs and epochs of the judge and of
+# the discriminative baseline; fashion / emnist: also run Fashion-MNIST / try EMNIST.
+_DIGITS_DEFAULT: dict[str, Any] = {
+    "seed": 0, "val_size": 5000, "n_train": None,
+    "vae_latent": 16, "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128,
+    "vae_lr": 3e-3, "vae_beta": 0.5, "vae_w_cls": 100.0,
+    "gen_size": "small", "gen_steps": 3000, "gen_batch_size": 256, "gen_lr": 3e-3,
+    "gen_ema": 0.999, "gen_p_uncond": 0.1, "T": 1000, "schedule": "cosine",
+    "sizes": ["tiny", "small", "large"],
+    "sample_steps": 20, "sample_method": "heun", "ddim_steps": 20,
+    "guidance_grid": [1.0, 1.5, 2.0, 3.0, 4.0], "n_select_per_class": 200,
+    "n_eval_per_class": 200, "quality_steps": [1, 2, 5, 10, 20, 50],
+    "bayes_n_noise": [4, 8, 16, 32], "n_bayes_val": 2000,
+    "ode_steps": 8, "ode_probes": 1, "n_ode": 500,
+    "judge_spec": {"channels": [32, 64], "hidden": [128]}, "judge_epochs": 3,
+    "cnn_spec": {"channels": [16, 32], "hidden": [64]}, "cnn_epochs": 3,
+    "fashion": True, "emnist": True, "gif_fps": 6,
+}
+DIGITS: dict[str, dict[str, Any]] = {
+    "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 6000, "vae_epochs": 1,
+              "gen_steps": 300, "sizes": ["tiny", "small"], "guidance_grid": [1.0, 3.0],
+              "n_select_per_class": 30, "n_eval_per_class": 30, "quality_steps": [1, 5, 20],
+              "bayes_n_noise": [4, 8], "n_bayes_val": 300, "n_ode": 100,
+              "judge_epochs": 1, "cnn_epochs": 1, "fashion": True, "emnist": False},
+    "default": dict(_DIGITS_DEFAULT),
+    "full": {**_DIGITS_DEFAULT, "vae_epochs": 10, "gen_steps": 20000, "n_eval_per_class": 500,
+             "quality_steps": [1, 2, 5, 10, 20, 50], "bayes_n_noise": [4, 8, 16, 32, 64],
+             "n_bayes_val": 5000, "n_ode": 2000, "judge_epochs": 8, "cnn_epochs": 8},
+}
+
 SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "setup": SETUP,
     "zoo": ZOO,
@@ -189,6 +269,7 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "weight_diffusion": WEIGHT_DIFFUSION,
     "catdog": CATDOG,
     "evaluation": EVALUATION,
+    "digits": DIGITS,
 }
 
 

@@ -45,7 +45,7 @@ _STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 def _prep(x: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] images -> per-channel standardised float."""
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    return (x - _MEAN) / _STD
+    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -117,17 +117,19 @@ def random_blur(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | No
 
 def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 128), epochs: int = 8,
                      batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 5e-4,
-                     seed: int = 0, blur: float = 0.0) -> tuple[CatDogCNN, dict]:
+                     seed: int = 0, blur: float = 0.0, device=None) -> tuple[CatDogCNN, dict]:
     """Train :class:`CatDogCNN` on real images with flips, shifts and (``blur`` > 0) random blur.
 
     AdamW with a one-cycle learning rate; ``blur`` is the fraction of each batch
-    blurred by :func:`random_blur`.
+    blurred by :func:`random_blur`; ``device`` where to train (batches are
+    augmented on the CPU with a seeded generator, then moved there).
 
     Returns the model in eval mode and ``{"loss": [...]}`` per step.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = CatDogCNN(channels, int(y.max()) + 1).to(memory_format=torch.channels_last)
+    device = torch.device(device or "cpu")
+    model = CatDogCNN(channels, int(y.max()) + 1).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(x_uint8)
     spe = max(1, n // batch_size)
@@ -139,8 +141,8 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
         perm = torch.randperm(n, generator=gen)
         for k in range(spe):
             idx = perm[k * batch_size:(k + 1) * batch_size]
-            xb = random_blur(random_shift_flip(x_uint8[idx].float() / 255.0, 4, gen), blur, gen)
-            loss = F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[idx])
+            xb = random_blur(random_shift_flip(x_uint8[idx].float() / 255.0, 4, gen), blur, gen).to(device)
+            loss = F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -154,13 +156,14 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
 
 @torch.no_grad()
 def predict(model: CatDogCNN, x: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(probabilities (N, K), features (N, F))`` of images x (uint8 or [0, 1] floats)."""
+    """``(probabilities (N, K), features (N, F))`` of images x (uint8 or [0, 1] floats), on the CPU."""
     model.eval()
+    dev = next(model.parameters()).device
     probs, feats = [], []
     for i in range(0, len(x), batch_size):
-        f = model.features(x[i:i + batch_size])
-        feats.append(f)
-        probs.append(model.fc(f).softmax(-1))
+        f = model.features(x[i:i + batch_size].to(dev))
+        feats.append(f.cpu())
+        probs.append(model.fc(f).softmax(-1).cpu())
     return torch.cat(probs), torch.cat(feats)
 
 
@@ -173,18 +176,20 @@ def accuracy(model: CatDogCNN, x: torch.Tensor, y: torch.Tensor) -> float:
 CLS_KEYS = ("seed", "n_train", "clf_channels", "clf_epochs", "clf_batch_size", "clf_lr", "clf_blur")
 
 
-def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuild: bool = False):
-    """The independent classifier for the ``catdog`` settings ``cfg``, cached by its own settings."""
+def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuild: bool = False,
+                             device=None):
+    """The independent classifier for the ``catdog`` settings ``cfg``, cached by its own settings,
+    on ``device``."""
     key = {k: cfg[k] for k in CLS_KEYS}
 
     def build():
         model, _ = train_classifier(x_uint8, y, cfg["clf_channels"], cfg["clf_epochs"],
                                     cfg["clf_batch_size"], cfg["clf_lr"], seed=cfg["seed"],
-                                    blur=cfg["clf_blur"])
+                                    blur=cfg["clf_blur"], device=device)
         return model
 
     def save(model, path):
-        artifacts.save_tensors(path, model.state_dict(), {
+        artifacts.save_tensors(path, {k: v.cpu() for k, v in model.state_dict().items()}, {
             "kind": "catdog_classifier", "channels": model.channels, "n_classes": model.n_classes,
             "config": key})
 
@@ -195,7 +200,7 @@ def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuil
                                           f"found kind {meta.get('kind')!r}")
         model = CatDogCNN(meta["channels"], meta["n_classes"])
         artifacts.load_state(model, tensors, path, what=f"CatDogCNN(channels={meta['channels']})")
-        return model.eval()
+        return model.to(device or "cpu").eval()
 
     return artifacts.cached("catdog_classifier", key, build, save, load, rebuild=rebuild)
 
@@ -317,18 +322,27 @@ def paired_frames(decode, trajectory: list[dict], inverse=None, nrow: int = 8):
     return frames, [c + "  (top: D(x_t), bottom: D(x0 prediction))" for c in cap]
 
 
-def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, mse: float | None = None):
-    """Originals on top, reconstructions below; the title carries the test MSE."""
+def reconstruction_figure(originals: torch.Tensor, reconstructions, mse: float | None = None):
+    """Originals on top, reconstructions below; the title carries the test MSE (and PSNR).
+
+    ``reconstructions`` is one tensor (N, 3, H, W) in [0, 1], or a dict ``{label: tensor}``
+    for several models, one row each, labelled on the left.
+    """
     import matplotlib.pyplot as plt
 
     n = len(originals)
     orig = originals.float() / 255.0 if originals.dtype == torch.uint8 else originals
-    fig, ax = plt.subplots(figsize=(min(16, 0.8 * n), 2.2))
-    ax.imshow(tile(torch.cat([orig, reconstructions]), n, scale=1))
-    ax.set_axis_off()
-    title = "top: test images, bottom: reconstructions D(E(x))"
+    rows = reconstructions if isinstance(reconstructions, dict) else {"reconstruction": reconstructions}
+    fig, ax = plt.subplots(figsize=(min(16, 0.8 * n), 1.1 * (len(rows) + 1)))
+    ax.imshow(tile(torch.cat([orig, *rows.values()]), n, scale=1))
+    ax.set_xticks([])
+    h = orig.shape[-2] + 1
+    ax.set_yticks([1 + h * (i + 0.5) for i in range(len(rows) + 1)], ["test images", *rows], fontsize=8)
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    title = "test images and their reconstructions D(E(x))"
     if mse is not None:
-        title += f"   (test MSE per pixel {mse:.4f})"
+        title += f"   (last row: test MSE per pixel {mse:.4f}, PSNR {-10 * np.log10(mse):.1f} dB)"
     ax.set_title(title, fontsize=9)
     return fig
 
@@ -360,21 +374,33 @@ def denoising_path_figure(step_images: list[torch.Tensor], step_labels: list[str
 
     ``step_images[r]`` (S, 3, H, W) is row r (one sample, S steps); ``background``
     (N, 2) the projected training codes; ``paths`` a list of (S+1, 2) projected
-    trajectories with classes ``path_labels``.
+    trajectories with classes ``path_labels``. Thumbnails are 1.3 inches wide and the
+    figure is exactly as tall as the rows of thumbnails need (no blank band).
     """
     import matplotlib.pyplot as plt
 
     rows, S = len(step_images), len(step_labels)
-    fig = plt.figure(figsize=(1.25 * S + 4.5, 1.4 * rows + 1.6))
-    gs = fig.add_gridspec(rows, S + 4)
+    cell, side = 1.3, 4.2  # inches per thumbnail, width of the scatter panel
+    height = max(cell * rows + 0.7, 3.6)
+    fig = plt.figure(figsize=(cell * S + side + 0.9, height))
+    left = 0.5 / fig.get_figwidth()
+    right_start = (cell * S + 0.6) / fig.get_figwidth()
+    top = 1 - 0.35 / height
+    row_h = cell / height
     for r, imgs in enumerate(step_images):
         for s in range(S):
-            ax = fig.add_subplot(gs[r, s])
-            ax.imshow(imgs[s].permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.set_axis_off()
+            ax = fig.add_axes([left + s * cell / fig.get_figwidth(), top - (r + 1) * row_h,
+                               0.96 * cell / fig.get_figwidth(), 0.96 * row_h])
+            ax.imshow(imgs[s].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
             if r == 0:
-                ax.set_title(step_labels[s], fontsize=7)
-    ax = fig.add_subplot(gs[:, S:])
+                ax.set_title(step_labels[s], fontsize=9)
+            if s == 0:
+                ax.set_ylabel(class_names[int(path_labels[r]) % len(class_names)] if r < len(path_labels)
+                              else f"run {r}", fontsize=9)
+    ax = fig.add_axes([right_start + 0.35 / fig.get_figwidth(), 0.6 / height,
+                       (side - 0.2) / fig.get_figwidth(), 1 - 1.0 / height])
     colors = ["tab:orange", "tab:blue"]
     bl = np.asarray(background_labels)
     for c, name in enumerate(class_names):
@@ -385,30 +411,33 @@ def denoising_path_figure(step_images: list[torch.Tensor], step_labels: list[str
         ax.plot(p[:, 0], p[:, 1], "-", color=colors[int(c) % 2], lw=1.2, alpha=0.9)
         ax.plot(p[0, 0], p[0, 1], "o", color="k", ms=3)
         ax.plot(p[-1, 0], p[-1, 1], "*", color=colors[int(c) % 2], ms=9, mec="k", mew=0.5)
-    ax.set_title("latent paths, PCA of training codes (o start, * end)", fontsize=8)
+    ax.set_title("latent paths, PCA of training codes (o start, * end)", fontsize=9)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.legend(fontsize=7, markerscale=4, loc="best")
-    fig.tight_layout()
     return fig
 
 
 def neighbours_figure(samples: torch.Tensor, neighbours: torch.Tensor, distances, n: int = 10):
-    """Generated samples (top) above their nearest training images (bottom), with distances."""
+    """Generated samples (top) above their nearest training images (bottom), the distance printed below each pair."""
     import matplotlib.pyplot as plt
 
     n = min(n, len(samples))
     nb = neighbours[:n].float() / 255.0 if neighbours.dtype == torch.uint8 else neighbours[:n]
-    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 3.2), squeeze=False,
+                             gridspec_kw={"hspace": 0.08, "wspace": 0.08})
     for i in range(n):
-        axes[0][i].imshow(samples[i].permute(1, 2, 0).clamp(0, 1).numpy())
-        axes[1][i].imshow(nb[i].permute(1, 2, 0).clamp(0, 1).numpy())
-        axes[1][i].set_title(f"{float(distances[i]):.3f}", fontsize=7)
-        axes[0][i].set_axis_off()
-        axes[1][i].set_axis_off()
-    axes[0][0].set_title("sample", fontsize=7, loc="left")
-    fig.suptitle("generated (top) and nearest training image (bottom, RMS pixel distance)", fontsize=9)
-    fig.tight_layout()
+        axes[0][i].imshow(samples[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        axes[1][i].imshow(nb[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        axes[1][i].text(0.5, -0.06, f"{float(distances[i]):.3f}", transform=axes[1][i].transAxes,
+                        ha="center", va="top", fontsize=9)
+        for ax in (axes[0][i], axes[1][i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("sample", fontsize=9)
+    axes[1][0].set_ylabel("nearest\ntraining image", fontsize=9)
+    fig.suptitle("generated (top) and nearest training image (bottom); RMS pixel distance below", fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.12)
     return fig
 
 

@@ -113,3 +113,99 @@ def test_latent_terms_are_relative_to_the_code_scale():
         model.center.centers.mul_(10)
     _, parts10 = image_ae.ae_loss(model, x, y, latent_noise=0.0)
     assert parts10["center"] == pytest.approx(parts["center"], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# The spatial autoencoder (code (C, 8, 8))
+# ---------------------------------------------------------------------------
+
+def test_spatial_autoencoder_shapes_and_pooled_code():
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_channels=4, n_cab=1)
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    z, x_hat, logits = model(x)
+    assert z.shape == (5, 4, 8, 8) and model.latent_shape == (4, 8, 8) and model.latent_dim == 256
+    assert x_hat.shape == (5, 3, 32, 32) and logits.shape == (5, 2)
+    p = model.pooled(z)
+    assert p.shape == (5, 20)
+    # the first C numbers are the channel means over the whole map
+    assert torch.allclose(p[:, :4], z.mean(dim=(2, 3)))
+
+
+def test_spatial_ae_loss_falls_with_l1_and_edge_terms():
+    torch.manual_seed(0)
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_channels=4, n_cab=1)
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4), size=32, mode="nearest") * 2 - 1
+    y = torch.tensor([0, 1] * 4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, parts = image_ae.ae_loss(model, x, y, latent_noise=0.1, generator=torch.Generator().manual_seed(0),
+                                       w_l1=1.0, w_grad=0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(parts) == {"rec", "l1", "grad", "cls", "center"}
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_spatial_center_term_is_relative_to_the_code_scale():
+    torch.manual_seed(0)
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_channels=4, n_cab=1)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1] * 3)
+    _, parts = image_ae.ae_loss(model, x, y)
+    with torch.no_grad():
+        model.encoder.out.weight.mul_(10)
+        model.encoder.out.bias.mul_(10)
+        model.center.centers.mul_(10)
+    _, parts10 = image_ae.ae_loss(model, x, y)
+    assert parts10["center"] == pytest.approx(parts["center"], rel=1e-4)
+
+
+def test_latent_scaler_per_channel_on_maps():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 3, 8, 8, generator=g) * torch.tensor([1.0, 5.0, 0.2])[:, None, None] + 3
+    s = image_ae.LatentScaler.fit(z)
+    assert s.mean.shape == (3, 1, 1) and s.std.shape == (3, 1, 1)
+    zs = s.transform(z)
+    assert torch.allclose(zs.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
+    assert torch.allclose(s.inverse(zs), z, atol=1e-4)
+    back = image_ae.LatentScaler.from_state(s.state())
+    assert torch.equal(back.std, s.std)
+
+
+def test_psnr_values_and_error():
+    assert image_ae.psnr(0.01) == pytest.approx(20.0)
+    assert image_ae.psnr(0.001) == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="positive MSE; got 0"):
+        image_ae.psnr(0.0)
+
+
+def test_spatial_save_load_round_trip(tmp_path):
+    model = image_ae.ImageAutoencoder((8, 16, 16), latent_channels=8, n_cab=1).eval()
+    path = tmp_path / "ae.safetensors"
+    image_ae.save_autoencoder(model, path)
+    loaded, meta = image_ae.load_autoencoder(path)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(loaded(x)[1], model(x)[1])
+    assert meta["latent_channels"] == 8 and loaded.latent_shape == (8, 8, 8)
+
+
+def test_cache_key_separates_latent_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
+    cfg = {"seed": 0, "n_train": 16, "ae_channels": [4, 8, 8], "latent_dim": 8, "ae_epochs": 1,
+           "ae_batch_size": 8, "ae_lr": 1e-3, "ae_w_cls": 0.1, "ae_w_center": 0.01,
+           "ae_latent_noise": 0.05, "latent_channels": 4, "ae_n_cab": 1, "ae_w_l1": 1.0, "ae_w_grad": 0.0}
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1] * 8)
+    m4, h4 = image_ae.build_or_load_autoencoder(cfg, x, y, snapshot_x=x[:4], snapshot_every=1)
+    m8, _ = image_ae.build_or_load_autoencoder({**cfg, "latent_channels": 8}, x, y)
+    assert len(list(tmp_path.glob("catdog_autoencoder-*.safetensors"))) == 2
+    assert m4.latent_shape == (4, 8, 8) and m8.latent_shape == (8, 8, 8)
+    # the t-SNE snapshots hold pooled codes
+    assert h4["snapshots"][0][1].shape == (4, 20)
+    m4b, h4b = image_ae.build_or_load_autoencoder(cfg, x, y)
+    assert h4b["seconds"] == pytest.approx(h4["seconds"])
+    for a, b in zip(m4.state_dict().values(), m4b.state_dict().values()):
+        assert torch.equal(a, b)
