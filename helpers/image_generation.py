@@ -346,9 +346,10 @@ def flat_config(cfg):
     Same data, judge and sampler; the autoencoder and denoiser settings that
     version used: channels (16, 32, 64), latent 128, batch 32, MSE only;
     residual MLP 512 x 3, batch 256, labels dropped with probability 0.15.
-    ``flat_ae_epochs``, ``flat_den_steps`` and ``flat_guidance`` come from ``cfg``.
+    ``flat_ae_epochs``, ``flat_den_steps`` and ``flat_guidance`` come from ``cfg``. A plain dict
+    (the flat code's ``latent_channels=None`` is not a value the presets hold).
     """
-    out = type(cfg)(dict(cfg), preset=getattr(cfg, "preset", "custom"), section=getattr(cfg, "section", ""))
+    out = dict(cfg)
     out.update({"latent_channels": None, "latent_dim": 128, "ae_epochs": cfg["flat_ae_epochs"],
                 "ae_batch_size": cfg["flat_ae_batch_size"], "ae_w_l1": 0.0, "ae_w_grad": 0.0,
                 "ae_n_cab": 2, "den_kind": "mlp", "den_hidden": 512, "den_blocks": 3,

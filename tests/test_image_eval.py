@@ -100,3 +100,50 @@ def test_random_blur_keeps_shape_and_smooths():
     assert b.shape == x.shape
     # every image blurred: neighbouring pixels differ less than in the noise input
     assert (b[..., 1:] - b[..., :-1]).abs().mean() < 0.5 * (x[..., 1:] - x[..., :-1]).abs().mean()
+
+
+def test_reconstruction_figure_rows_per_model():
+    import matplotlib.pyplot as plt
+
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    fig = image_eval.reconstruction_figure(x, {"flat 128": torch.rand(4, 3, 32, 32),
+                                               "spatial": torch.rand(4, 3, 32, 32)}, 0.001)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["test images", "flat 128", "spatial"]
+    assert "30.0 dB" in ax.get_title()
+    assert ax.get_images()[0].get_array().shape[0] == 3 * 33 + 1
+    plt.close(fig)
+    # a single tensor still works (the first version's call)
+    fig = image_eval.reconstruction_figure(x, torch.rand(4, 3, 32, 32))
+    assert len(fig.axes[0].get_yticklabels()) == 2
+    plt.close(fig)
+
+
+def test_neighbours_figure_prints_every_distance_below_the_images():
+    import matplotlib.pyplot as plt
+
+    d = torch.tensor([0.1234, 0.2, 0.3])
+    fig = image_eval.neighbours_figure(torch.rand(3, 3, 32, 32), torch.randint(0, 256, (3, 3, 32, 32),
+                                                                               dtype=torch.uint8), d)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["0.123", "0.200", "0.300"]
+    # the labels sit below their axes (y < 0 in axes coordinates), not over the images
+    assert all(t.get_position()[1] < 0 for ax in fig.axes for t in ax.texts)
+    plt.close(fig)
+
+
+def test_denoising_path_figure_has_no_blank_band():
+    import matplotlib.pyplot as plt
+
+    rows = [torch.rand(8, 3, 32, 32) for _ in range(2)]
+    fig = image_eval.denoising_path_figure(rows, [f"s{i}" for i in range(8)], np.random.randn(50, 2),
+                                           np.array([0, 1] * 25), [np.random.randn(9, 2)] * 2, [0, 1])
+    thumbs = fig.axes[:16]
+    h = fig.get_figheight()
+    # thumbnails are at least an inch tall and together fill most of the figure's height
+    heights = [ax.get_position().height * h for ax in thumbs]
+    assert min(heights) > 1.0
+    covered = (max(ax.get_position().y1 for ax in thumbs) - min(ax.get_position().y0 for ax in thumbs)) * h
+    assert covered > 0.7 * h
+    assert [ax.get_ylabel() for ax in thumbs[::8]] == ["cat", "dog"]
+    plt.close(fig)
