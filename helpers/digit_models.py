@@ -38,7 +38,7 @@ from .image_ae import LatentScaler
 
 __all__ = ["DigitVAE", "vae_loss", "train_vae", "encode_all", "decode_all", "build_or_load_vae",
            "GENERATOR_SIZES", "make_generator", "build_or_load_generator", "sample_latents",
-           "count_parameters", "LatentScaler"]
+           "count_parameters", "LatentScaler", "vae_key", "split_train_val"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -109,7 +109,7 @@ def vae_loss(model: DigitVAE, x: torch.Tensor, beta: float, generator: torch.Gen
 def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), epochs: float = 3,
               batch_size: int = 128, lr: float = 3e-3, beta: float = 0.5, seed: int = 0,
               device=None, y_train: torch.Tensor | None = None, w_cls: float = 0.0) -> tuple[DigitVAE, dict]:
-    """Train :class:`DigitVAE` on images (N, 1, 28, 28); AdamW with one-cycle learning rate.
+    r"""Train :class:`DigitVAE` on images (N, 1, 28, 28); AdamW with one-cycle learning rate.
 
     With ``w_cls > 0`` and labels ``y_train`` the VAE also gets a linear class head on
     :math:`\mu`, trained with weight ``w_cls`` (the latent is then sorted by class).
@@ -172,10 +172,11 @@ def decode_all(model: DigitVAE, z: torch.Tensor, batch_size: int = 2000) -> torc
 
 
 VAE_KEYS = ("seed", "vae_latent", "vae_channels", "vae_epochs", "vae_batch_size", "vae_lr", "vae_beta",
-            "n_train")
+            "vae_w_cls", "n_train", "val_size")
 
 
-def build_or_load_vae(cfg, x_train: torch.Tensor, dataset: str, device=None, rebuild: bool = False):
+def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset: str, device=None,
+                      rebuild: bool = False):
     """The :class:`DigitVAE` for settings ``cfg`` (keys :data:`VAE_KEYS`) and ``dataset``, cached.
 
     Returns ``(model, history)``; a loaded model's history holds the saved loss curve.
@@ -185,7 +186,8 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, dataset: str, device=None, reb
 
     def build():
         return train_vae(x_train, cfg["vae_latent"], cfg["vae_channels"], cfg["vae_epochs"],
-                         cfg["vae_batch_size"], cfg["vae_lr"], cfg["vae_beta"], cfg["seed"], device)
+                         cfg["vae_batch_size"], cfg["vae_lr"], cfg["vae_beta"], cfg["seed"], device,
+                         y_train=y_train, w_cls=cfg["vae_w_cls"])
 
     def save(obj, path):
         model, hist = obj
@@ -193,14 +195,15 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, dataset: str, device=None, reb
         for name in ("loss", "rec", "kl"):
             tensors[f"hist.{name}"] = torch.tensor(hist[name])
         artifacts.save_tensors(path, tensors, {"kind": "digit_vae", "latent_dim": model.latent_dim,
-                                               "channels": model.channels, "config": key,
+                                               "channels": model.channels, "n_classes": model.n_classes,
+                                               "config": key,
                                                "seconds": hist["seconds"]})
 
     def load(path):
         tensors, meta = artifacts.load_tensors(path)
         if meta.get("kind") != "digit_vae":
             raise artifacts.ArtifactError(f"{path}: expected a digit_vae artifact, found kind {meta.get('kind')!r}")
-        model = DigitVAE(meta["latent_dim"], meta["channels"])
+        model = DigitVAE(meta["latent_dim"], meta["channels"], meta.get("n_classes", 0))
         artifacts.load_state(model, tensors, path, prefix="model.",
                              what=f"DigitVAE(latent_dim={meta['latent_dim']}, channels={meta['channels']})")
         hist = {n: tensors[f"hist.{n}"].tolist() for n in ("loss", "rec", "kl")}
@@ -321,3 +324,26 @@ def sample_latents(model: nn.Module, kind: str, labels: torch.Tensor, dim: int, 
         return diffusion.ddim_sample(model, sched, shape, steps=steps, cond=cond, guidance=w, noise=noise,
                                      return_trajectory=return_trajectory, clip_x0=clip)
     raise ValueError(f"unknown generator kind {kind!r}: expected 'flow' or 'ddpm'")
+
+
+def vae_key(cfg, dataset: str) -> str:
+    """The config hash of the VAE made by ``cfg`` for ``dataset`` (generators are keyed by it)."""
+    key = {k: cfg[k] for k in VAE_KEYS}
+    key["dataset"] = dataset
+    return artifacts.config_key(key)
+
+
+def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int, n_train: int | None = None,
+                    seed: int = 0):
+    """A fixed random split of a training set: ``(x_train, y_train, x_val, y_val)``.
+
+    The last ``val_size`` images of a seeded permutation are the validation split;
+    ``n_train`` (None = all the rest) training images are taken from the others.
+    """
+    if not 0 < val_size < len(x):
+        raise ValueError(f"val_size must be between 1 and {len(x) - 1}; got {val_size}")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[-val_size:], perm[:-val_size]
+    if n_train is not None:
+        train = train[:n_train]
+    return x[train], y[train], x[val], y[val]

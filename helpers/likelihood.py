@@ -140,7 +140,8 @@ def flow_log_likelihood(model: nn.Module, x: torch.Tensor, cond: torch.Tensor, s
                 # \varepsilon^T (\partial v / \partial z) \varepsilon, one vector-Jacobian product
                 (g,) = torch.autograd.grad(v, z, vs[k], retain_graph=k + 1 < vs.shape[0])
                 div = div + (g * vs[k]).sum(-1)
-        return v.detach(), div / vs.shape[0]
+        # exact: the sum over unit vectors is the trace; Hutchinson: the mean over probes
+        return v.detach(), div if exact else div / vs.shape[0]
 
     ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
     z, logdet = x.detach().clone(), torch.zeros(B, device=x.device)
