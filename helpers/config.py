@@ -251,8 +251,8 @@ _DIGITS_DEFAULT: dict[str, Any] = {
     "fashion": True, "emnist": True, "gif_fps": 6,
 }
 DIGITS: dict[str, dict[str, Any]] = {
-    "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 6000, "vae_epochs": 1,
-              "gen_steps": 300, "sizes": ["tiny", "small"], "guidance_grid": [1.0, 3.0],
+    "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 8000, "vae_epochs": 3,
+              "gen_steps": 400, "sizes": ["tiny", "small"], "guidance_grid": [1.0, 3.0],
               "n_select_per_class": 30, "n_eval_per_class": 30, "quality_steps": [1, 5, 20],
               "bayes_n_noise": [4, 8], "n_bayes_val": 300, "n_ode": 100,
               "judge_epochs": 1, "cnn_epochs": 1, "fashion": True, "emnist": False},

@@ -29,6 +29,9 @@ EXPECTED_METRICS = {
            "catdog_feature_fd_recon", "catdog_nn_dist_mean", "catdog_nn_dist_test_ref_mean"],
     "05": [f"eval_{m}_{k}" for m in ("generated", "noise", "soup", "gaussian", "vae_prior", "direct")
            for k in ("mean_acc", "max_iou")],
+    "06": ["mnist_gen_bayes_acc", "mnist_gen_class_consistency", "mnist_gen_params", "mnist_gen_guidance_w",
+           "mnist_gen_bayes_acc_flow_ode", "mnist_gen_bayes_acc_flow_shortcut", "mnist_gen_qda_acc",
+           "mnist_gen_cnn_acc", "fashion_gen_bayes_acc"],
 }
 
 
