@@ -40,6 +40,7 @@ lab: data
 bench: setup
 	$(PY) benchmarks/bench_zoo_training.py
 	$(PY) benchmarks/bench_ddim_sampling.py --preset $(PRESET)
+	$(PY) benchmarks/bench_digit_sampling.py --preset $(PRESET)
 
 strip: setup
 	$(PY) -m helpers.notebooks strip notebooks/*.ipynb
