@@ -75,14 +75,14 @@ ZOO: dict[str, dict[str, Any]] = {
 # align_iters rounds, until no assignment changes); barrier_pairs random pairs for the
 # interpolation barrier. Recipe chosen on the validation split (benchmarks/bench_zoo_training.py).
 _ZOO_MULTISEED_COMMON: dict[str, Any] = {
-    "kind": "multiseed", "lr": 1e-2, "lr_schedule": "linear", "warmup": 0.05, "align_iters": 10,
+    "kind": "multiseed", "lr": 1e-2, "lr_schedule": "linear", "warmup": 0.05, "align_iters": 30,
 }
 ZOO_MULTISEED: dict[str, dict[str, Any]] = {
     "smoke": {**_ZOO_MULTISEED_COMMON, "n_runs": 8, "epochs": 1, "batch_size": 64,
               "checkpoints_per_run": 2, "checkpoint_every": 10, "min_val_acc": 0.0,
               "barrier_pairs": 8},
-    "default": {**_ZOO_MULTISEED_COMMON, "n_runs": 64, "epochs": 1, "batch_size": 128,
-                "checkpoints_per_run": 4, "checkpoint_every": 30, "min_val_acc": 97.0,
+    "default": {**_ZOO_MULTISEED_COMMON, "n_runs": 64, "epochs": 0.5, "batch_size": 64,
+                "checkpoints_per_run": 4, "checkpoint_every": 25, "min_val_acc": 96.5,
                 "barrier_pairs": 32},
     "full": {**_ZOO_MULTISEED_COMMON, "n_runs": 128, "epochs": 2, "batch_size": 128,
              "checkpoints_per_run": 4, "checkpoint_every": 50, "min_val_acc": 97.5,

@@ -308,6 +308,92 @@ def evaluate_methods(methods: Mapping[str, torch.Tensor], train_vectors: torch.T
     return rows
 
 
+# ---------------------------------------------------------------------------
+# The accuracy-novelty frontier of the cheap baselines
+# ---------------------------------------------------------------------------
+
+
+def point(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, train_err: torch.Tensor) -> dict:
+    """One method as a point of the frontier plot: mean accuracy (%) and mean max IoU.
+
+    ``train_err``: the training checkpoints' error sets on the same images
+    (:func:`error_sets`). Returns ``{"mean_acc", "max_iou", "accs", "max_ious"}``.
+    """
+    preds = predict_labels(_check_vectors(vectors), spec, x)
+    accs = accuracies(preds, y)
+    ious = max_similarity(error_sets(preds, y), train_err)
+    return {"mean_acc": accs.mean().item(), "max_iou": ious.mean().item(), "accs": accs, "max_ious": ious}
+
+
+def baseline_curve(kind: str, values: Sequence[float], train_vectors: torch.Tensor, n: int, spec,
+                   x: torch.Tensor, y: torch.Tensor, train_err: torch.Tensor, normalizer=None,
+                   seed: int = 0) -> list[dict]:
+    """A cheap baseline swept over its knob: one :func:`point` per value.
+
+    ``kind="noise"``: a checkpoint plus noise of scale σ (``values`` = σ, normalised units);
+    ``kind="soup"``: the average of k random checkpoints (``values`` = k). Each value
+    uses ``n`` networks from its own seeded generator. Rows carry ``"value"``.
+    """
+    if kind not in ("noise", "soup"):
+        raise ValueError(f"unknown baseline curve {kind!r}; expected 'noise' or 'soup'")
+    rows = []
+    for i, v in enumerate(values):
+        g = torch.Generator().manual_seed(seed + 1000 * i)
+        vec = noise_baseline(train_vectors, n, float(v), normalizer, g) if kind == "noise" \
+            else soup_baseline(train_vectors, n, int(v), g)
+        rows.append({"value": v, **point(vec, spec, x, y, train_err)})
+    return rows
+
+
+def curve_accuracy_at(curve: Sequence[Mapping], max_iou: float) -> float:
+    """The accuracy of a baseline curve at a given mean max IoU, linearly interpolated.
+
+    The curve's points are sorted by IoU. Outside the curve's IoU range the nearest
+    end point is used (``np.interp``): since a baseline's accuracy falls as it
+    becomes more novel, this *over*-estimates the baseline where the point is more
+    novel than any curve point, so a margin computed with it is conservative.
+    """
+    pts = sorted((float(r["max_iou"]), float(r["mean_acc"])) for r in curve)
+    if not pts:
+        raise ValueError("curve_accuracy_at needs a curve with at least one point")
+    return float(np.interp(float(max_iou), [p[0] for p in pts], [p[1] for p in pts]))
+
+
+def frontier_margin(curve: Sequence[Mapping], mean_acc: float, max_iou: float) -> float:
+    """Points above the baseline curve: ``mean_acc - curve_accuracy_at(curve, max_iou)``.
+
+    > 0: at the same novelty the method is more accurate than the baseline (above its frontier).
+    """
+    return float(mean_acc) - curve_accuracy_at(curve, max_iou)
+
+
+def plot_frontier(curves: Mapping[str, Sequence[Mapping]], points: Mapping[str, Mapping],
+                  ax=None, title: str | None = None, label_fmt: Mapping[str, str] | None = None):
+    """Mean accuracy against mean max IoU: each baseline curve as a line (its knob values
+    written beside the points) and each method as a marker. Up and left is better."""
+    from .plots import new_axes
+
+    fig, ax = new_axes(ax, figsize=(8, 5.5))
+    label_fmt = label_fmt or {}
+    for i, (name, curve) in enumerate(curves.items()):
+        pts = sorted(curve, key=lambda r: r["max_iou"])
+        xs, ys = [r["max_iou"] for r in pts], [r["mean_acc"] for r in pts]
+        ax.plot(xs, ys, "-o", ms=4, lw=1.5, color=_color(name, i), label=f"{name} curve")
+        fmt = label_fmt.get(name, "{}")
+        for r in pts:
+            ax.annotate(fmt.format(r["value"]), (r["max_iou"], r["mean_acc"]), fontsize=7,
+                        xytext=(3, -9), textcoords="offset points", color=_color(name, i))
+    markers = "s^vDP*Xo"
+    for j, (name, pt) in enumerate(points.items()):
+        ax.scatter([pt["max_iou"]], [pt["mean_acc"]], s=70, marker=markers[j % len(markers)],
+                   color=f"C{(j + 3) % 10}", edgecolor="k", zorder=5, label=name)
+    ax.set_xlabel("mean max IoU of error sets with any training checkpoint (left = newer)")
+    ax.set_ylabel("mean accuracy (%)")
+    ax.set_title(title or "Accuracy-novelty frontier")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 def results_table(rows: Sequence[Mapping], columns: Sequence[str] = (
         "name", "n", "mean", "median", "best", "worst", "max_iou", "nearest_dist", "copies"),
         digits: int = 2) -> str:

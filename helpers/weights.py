@@ -421,6 +421,89 @@ def align_to_reference(state_dict: Mapping[str, torch.Tensor],
     return (aligned, perms) if return_perms else aligned
 
 
+def _identity_perms(spec: Mapping) -> list[torch.Tensor]:
+    """One identity permutation per hidden layer."""
+    return [torch.arange(shape[0]) for _, shape in param_shapes(spec)[::2][:-1]]
+
+
+def align_to_common_reference(vectors: torch.Tensor, spec: Mapping, max_iter: int = 10,
+                              verbose: bool = False) -> tuple[torch.Tensor, list[list[torch.Tensor]], list[int]]:
+    """Align N networks to one *common* reference, the mean of the aligned networks.
+
+    Aligning every network to network 0 makes network 0 special: its unit order,
+    and its quirks, become everyone's. Instead (an iterated, Procrustes-like
+    barycentre):
+
+    1. :math:`P^{(0)}_k` = weight matching of network k to network 0;
+    2. :math:`\bar\theta = \frac1N \sum_k \pi_{P_k}(\theta_k)`, the mean of the aligned networks;
+    3. re-match every network (network 0 included) to :math:`\bar\theta`; repeat 2-3
+       until no assignment changes, or ``max_iter`` rounds.
+
+    Returns ``(aligned vectors (N, D), perms (one list of per-layer permutations per
+    network), changed (number of networks whose permutation changed, per round))``.
+    Each aligned network computes exactly the same function as the original.
+    """
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+    sds = [unflatten(v, spec) for v in vectors]
+
+    def apply(perms):
+        return torch.stack([flatten(permute(sd, p, spec), spec) for sd, p in zip(sds, perms)])
+
+    perms = [_identity_perms(spec)] + [weight_matching(sds[0], sd, spec) for sd in sds[1:]]
+    aligned = apply(perms)
+    changed_history = []
+    for it in range(max_iter):
+        ref = unflatten(aligned.mean(0), spec)
+        new = [weight_matching(ref, sd, spec) for sd in sds]
+        changed = sum(any(not torch.equal(a, b) for a, b in zip(p_old, p_new))
+                      for p_old, p_new in zip(perms, new))
+        changed_history.append(int(changed))
+        perms = new
+        aligned = apply(perms)
+        if verbose:
+            print(f"  alignment round {it + 1}: {changed} of {len(sds)} networks changed their permutation")
+        if changed == 0:
+            break
+    return aligned, perms, changed_history
+
+
+def interpolation_barriers(vectors_a: torch.Tensor, vectors_b: torch.Tensor, spec: Mapping,
+                           x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Midpoint loss barrier of many pairs: :math:`B = \tfrac12(\mathrm{acc}(\theta_A) + \mathrm{acc}(\theta_B))
+    - \mathrm{acc}(\tfrac12(\theta_A + \theta_B))`, in accuracy points (0 = no barrier).
+
+    ``vectors_a``, ``vectors_b``: (P, D), pair i is (a_i, b_i). Returns tensors (P,):
+    ``barrier``, ``mid_acc``, ``end_acc`` (mean of the two ends).
+    """
+    a, b = torch.as_tensor(vectors_a, dtype=torch.float32), torch.as_tensor(vectors_b, dtype=torch.float32)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (P, D) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    accs = _clf.evaluate_vectors(torch.cat([a, b, 0.5 * (a + b)]), spec, x, y)
+    acc_a, acc_b, mid = accs.split(len(a))
+    end = 0.5 * (acc_a + acc_b)
+    return {"barrier": end - mid, "mid_acc": mid, "end_acc": end}
+
+
+def random_pairs(n: int, n_pairs: int, seed: int = 0) -> torch.Tensor:
+    """``n_pairs`` distinct unordered pairs (i < j) of ``range(n)``: LongTensor (n_pairs, 2)."""
+    g = torch.Generator().manual_seed(seed)
+    all_pairs = torch.combinations(torch.arange(n), 2)
+    if n_pairs > len(all_pairs):
+        raise ValueError(f"asked for {n_pairs} pairs of {n} networks; there are only {len(all_pairs)}")
+    return all_pairs[torch.randperm(len(all_pairs), generator=g)[:n_pairs]]
+
+
+def aligned_run_vectors(dataset: "WeightDataset") -> torch.Tensor:
+    """The run end points of a many-seed zoo in the aligned coordinates (the stored permutations applied)."""
+    perms = dataset.config.get("perms")
+    if dataset.run_vectors is None or perms is None:
+        raise ValueError("this weight dataset stores no run end points with permutations "
+                         "(expected a zoo built with kind='multiseed' and align=True)")
+    return torch.stack([flatten(permute(unflatten(v, dataset.spec), [torch.tensor(q) for q in p],
+                                        dataset.spec), dataset.spec)
+                        for v, p in zip(dataset.run_vectors, perms)])
+
+
 def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: Mapping,
                          x: torch.Tensor, y: torch.Tensor, n_points: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
     """Test accuracy along the straight line :math:`\\theta(\\alpha) = (1-\\alpha)\\theta_A + \\alpha\\theta_B`.
@@ -435,6 +518,33 @@ def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: M
 # ---------------------------------------------------------------------------
 # Building the zoo
 # ---------------------------------------------------------------------------
+
+ZOO_KINDS = ("trajectory", "multiseed")
+
+
+def zoo_config(preset: str | None = None, kind: str = "trajectory", **overrides):
+    """The zoo settings of a preset and a kind of zoo (notebooks 02, 03, 05: ``ZOO = ...``).
+
+    ``"trajectory"``: ``config.ZOO[preset]`` (a few runs, many checkpoints each);
+    ``"multiseed"``: the same with ``config.ZOO_MULTISEED[preset]`` laid over it (many
+    independent networks, a few checkpoints each). Keyword overrides must name existing keys.
+    """
+    import copy
+
+    from . import config
+
+    if kind not in ZOO_KINDS:
+        raise ValueError(f"unknown zoo kind {kind!r}; expected one of {', '.join(ZOO_KINDS)}")
+    if kind == "trajectory":
+        return config.get_config("zoo", preset, **overrides)
+    base = config.get_config("zoo", preset)
+    values = {**dict(base), **copy.deepcopy(config.ZOO_MULTISEED[base.preset])}
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise KeyError(f"unknown setting(s) {unknown} for the {kind} zoo; it has: {', '.join(sorted(values))}")
+    values.update(overrides)
+    return config.Config(values, preset=base.preset, section="zoo (multiseed)")
+
 
 def zoo_spec(cfg: Mapping) -> dict:
     """The architecture a zoo config asks for: ``cfg["spec"]`` if given, else the default."""
@@ -473,8 +583,11 @@ def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    kind = cfg.get("kind", "trajectory")
+    if kind not in ZOO_KINDS:
+        raise ValueError(f"unknown zoo kind {kind!r}; expected one of {', '.join(ZOO_KINDS)}")
     try:
-        return _build_zoo(cfg, verbose)
+        return _build_multiseed_zoo(cfg, verbose) if kind == "multiseed" else _build_zoo(cfg, verbose)
     finally:
         torch.set_num_threads(threads)
 
@@ -572,6 +685,95 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
                          loss_curves=torch.cat([pre_losses, traj_losses]).T.contiguous())
 
 
+def _zoo_data(cfg: Mapping):
+    """(x, y) training images minus the validation split, (x_val, y_val), (x_test, y_test)."""
+    dataset = cfg.get("dataset", "mnist")
+    x_all, y_all = _clf.load_split(dataset, "train")
+    n_val = int(cfg["val_size"])
+    x, y = x_all[:-n_val], y_all[:-n_val]
+    if cfg.get("train_subset"):
+        x, y = x[:cfg["train_subset"]], y[:cfg["train_subset"]]
+    return (x, y), (x_all[-n_val:], y_all[-n_val:]), _clf.load_split(dataset, "test", cfg.get("test_subset"))
+
+
+def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
+    """Many independent networks, a few checkpoints each, aligned to a common reference.
+
+    ``n_runs`` networks (seeds ``seed, seed+1, ...``, each its own data order) are
+    stepped together by :func:`helpers.classifiers.train_stacked` with a one-cycle
+    rate; the last ``checkpoints_per_run`` checkpoints, ``checkpoint_every`` steps
+    apart, are kept. The end points are aligned by
+    :func:`align_to_common_reference` and each network's permutation is applied
+    to all its checkpoints. Selection on validation accuracy as for the trajectory zoo.
+    """
+    spec = zoo_spec(cfg)
+    (x, y), (x_val, y_val), (x_test, y_test) = _zoo_data(cfg)
+    k = int(cfg["n_runs"])
+    seeds = [int(cfg["seed"]) + r for r in range(k)]
+    gens = [torch.Generator().manual_seed(1000 + s) for s in seeds]
+    bs = int(cfg["batch_size"])
+    per_epoch = x.shape[0] // bs
+    total = int(round(cfg["epochs"] * per_epoch))
+    n_keep, every = int(cfg["checkpoints_per_run"]), int(cfg["checkpoint_every"])
+    save_at = sorted({total - every * c for c in range(n_keep) if total - every * c > 0})
+    snaps, snap_steps, snap_losses, window = [], [], [], []
+    t0 = time.perf_counter()
+    params = _clf.init_stacked(spec, seeds)
+
+    def on_step(step: int, losses: torch.Tensor) -> None:
+        window.append(losses)
+        if step in save_at:
+            snaps.append(_vectors(params, spec).clone())
+            snap_steps.append(step)
+            snap_losses.append(torch.stack(window).mean(0))
+            window.clear()
+
+    losses, _ = _clf.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
+                                   generators=gens, augment_shift=cfg.get("augment_shift", 0),
+                                   on_step=on_step, progress=verbose, lr_schedule=cfg["lr_schedule"],
+                                   warmup=cfg["warmup"])
+    run_vectors = _vectors(params, spec).clone()
+    train_seconds = time.perf_counter() - t0
+    if verbose:
+        print(f"{k} networks x {cfg['epochs']} epoch(s), trained together: {train_seconds:.0f} s")
+    t1 = time.perf_counter()
+    traj = torch.stack(snaps).transpose(0, 1).contiguous()          # (runs, checkpoints, D)
+    perms, history = None, []
+    if cfg.get("align", True):
+        _, perms, history = align_to_common_reference(run_vectors, spec, int(cfg["align_iters"]), verbose)
+        for r in range(k):
+            traj[r] = torch.stack([flatten(permute(unflatten(v, spec), perms[r], spec), spec) for v in traj[r]])
+    align_seconds = time.perf_counter() - t1
+    flat = traj.reshape(-1, traj.shape[-1]).contiguous()
+    val_acc = _clf.evaluate_vectors(flat, spec, x_val, y_val)
+    keep = val_acc >= cfg["min_val_acc"]
+    if not bool(keep.any()):
+        raise RuntimeError(f"no checkpoint reached min_val_acc={cfg['min_val_acc']}; lower it or train longer")
+    test_acc = _clf.evaluate_vectors(flat[keep], spec, x_test, y_test)
+    metrics, j = [], 0
+    for i in range(flat.shape[0]):
+        r, c = divmod(i, len(snaps))
+        if not keep[i]:
+            continue
+        metrics.append({"run": r, "run_seed": seeds[r], "phase": "multiseed",
+                        "epoch": round(snap_steps[c] / per_epoch, 3), "step": snap_steps[c],
+                        "train_loss": float(snap_losses[c][r]), "val_acc": float(val_acc[i]),
+                        "test_acc": float(test_acc[j])})
+        j += 1
+    seconds = time.perf_counter() - t0
+    if verbose:
+        print(f"aligned to a common reference in {align_seconds:.0f} s (networks changed per round: {history}); "
+              f"kept {int(keep.sum())} of {flat.shape[0]} checkpoints (val acc >= {cfg['min_val_acc']}); "
+              f"mean test acc {float(test_acc.mean()):.2f} %; {seconds:.0f} s")
+    config = {**dict(cfg), "spec": spec, "build_seconds": round(seconds, 1),
+              "train_seconds": round(train_seconds, 1), "align_seconds": round(align_seconds, 1),
+              "threads": torch.get_num_threads(), "pretrain_steps": 0, "steps_per_epoch": per_epoch,
+              "align_history": history,
+              "perms": [[q.tolist() for q in p] for p in perms] if perms is not None else None}
+    return WeightDataset(flat[keep].clone(), spec, metrics, config, run_vectors=run_vectors,
+                         loss_curves=losses.T.contiguous())
+
+
 def _zoo_key(cfg: Mapping) -> dict:
     return {**dict(cfg), "spec": zoo_spec(cfg)}
 
@@ -609,6 +811,23 @@ def plot_interpolation(alphas: torch.Tensor, curves: Mapping[str, torch.Tensor],
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend()
+    return fig
+
+
+def plot_barriers(barriers: Mapping[str, torch.Tensor], ax=None, bins: int = 20):
+    """Histograms of midpoint barriers (accuracy points) over many pairs, one per label."""
+    from . import plots
+
+    fig, ax = plots.new_axes(ax)
+    values = {k: torch.as_tensor(v).float() for k, v in barriers.items()}
+    lo = min(float(v.min()) for v in values.values())
+    hi = max(float(v.max()) for v in values.values())
+    edges = torch.linspace(min(lo, 0.0), max(hi, 1.0), bins + 1).numpy()
+    for label, v in values.items():
+        ax.hist(v.numpy(), bins=edges, alpha=0.6, label=f"{label} (mean {float(v.mean()):.1f})")
+    ax.set_xlabel("midpoint barrier: mean end-point accuracy - midpoint accuracy (points)")
+    ax.set_ylabel("pairs of networks")
+    ax.legend(fontsize=8)
     return fig
 
 

@@ -372,3 +372,35 @@ def test_verdict_does_not_call_an_inaccurate_generator_novel():
     assert "far less accurate" in text
     assert "more accurate than the generator: noise (97.80%)" in text
     assert "share fewer mistakes" not in text
+
+
+def test_curve_accuracy_at_interpolates_and_clamps():
+    curve = [{"value": 0.3, "max_iou": 0.2, "mean_acc": 80.0}, {"value": 0.02, "max_iou": 0.9, "mean_acc": 98.0},
+             {"value": 0.1, "max_iou": 0.6, "mean_acc": 96.0}]
+    assert ev.curve_accuracy_at(curve, 0.4) == pytest.approx(88.0)
+    assert ev.curve_accuracy_at(curve, 0.75) == pytest.approx(97.0)
+    assert ev.curve_accuracy_at(curve, 0.05) == 80.0 and ev.curve_accuracy_at(curve, 0.99) == 98.0
+    assert ev.frontier_margin(curve, 97.5, 0.6) == pytest.approx(1.5)
+    assert ev.frontier_margin(curve, 85.0, 0.4) == pytest.approx(-3.0)
+    with pytest.raises(ValueError, match="at least one point"):
+        ev.curve_accuracy_at([], 0.5)
+
+
+def test_noise_curve_loses_accuracy_and_similarity_as_sigma_grows():
+    x = torch.randn(200, 1, 6, 6)
+    spec = {"arch": "mlp", "in_channels": 1, "image_size": 6, "hidden": [12], "n_classes": 3}
+    from helpers import classifiers as C
+    from helpers import weights as W
+
+    teacher = W.flatten(C.build_model(spec, seed=0).state_dict())
+    y = C.predict_vectors(teacher[None], spec, x)[0]
+    train = teacher[None] + 0.01 * torch.randn(4, teacher.numel())
+    train_err = ev.error_sets(ev.predict_labels(train, spec, x), y)
+    curve = ev.baseline_curve("noise", [0.0, 1.0], train, 6, spec, x, y, train_err)
+    assert [r["value"] for r in curve] == [0.0, 1.0]
+    assert curve[0]["mean_acc"] > curve[1]["mean_acc"]
+    assert curve[0]["max_iou"] == pytest.approx(1.0)
+    soups = ev.baseline_curve("soup", [2], train, 3, spec, x, y, train_err)
+    assert soups[0]["mean_acc"] > 90
+    with pytest.raises(ValueError, match="unknown baseline curve 'mix'; expected 'noise' or 'soup'"):
+        ev.baseline_curve("mix", [1], train, 3, spec, x, y, train_err)

@@ -138,3 +138,71 @@ def test_interpolate_accuracy_endpoints():
     alphas, accs = W.interpolate_accuracy(W.flatten(a.state_dict()), W.flatten(b.state_dict()), MLP, x, y, 5)
     assert alphas.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert accs[0] == 100.0 and accs[-1] == C.evaluate(b, x, y)
+
+
+def test_common_reference_alignment_undoes_permutations_of_one_network():
+    """Permuted copies of one network (plus small noise) all land in one unit order,
+    keep their function, and the iteration stops once no assignment changes."""
+    base = W.state_dict_of(C.build_model(SMALL_CNN, seed=2))
+    g = torch.Generator().manual_seed(0)
+    copies = []
+    for i in range(5):
+        perms = [torch.randperm(base[w].shape[0], generator=g) for w, _ in W._layers(SMALL_CNN)[:-1]]
+        v = W.flatten(W.permute(base, perms, SMALL_CNN), SMALL_CNN)
+        copies.append(v + 1e-3 * torch.randn(v.shape, generator=g))
+    vectors = torch.stack(copies)
+    aligned, perms, history = W.align_to_common_reference(vectors, SMALL_CNN, max_iter=10)
+    assert aligned.shape == vectors.shape and len(perms) == 5
+    assert history[-1] == 0 and len(history) <= 10
+    # every aligned copy is within the noise of every other (one unit order)
+    assert (aligned - aligned[0]).abs().max() < 1e-2
+    assert (vectors - vectors[0]).abs().max() > 0.1
+    x = torch.randn(6, 1, 12, 12)
+    for v, a in zip(vectors, aligned):
+        torch.testing.assert_close(W.load_into_model(a, SMALL_CNN)(x), W.load_into_model(v, SMALL_CNN)(x))
+
+
+def test_interpolation_barriers_of_identical_pairs_are_zero():
+    x = torch.randn(40, 1, 6, 6)
+    a = torch.stack([W.flatten(C.build_model(MLP, seed=s).state_dict()) for s in range(3)])
+    y = C.predict_vectors(a[:1], MLP, x)[0]
+    out = W.interpolation_barriers(a, a, MLP, x, y)
+    assert torch.equal(out["barrier"], torch.zeros(3))
+    assert out["end_acc"][0] == 100.0
+    with pytest.raises(ValueError, match=r"expected two \(P, D\) tensors of equal shape, got \(3, \d+\) and \(2, \d+\)"):
+        W.interpolation_barriers(a, a[:2], MLP, x, y)
+
+
+def test_random_pairs_are_distinct_and_checked():
+    pairs = W.random_pairs(6, 10, seed=1)
+    assert pairs.shape == (10, 2) and (pairs[:, 0] < pairs[:, 1]).all()
+    assert len({tuple(p) for p in pairs.tolist()}) == 10
+    with pytest.raises(ValueError, match="asked for 16 pairs of 6 networks; there are only 15"):
+        W.random_pairs(6, 16)
+
+
+def test_zoo_config_kinds():
+    traj = W.zoo_config("smoke")
+    ms = W.zoo_config("smoke", "multiseed", n_runs=3)
+    assert "kind" not in traj and ms["kind"] == "multiseed" and ms["n_runs"] == 3
+    assert ms["lr_schedule"] == "linear" and ms["dataset"] == traj["dataset"]
+    with pytest.raises(ValueError, match="unknown zoo kind 'seeds'; expected one of trajectory, multiseed"):
+        W.zoo_config("smoke", "seeds")
+    with pytest.raises(KeyError, match="unknown setting"):
+        W.zoo_config("smoke", "multiseed", n_seeds=3)
+
+
+def test_multiseed_zoo_builds_aligned_checkpoints(monkeypatch):
+    """A tiny many-seed zoo on random data: shapes, metrics, stored permutations that map the
+    unaligned end points onto the aligned last checkpoints."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 1, 12, 12, generator=g), torch.randint(0, 3, (400,), generator=g)
+    monkeypatch.setattr(C, "load_split", lambda dataset, split, n=None: (x[:n], y[:n]) if n else (x, y))
+    cfg = {**W.zoo_config("smoke", "multiseed"), "spec": SMALL_CNN, "n_runs": 3, "val_size": 100,
+           "train_subset": None, "test_subset": 100, "batch_size": 20, "epochs": 1,
+           "checkpoints_per_run": 2, "checkpoint_every": 3, "min_val_acc": 0.0, "threads": None}
+    ds = W.build_zoo(cfg, verbose=False)
+    assert len(ds) == 6 and ds.run_vectors.shape == (3, C.count_params(SMALL_CNN))
+    assert [m["step"] for m in ds.metrics[:2]] == [12, 15] and ds.metrics[0]["phase"] == "multiseed"
+    assert ds.loss_curves.shape == (3, 15)
+    torch.testing.assert_close(W.aligned_run_vectors(ds), ds.vectors[1::2])
