@@ -202,22 +202,37 @@ CATDOG: dict[str, dict[str, Any]] = {
 # noise_sigma: checkpoint + N(0, sigma^2) in normalised units (memorisation study: 0.06-0.12);
 # soup_size: checkpoints averaged per soup; ensemble_sizes: members of the growing ensembles;
 # finetune_*: Adam steps, learning rate, batch, evaluation interval, training images (None = all).
+# frontier_*: section 10, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
+# frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
+# frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
+# reference); frontier_finetune_steps Adam steps given alike to generated and noise networks (ablation).
 EVALUATION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
               "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
               "n_test": 2000, "noise_sigma": 0.1, "soup_size": 16, "ensemble_sizes": [1, 2, 4, 8],
               "finetune_steps": 10, "finetune_lr": 1e-3, "finetune_batch": 128,
-              "finetune_eval_every": 5, "finetune_n_train": 2000},
+              "finetune_eval_every": 5, "finetune_n_train": 2000,
+              "frontier_zoos": ["trajectory", "multiseed"], "frontier_sigmas": [0.05, 0.2, 0.5],
+              "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
+              "frontier_finetune_steps": 5},
     "default": {"seed": 0, "zoo_preset": "default", "vae_preset": "default",
                 "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
                 "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
                 "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 300, "finetune_lr": 1e-3,
-                "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None},
+                "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None,
+                "frontier_zoos": ["trajectory", "multiseed"],
+                "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
+                "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
+                "frontier_finetune_steps": 50},
     "full": {"seed": 0, "zoo_preset": "full", "vae_preset": "full",
              "weight_diffusion_preset": "full", "dataset": "mnist", "n_generated": 20,
              "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
              "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 500, "finetune_lr": 1e-3,
-             "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None},
+             "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None,
+             "frontier_zoos": ["trajectory", "multiseed"],
+             "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
+             "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 8,
+             "frontier_finetune_steps": 50},
 }
 
 # Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).

@@ -327,12 +327,14 @@ def point(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, train_e
 
 def baseline_curve(kind: str, values: Sequence[float], train_vectors: torch.Tensor, n: int, spec,
                    x: torch.Tensor, y: torch.Tensor, train_err: torch.Tensor, normalizer=None,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, transform=None) -> list[dict]:
     """A cheap baseline swept over its knob: one :func:`point` per value.
 
     ``kind="noise"``: a checkpoint plus noise of scale σ (``values`` = σ, normalised units);
     ``kind="soup"``: the average of k random checkpoints (``values`` = k). Each value
     uses ``n`` networks from its own seeded generator. Rows carry ``"value"``.
+    ``transform`` (optional) maps the (n, D) networks before they are evaluated, e.g.
+    a few steps of fine-tuning (:func:`finetune_vectors`).
     """
     if kind not in ("noise", "soup"):
         raise ValueError(f"unknown baseline curve {kind!r}; expected 'noise' or 'soup'")
@@ -341,6 +343,8 @@ def baseline_curve(kind: str, values: Sequence[float], train_vectors: torch.Tens
         g = torch.Generator().manual_seed(seed + 1000 * i)
         vec = noise_baseline(train_vectors, n, float(v), normalizer, g) if kind == "noise" \
             else soup_baseline(train_vectors, n, int(v), g)
+        if transform is not None:
+            vec = transform(vec)
         rows.append({"value": v, **point(vec, spec, x, y, train_err)})
     return rows
 
@@ -365,6 +369,50 @@ def frontier_margin(curve: Sequence[Mapping], mean_acc: float, max_iou: float) -
     > 0: at the same novelty the method is more accurate than the baseline (above its frontier).
     """
     return float(mean_acc) - curve_accuracy_at(curve, max_iou)
+
+
+def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, steps: int,
+                     lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> torch.Tensor:
+    """K networks each trained ``steps`` more Adam steps, all at once (own data order each): (K, D).
+
+    The same budget for every method, so "generated + fine-tuning" is compared with
+    "noise baseline + the same fine-tuning".
+    """
+    from . import classifiers, weights
+
+    vectors = _check_vectors(vectors)
+    if steps <= 0:
+        return vectors.clone()
+    params = {k: v.clone().contiguous() for k, v in weights.unflatten(vectors.clone(), spec).items()}
+    per_epoch = len(x) // batch_size
+    classifiers.train_stacked(params, spec, x, y, epochs=steps / per_epoch, batch_size=batch_size, lr=lr,
+                              generators=[torch.Generator().manual_seed(seed + i) for i in range(len(vectors))])
+    return torch.cat([params[n].detach().reshape(len(vectors), -1) for n, _ in classifiers.param_shapes(spec)], 1)
+
+
+def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], spec, x: torch.Tensor,
+             y: torch.Tensor, normalizer=None, sigmas: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+             soup_sizes: Sequence[int] = (2, 4, 8, 16), n: int = 20, seed: int = 0) -> dict:
+    """Everything the frontier plot of one zoo needs, on images ``(x, y)``.
+
+    - ``curves``: ``{"noise": [...], "soup": [...]}``, :func:`baseline_curve` rows;
+    - ``points``: ``{"checkpoints": ..., name: ...}``: :func:`point` of the training
+      checkpoints (each against the *other* checkpoints) and of every method;
+    - ``margins``: per method, :func:`frontier_margin` above the noise curve, in points.
+    """
+    train_vectors = _check_vectors(train_vectors, "train_vectors")
+    train_preds = predict_labels(train_vectors, spec, x)
+    train_err = error_sets(train_preds, y)
+    accs = accuracies(train_preds, y)
+    self_iou = max_similarity(train_err, train_err, exclude=torch.eye(len(train_err), dtype=torch.bool))
+    points = {"checkpoints": {"mean_acc": accs.mean().item(), "max_iou": self_iou.mean().item(),
+                              "accs": accs, "max_ious": self_iou}}
+    for name, vectors in methods.items():
+        points[name] = point(vectors, spec, x, y, train_err)
+    curves = {"noise": baseline_curve("noise", sigmas, train_vectors, n, spec, x, y, train_err, normalizer, seed),
+              "soup": baseline_curve("soup", soup_sizes, train_vectors, n, spec, x, y, train_err, None, seed + 1)}
+    margins = {name: frontier_margin(curves["noise"], pt["mean_acc"], pt["max_iou"]) for name, pt in points.items()}
+    return {"curves": curves, "points": points, "margins": margins, "train_err": train_err}
 
 
 def plot_frontier(curves: Mapping[str, Sequence[Mapping]], points: Mapping[str, Mapping],

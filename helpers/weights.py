@@ -774,6 +774,24 @@ def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
                          loss_curves=losses.T.contiguous())
 
 
+def train_fresh_networks(cfg: Mapping, n: int, seed_offset: int = 100_000) -> torch.Tensor:
+    """``n`` new networks, trained from seeds no zoo uses, with a many-seed zoo's recipe: (n, D).
+
+    The *independent-training reference point* of notebook 05: what a freshly
+    trained network looks like next to the zoo (its accuracy, and how similar its
+    mistakes are to the zoo's). ``cfg``: a ``zoo_config(..., "multiseed")``.
+    """
+    spec = zoo_spec(cfg)
+    (x, y), _, _ = _zoo_data(cfg)
+    seeds = [int(cfg["seed"]) + seed_offset + i for i in range(n)]
+    params = _clf.init_stacked(spec, seeds)
+    _clf.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=int(cfg["batch_size"]),
+                       lr=cfg["lr"], generators=[torch.Generator().manual_seed(1000 + s) for s in seeds],
+                       augment_shift=cfg.get("augment_shift", 0), lr_schedule=cfg["lr_schedule"],
+                       warmup=cfg["warmup"])
+    return _vectors(params, spec).clone()
+
+
 def _zoo_key(cfg: Mapping) -> dict:
     return {**dict(cfg), "spec": zoo_spec(cfg)}
 
