@@ -21,14 +21,19 @@ NOTEBOOKS = series.notebook_paths()
 
 # Headline numbers each notebook must log (issue bars); checked after it runs.
 EXPECTED_METRICS = {
-    "01": ["zoo_mean_test_acc"],
+    "01": ["zoo_mean_test_acc", "multiseed_n_networks", "multiseed_zoo_mean_test_acc",
+           "multiseed_barrier_unaligned", "multiseed_barrier_aligned"],
     "02": ["recon_acc_drop_pp"],
     "03": ["train_median_acc", "generated_median_acc", "generated_frac_above_95"],
     "04": ["catdog_recon_psnr_test", "catdog_guidance_chosen", "catdog_real_test_acc",
            "catdog_class_consistency_guided", "catdog_feature_fd_generated", "catdog_feature_fd_real_floor",
            "catdog_feature_fd_recon", "catdog_nn_dist_mean", "catdog_nn_dist_test_ref_mean"],
     "05": [f"eval_{m}_{k}" for m in ("generated", "noise", "soup", "gaussian", "vae_prior", "direct")
-           for k in ("mean_acc", "max_iou")],
+           for k in ("mean_acc", "max_iou")]
+          + [f"eval_{z}_{m}" for z in ("trajectory", "multiseed")
+             for m in ("train_mean_acc", "generated_mean_acc", "generated_max_iou", "generated_frontier_margin",
+                       "fresh_mean_acc", "fresh_max_iou")]
+          + ["eval_multiseed_finetuned_frontier_margin"],
     "06": ["mnist_gen_bayes_acc", "mnist_gen_class_consistency", "mnist_gen_params", "mnist_gen_guidance_w",
            "mnist_gen_bayes_acc_flow_ode", "mnist_gen_bayes_acc_flow_shortcut", "mnist_gen_qda_acc",
            "mnist_gen_cnn_acc", "fashion_gen_bayes_acc"],
