@@ -170,12 +170,12 @@ _CATDOG_DEFAULT: dict[str, Any] = {
     "clf_blur": 0.5,
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
     "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
-    "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 3000,
-    "den_batch_size": 128, "den_lr": 1e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
+    "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 2000,
+    "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
     "T": 1000, "schedule": "cosine",
     "ddim_steps": 25, "eta": 0.0, "n_eval_per_class": 250,
-    "sweep_steps": [10, 25, 50], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0],
-    "compare_flat": True, "flat_ae_epochs": 12, "flat_ae_batch_size": 32, "flat_den_steps": 3000,
+    "sweep_steps": [10, 25], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0],
+    "compare_flat": False, "flat_ae_epochs": 12, "flat_ae_batch_size": 32, "flat_den_steps": 3000,
     "flat_guidance": 5.0,
     "tsne_points": 600, "tsne_every": 2, "n_show": 16, "gif_fps": 8,
 }
@@ -243,7 +243,9 @@ EVALUATION: dict[str, dict[str, Any]] = {
 # gen_*: the latent generators (size one of digit_models.GENERATOR_SIZES; steps, batch, lr, EMA,
 # label-drop probability for guidance), T/schedule: the DDPM's; sizes: the "how small" sweep;
 # sample_steps/sample_method: the flow sampler (Euler or Heun), ddim_steps: the DDPM's;
-# guidance_grid / n_select_per_class: guidance chosen on validation codes (no judge);
+# guidance_grid / guidance_target / n_select_per_class: guidance chosen on validation codes without
+# the judge (digit_eval.choose_guidance: lowest latent class-FD among the w whose selector, the
+# VAE's latent class head, assigns >= guidance_target % of the generated codes to their class);
 # n_eval_per_class: generated digits per class judged; quality_steps: the steps sweep;
 # bayes_n_noise: noise samples tried for the denoising estimators, n_bayes_val: validation images
 # for choosing the estimator, ode_steps/ode_probes/n_ode: the flow ODE likelihood (Heun steps,
@@ -257,7 +259,7 @@ _DIGITS_DEFAULT: dict[str, Any] = {
     "gen_ema": 0.999, "gen_p_uncond": 0.1, "T": 1000, "schedule": "cosine",
     "sizes": ["tiny", "small", "large"],
     "sample_steps": 20, "sample_method": "heun", "ddim_steps": 20,
-    "guidance_grid": [1.0, 1.5, 2.0, 3.0, 4.0], "n_select_per_class": 200,
+    "guidance_grid": [1.0, 1.5, 2.0, 3.0, 4.0], "guidance_target": 99.0, "n_select_per_class": 200,
     "n_eval_per_class": 200, "quality_steps": [1, 2, 5, 10, 20, 50],
     "bayes_n_noise": [4, 8, 16, 32], "n_bayes_val": 2000,
     "ode_steps": 8, "ode_probes": 1, "n_ode": 500,

@@ -6,14 +6,15 @@ r"""Judging generated digits, choosing the guidance weight without the judge, an
   distance (:func:`helpers.image_eval.frechet_distance`) set beside the real-vs-real
   floor; :func:`helpers.image_eval.nearest_neighbours` checks for copies.
 - **Choosing the guidance weight** :math:`w` must not use the judge. We pick it
-  on the *validation* codes instead (:func:`choose_guidance`): for each :math:`w`,
-  generate codes of every class and compute the class-conditional Fréchet distance
-  in the latent space to the validation codes of that class,
+  on the *validation* codes instead (:func:`choose_guidance`), with two judge-free
+  numbers per :math:`w`: the class-conditional Fréchet distance in the latent space
+  to the validation codes of each class,
 
   .. math:: \mathrm{FD}_{lat}(w) = \frac1{10}\sum_c \mathrm{FD}\big(\{z^{gen}_c(w)\}, \{z^{val}_c\}\big),
 
-  which is small only if samples land in the right class *and* cover it; too little
-  guidance mixes classes, too much collapses them. The lowest wins.
+  (small when samples land in the right class *and* cover it), and the class
+  consistency of a *selection classifier* on latents (the VAE's own class head). The
+  lowest FD among the :math:`w` whose selector consistency reaches a target wins.
 """
 
 from __future__ import annotations
@@ -91,15 +92,27 @@ def latent_class_fd(z_gen: torch.Tensor, y_gen: torch.Tensor, z_ref: torch.Tenso
 
 
 def choose_guidance(sample_fn, grid, z_val: torch.Tensor, y_val: torch.Tensor, n_per_class: int,
-                    n_classes: int = 10) -> tuple[float, dict]:
-    """The guidance weight of ``grid`` with the lowest :func:`latent_class_fd` to the validation codes.
+                    n_classes: int = 10, selector=None, target: float | None = None) -> tuple[float, dict]:
+    """Choose the guidance weight of ``grid`` on validation codes, without the judge.
 
-    ``sample_fn(labels, w)`` returns standardised codes for ``labels``; ``z_val`` are
-    standardised validation codes. Returns ``(w, {w: fd})``; no judge involved.
+    ``sample_fn(labels, w)`` returns standardised codes for ``labels``; ``z_val``/``y_val``
+    are standardised validation codes. Every ``w`` gets its :func:`latent_class_fd`; with a
+    ``selector`` (codes -> predicted labels, e.g. the VAE's latent head) also its selector
+    class consistency (%). Rule: the lowest latent FD among the ``w`` whose selector
+    consistency reaches ``target``; if none does (or no selector), the lowest FD overall.
+    Returns ``(w, {w: {"latent_fd", "selector_consistency"}})``.
     """
     labels = torch.arange(n_classes).repeat_interleave(n_per_class)
-    scores = {float(w): latent_class_fd(sample_fn(labels, float(w)), labels, z_val, y_val) for w in grid}
-    return min(scores, key=scores.get), scores
+    table = {}
+    for w in grid:
+        z = sample_fn(labels, float(w))
+        row = {"latent_fd": latent_class_fd(z, labels, z_val, y_val)}
+        if selector is not None:
+            row["selector_consistency"] = 100.0 * (selector(z) == labels).float().mean().item()
+        table[float(w)] = row
+    ok = [w for w, r in table.items() if target is None or r.get("selector_consistency", 0.0) >= target]
+    pool = ok or list(table)
+    return min(pool, key=lambda w: table[w]["latent_fd"]), table
 
 
 def tile_gray(images: torch.Tensor, nrow: int, pad: int = 1, scale: int = 2) -> np.ndarray:
@@ -159,7 +172,7 @@ def steps_figure(steps, series: dict[str, dict[str, list[float]]], floor: float 
         axes[1].axhline(floor, color="gray", ls="--", label="real vs real")
     for ax, t in zip(axes, ("class consistency (%)", "feature FD (judge)")):
         ax.set_xscale("log")
-        ax.set_xlabel("sampling steps (network calls per step: Euler/DDIM 1, Heun 2)")
+        ax.set_xlabel("sampling steps (Heun: 2 calls each)")
         ax.set_title(t, fontsize=9)
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)

@@ -226,3 +226,22 @@ def test_latent_class_fd_prefers_the_right_classes():
     good = torch.randn(400, 3, generator=g) + 3 * y[:, None]
     swapped = torch.randn(400, 3, generator=g) + 3 * (1 - y)[:, None]
     assert digit_eval.latent_class_fd(good, y, z_ref, y) < digit_eval.latent_class_fd(swapped, y, z_ref, y)
+
+
+def test_choose_guidance_rule_fd_among_selector_passing_weights():
+    g = torch.Generator().manual_seed(0)
+    y_val = torch.arange(2).repeat_interleave(100)
+    z_val = torch.randn(200, 2, generator=g) + 4 * y_val[:, None]
+
+    def sample_fn(labels, w):
+        # w = 1: the right spread but 2 % of the codes in the wrong class; larger w: pure but narrower
+        wrong = (torch.arange(len(labels)) % 50 == 0) & (w == 1.0)
+        c = torch.where(wrong, 1 - labels, labels)
+        return torch.randn(len(labels), 2, generator=g) / w + 4 * c[:, None]
+
+    selector = lambda z: (z.mean(1) > 2).long()  # noqa: E731
+    w_fd, table = digit_eval.choose_guidance(sample_fn, [1.0, 2.0, 4.0], z_val, y_val, 100, n_classes=2)
+    w_sel, _ = digit_eval.choose_guidance(sample_fn, [1.0, 2.0, 4.0], z_val, y_val, 100, n_classes=2,
+                                          selector=selector, target=99.0)
+    assert table[1.0]["latent_fd"] < table[4.0]["latent_fd"]
+    assert w_fd == 1.0 and w_sel == 2.0
