@@ -186,7 +186,9 @@ def try_emnist(root=None, split: str = "balanced"):
 
     Returns ``(x_train, y_train, x_test, y_test)`` as uint8 (N, 1, 28, 28) / int64, or None.
     """
+    import shutil
     import socket
+    from pathlib import Path
 
     from . import config
 
@@ -198,6 +200,9 @@ def try_emnist(root=None, split: str = "balanced"):
 
         sets = [EMNIST(str(root), split=split, train=tr, download=True) for tr in (True, False)]
     except Exception as exc:  # no network, a blocked host, a partial download: all mean "skip"
+        folder = Path(root) / "EMNIST"
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder)  # leave no empty folders behind
         print(f"EMNIST ({split}) skipped: torchvision could not download it here "
               f"({type(exc).__name__}: {str(exc)[:120]}). Everything else in this notebook runs without it.")
         return None
