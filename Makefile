@@ -9,7 +9,11 @@ PY     := $(VENV)/bin/python
 PRESET ?= default
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help setup data run test lab bench strip clean
+# torch's OpenMP threads sleep instead of spinning while they wait (read when torch is
+# imported): training stays fast when another process uses a core (helpers.runtime).
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: help setup data run test lab bench strip clean browser
 
 help:
 	@sed -n '1,6p' Makefile
@@ -18,6 +22,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+	$(PY) -m helpers.notebooks install-kernel-env
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,16 +36,25 @@ run: data
 	$(PY) -m helpers.series --preset $(PRESET) --run-dir $(RUN_DIR)
 	LDT_RUN_DIR=$(CURDIR)/$(RUN_DIR) LDT_PRESET=$(PRESET) $(MAKE) --no-print-directory bench
 
-test: data
+test: data browser
 	LDT_PROGRESS=0 $(PY) -m pytest tests
 
+# The browser test (tests/test_browser.py) drives JupyterLab in Debian's chromium through
+# Playwright (browsers cannot be downloaded here): install chromium once if it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "chromium could not be installed: tests/test_browser.py will be skipped"
+
+# Saved outputs never reach a commit: the git filter in .gitattributes strips them on `git add`.
 lab: data
+	$(PY) -m helpers.notebooks install-filter
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup
 	$(PY) benchmarks/bench_zoo_training.py
 	$(PY) benchmarks/bench_ddim_sampling.py --preset $(PRESET)
 	$(PY) benchmarks/bench_digit_sampling.py --preset $(PRESET)
+	$(PY) benchmarks/bench_threads.py
 
 strip: setup
 	$(PY) -m helpers.notebooks strip notebooks/*.ipynb

@@ -1,65 +1,171 @@
-"""How many torch CPU threads? Time the series' typical workloads at 1..N threads.
+"""How many torch CPU threads, and is the default safe when the machine is busy?
 
-    python benchmarks/bench_threads.py
+    python benchmarks/bench_threads.py            # idle and loaded, in one run (about 1-2 min)
+    python benchmarks/bench_threads.py --repeats 10
 
-Times, in one process, a training step of a small MNIST CNN (batch 256) and of
-a residual-MLP denoiser (batch 256, 512-d), for each thread count, and prints
-the speed relative to one thread. `helpers.runtime.setup_threads` uses every
-core by default; set `LDT_NUM_THREADS` to override.
+Times training steps of the series' typical networks under several thread
+policies, each in a fresh Python process (OpenMP reads its environment when
+torch is imported, so a policy must be set before that):
+
+- ``1 thread``: ``torch.set_num_threads(1)``;
+- ``2 threads``: every core, OpenMP's default (active) wait policy;
+- ``2 threads, passive``: every core, ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
+- ``2 threads, spin 10k``: every core, GNU OpenMP spins 30x shorter before sleeping;
+- ``default``: what :func:`helpers.runtime.setup_threads` chooses, in the
+  environment a notebook kernel gets (``helpers.runtime.THREAD_ENV``).
+
+Each policy is timed twice: on the machine as it is ("idle") and while this
+script keeps one core busy with a spinning process of its own ("loaded"). It
+prints ms per step and the two ratios the README quotes: ``default`` against
+``1 thread`` under load (bar: at most 1.5x slower) and ``default`` against
+``2 threads`` idle (bar: close to 1). Numbers are only meaningful when nothing
+else runs on the machine.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-from torch import nn
+ROOT = Path(__file__).resolve().parents[1]
 
-
-def _cnn():
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10))
-
-
-def _mlp():
-    return nn.Sequential(nn.Linear(512, 1024), nn.SiLU(), nn.Linear(1024, 1024), nn.SiLU(),
-                         nn.Linear(1024, 512))
+# name -> (environment for the child, threads argument for setup_threads; None = default policy)
+POLICIES = {
+    "1 thread": ({}, 1),
+    "2 threads": ({"OMP_WAIT_POLICY": "ACTIVE"}, 2),
+    "2 threads, passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
+    "2 threads, spin 10k": ({"GOMP_SPINCOUNT": "10000"}, 2),
+    "default": (None, None),
+}
 
 
-def time_step(model, x, y, loss_fn, repeats=20):
+def _workloads():
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10))
+    mlp = nn.Sequential(nn.Linear(512, 1024), nn.SiLU(), nn.Linear(1024, 1024), nn.SiLU(),
+                        nn.Linear(1024, 512))
+    # the size of notebook 03's latent denoiser in the smoke preset: many tiny ops per step
+    tiny = nn.Sequential(nn.Linear(16, 128), nn.SiLU(), nn.Linear(128, 128), nn.SiLU(),
+                         nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, 16))
+    ce, mse = nn.functional.cross_entropy, nn.functional.mse_loss
+    return {
+        "cnn (batch 128, 28x28)": (cnn, torch.randn(128, 1, 28, 28, generator=g),
+                                   torch.randint(0, 10, (128,), generator=g), ce),
+        "mlp (batch 256, 512-d)": (mlp, torch.randn(256, 512, generator=g),
+                                   torch.randn(256, 512, generator=g), mse),
+        "tiny mlp (batch 64, 16-d)": (tiny, torch.randn(64, 16, generator=g),
+                                      torch.randn(64, 16, generator=g), mse),
+    }
+
+
+def time_steps(model, x, y, loss_fn, seconds: float, min_steps: int = 5) -> float:
+    """Median seconds per training step over blocks of steps, for about ``seconds``."""
+    import torch
+
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    times = []
-    for i in range(repeats + 3):
-        t = time.perf_counter()
+
+    def step():
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
+
+    for _ in range(3):
+        step()
+    times, start = [], time.perf_counter()
+    while len(times) < min_steps or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > 10 * seconds:  # a collapsed policy: stop early
+            break
     return statistics.median(times)
 
 
-def main():
-    torch.manual_seed(0)
-    workloads = {
-        "cnn train step (batch 256, 28x28)": (_cnn(), torch.randn(256, 1, 28, 28),
-                                              torch.randint(0, 10, (256,)), nn.functional.cross_entropy),
-        "mlp train step (batch 256, 512-d)": (_mlp(), torch.randn(256, 512), torch.randn(256, 512),
-                                              nn.functional.mse_loss),
-    }
-    counts = list(range(1, (os.cpu_count() or 1) + 1))
-    print(f"cores: {os.cpu_count()}  torch {torch.__version__}")
-    for name, (model, x, y, loss_fn) in workloads.items():
-        base = None
-        for n in counts:
-            torch.set_num_threads(n)
-            sec = time_step(model, x, y, loss_fn)
-            base = base or sec
-            print(f"{name:<36} threads={n}: {sec * 1e3:7.2f} ms/step  speed x{base / sec:.2f} vs 1 thread")
+def child(threads: int | None, seconds: float) -> None:
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from helpers import runtime
+
+    n = runtime.setup_threads(threads)
+    out = {"threads": n, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "ms": {}}
+    for name, (model, x, y, loss_fn) in _workloads().items():
+        torch.manual_seed(0)
+        out["ms"][name] = 1e3 * time_steps(model, x, y, loss_fn, seconds)
+    print(json.dumps(out))
+
+
+def run_policy(name: str, seconds: float) -> dict:
+    env_extra, threads = POLICIES[name]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LDT_NUM_THREADS", "OMP_WAIT_POLICY",
+                        "GOMP_SPINCOUNT")}
+    if env_extra is None:  # the default: the environment a notebook kernel gets
+        sys.path.insert(0, str(ROOT))
+        from helpers import runtime
+
+        env.update(runtime.THREAD_ENV)
+    else:
+        env.update(env_extra)
+    args = [sys.executable, __file__, "--child", str(threads or 0), "--seconds", str(seconds)]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"policy {name!r} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing per workload and policy")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        child(args.child or None, args.seconds)
+        return 0
+
+    print(f"cores: {os.cpu_count()}  load average now: {os.getloadavg()[0]:.2f}")
+    results = {}
+    for condition in ("idle", "loaded"):
+        busy = None
+        if condition == "loaded":  # one other process keeps a core busy
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.5)
+        try:
+            for name in POLICIES:
+                r = run_policy(name, args.seconds)
+                results[condition, name] = r
+                ms = "  ".join(f"{w}: {v:8.2f} ms" for w, v in r["ms"].items())
+                print(f"{condition:<7} {name:<19} (threads {r['threads']}, wait {r['wait_policy']:<7}) {ms}",
+                      flush=True)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+
+    print("\nratios (time / reference time; lower is better):")
+    workloads = list(results["idle", "default"]["ms"])
+    worst_loaded, worst_idle = 0.0, 0.0
+    for w in workloads:
+        loaded = results["loaded", "default"]["ms"][w] / results["loaded", "1 thread"]["ms"][w]
+        idle = results["idle", "default"]["ms"][w] / results["idle", "2 threads"]["ms"][w]
+        speed2 = results["idle", "1 thread"]["ms"][w] / results["idle", "2 threads"]["ms"][w]
+        collapse = results["loaded", "2 threads"]["ms"][w] / results["loaded", "1 thread"]["ms"][w]
+        worst_loaded, worst_idle = max(worst_loaded, loaded), max(worst_idle, idle)
+        print(f"  {w:<27} loaded: default / 1 thread = {loaded:5.2f}x (2 threads, active: {collapse:5.2f}x) | "
+              f"idle: default / 2 threads = {idle:5.2f}x (2 threads are {speed2:.2f}x faster than 1)")
+    print(f"worst: loaded {worst_loaded:.2f}x (bar <= 1.5), idle {worst_idle:.2f}x (bar: close to 1)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,7 @@ import platform
 import random
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,17 +74,103 @@ def check_device(name: str, what: str = "device") -> torch.device:
     return device
 
 
-def setup_threads(n: int | None = None) -> int:
-    """Set torch's intra-op CPU threads to ``n`` (``$LDT_NUM_THREADS``, else every core).
+# Environment a notebook kernel should start with. OpenMP (torch's CPU threads)
+# reads it once, when torch is imported, so no helper can set it later: `make`
+# exports it, `make setup` writes it into the project's Jupyter kernel spec
+# (helpers.notebooks.install_kernel_env) and helpers.series passes it to the
+# kernels it starts. PASSIVE: a thread waiting for the others sleeps instead of
+# spinning on a core that another process needs.
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-    On the idle 2-core reference machine, 2 threads were measured 1.8-2.6x
-    faster than 1 for this series' small networks (``benchmarks/bench_threads.py``).
-    On a machine busy with other jobs, use 1 (``LDT_NUM_THREADS=1``): threads
-    that wait on each other were measured up to 10x slower there.
+
+def _started_with_passive_wait() -> bool:
+    """Whether OpenMP was told at process start to let waiting threads sleep."""
+    values = [os.environ.get("OMP_WAIT_POLICY", "")]
+    try:  # the environment the process started with (what OpenMP saw), on Linux
+        start_env = Path("/proc/self/environ").read_bytes().split(b"\0")
+        values += [e.split(b"=", 1)[1].decode() for e in start_env if e.startswith(b"OMP_WAIT_POLICY=")]
+    except OSError:
+        pass
+    return any(v.strip().upper() == "PASSIVE" for v in values)
+
+
+def busy_cores(samples: int = 5, interval: float = 0.01) -> int:
+    """Cores kept busy by other processes right now: the fewest runnable tasks seen in
+    ``samples`` reads of ``/proc/stat`` (``procs_running``, this process included), minus
+    this process. 0 where ``/proc`` does not exist."""
+    counts = []
+    for i in range(samples):
+        try:
+            for line in Path("/proc/stat").read_text().splitlines():
+                if line.startswith("procs_running"):
+                    counts.append(int(line.split()[1]))
+        except (OSError, ValueError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, min(counts) - 1) if counts else 0
+
+
+def choose_threads() -> tuple[int, str]:
+    """The default number of torch threads, and why (see :func:`setup_threads`)."""
+    cores = os.cpu_count() or 1
+    if cores == 1:
+        return 1, "one core"
+    if not _started_with_passive_wait():
+        return 1, ("OMP_WAIT_POLICY=PASSIVE was not set when this process started "
+                   "(make lab / make run set it); more threads could collapse under load")
+    busy = busy_cores()
+    n = max(1, cores - busy)
+    return n, (f"{cores} cores, {busy} busy with other processes" if busy else f"{cores} idle cores")
+
+
+def setup_threads(n: int | None = None, verbose: bool = False) -> int:
+    """Set torch's intra-op CPU threads: ``n``, else ``$LDT_NUM_THREADS``, else a safe default.
+
+    The default (measured with ``benchmarks/bench_threads.py``, see the README):
+    torch's OpenMP threads wait for each other at the end of every operation. If
+    another process keeps a core busy, a waiting thread that *spins* (OpenMP's
+    default) takes CPU from the thread it waits for, and training collapsed
+    3-50x. So the default uses several threads only when the process started
+    with ``OMP_WAIT_POLICY=PASSIVE`` (:data:`THREAD_ENV`; the kernels `make`
+    starts have it), and then one per core not busy with other processes at
+    the moment of the call (:func:`busy_cores`); otherwise one thread.
     """
+    global _THREADS
+    why = "argument"
     if n is None:
-        n = env_int("LDT_NUM_THREADS", minimum=1) or (os.cpu_count() or 1)
+        n, why = env_int("LDT_NUM_THREADS", minimum=1), "LDT_NUM_THREADS"
+    auto = not n
+    if auto:
+        n, why = choose_threads()
     torch.set_num_threads(n)
+    _THREADS.update(auto=auto, n=n, why=why, checked=time.monotonic())
+    if verbose:
+        print(f"torch threads: {n} ({why})")
+    return n
+
+
+# What setup_threads chose, so that training loops can re-check the load.
+_THREADS = {"auto": False, "n": 0, "why": "", "checked": 0.0}
+
+
+def recheck_threads(min_interval: float = 2.0) -> int:
+    """At the start of a training loop, re-choose the default thread count for the
+    load *now* (a second kernel or a build may have started since :func:`setup`).
+
+    Only when the count came from the default policy and nobody has set another
+    since; at most every ``min_interval`` seconds. :func:`progress` calls it, so
+    every training loop of the series does. Returns the thread count in use.
+    """
+    current = torch.get_num_threads()
+    if not _THREADS["auto"] or current != _THREADS["n"]:
+        return current
+    if time.monotonic() - _THREADS["checked"] < min_interval:
+        return current
+    n, why = choose_threads()
+    if n != current:
+        torch.set_num_threads(n)
+    _THREADS.update(n=n, why=why, checked=time.monotonic())
     return n
 
 
@@ -93,7 +180,7 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> to
     n = setup_threads(threads)
     device = get_device()
     if verbose:
-        print(f"seed {seed} | device {device} | torch threads {n} | torch {torch.__version__}")
+        print(f"seed {seed} | device {device} | torch threads {n} ({_THREADS['why']}) | torch {torch.__version__}")
     return device
 
 
@@ -119,9 +206,13 @@ def environment_report() -> dict[str, str]:
 def progress(iterable=None, **kwargs):
     """A ``tqdm.auto`` progress bar (a widget in Jupyter, text elsewhere).
 
-    Set ``LDT_PROGRESS=0`` to silence all bars (the test suite does).
+    Set ``LDT_PROGRESS=0`` to silence all bars (the test suite does). A bar marks
+    the start of a loop, so it is also where the default thread count is re-chosen
+    for the current load (:func:`recheck_threads`).
     """
     from tqdm.auto import tqdm
+
+    recheck_threads()
 
     kwargs.setdefault("disable", env_choice("LDT_PROGRESS", ("0", "1"), default="1") == "0")
     kwargs.setdefault("leave", False)

@@ -328,3 +328,47 @@ def test_make_lab_git_filter_keeps_outputs_out_of_commits(tmp_path):
     assert committed["cells"][1]["outputs"] == [] and committed["cells"][1]["execution_count"] is None
     assert committed["metadata"]["kernelspec"]["display_name"] == "Python 3 (ipykernel)"
     assert json.loads((repo / "n.ipynb").read_text())["cells"][1]["outputs"]  # the reader's file keeps them
+
+
+# --- threads that stay fast under load (issue 11) ------------------------------
+
+def test_default_threads_follow_wait_policy_and_load(monkeypatch):
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(runtime, "_started_with_passive_wait", lambda: False)
+    assert runtime.choose_threads()[0] == 1  # spinning waiters could collapse under load
+    monkeypatch.setattr(runtime, "_started_with_passive_wait", lambda: True)
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 0)
+    assert runtime.choose_threads() == (cores, f"{cores} idle cores") or cores == 1
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 1)
+    assert runtime.choose_threads()[0] == max(1, cores - 1)
+    monkeypatch.delenv("LDT_NUM_THREADS", raising=False)
+    assert runtime.setup_threads() == max(1, cores - 1) == torch.get_num_threads()
+    monkeypatch.setenv("LDT_NUM_THREADS", "1")
+    assert runtime.setup_threads() == 1
+
+
+def test_busy_cores_sees_a_spinning_process():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        assert runtime.busy_cores() >= 1
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_training_loops_rechoose_threads_for_the_load_now(monkeypatch):
+    monkeypatch.delenv("LDT_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "choose_threads", lambda: (2, "idle"))
+    assert runtime.setup_threads() == 2
+    monkeypatch.setattr(runtime, "choose_threads", lambda: (1, "busy"))
+    runtime.progress(range(3), disable=True)  # within min_interval: no new check
+    assert torch.get_num_threads() == 2
+    monkeypatch.setitem(runtime._THREADS, "checked", 0.0)
+    runtime.progress(range(3), disable=True)  # a training loop starts: the load is busy now
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)  # someone chose explicitly: left alone
+    monkeypatch.setitem(runtime._THREADS, "checked", 0.0)
+    assert runtime.recheck_threads() == 2 and torch.get_num_threads() == 2
+    assert runtime.setup_threads(1) == 1 and runtime.recheck_threads() == 1  # an argument is not re-chosen

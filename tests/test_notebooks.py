@@ -57,6 +57,13 @@ def test_notebook_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_stored_as_jupyterlab_writes_it(path):
+    """Opened in JupyterLab 4, a notebook stored any other way is marked modified at once
+    (and autosave then writes outputs into it): see helpers/notebooks.py."""
+    assert notebooks.format_problems(path) == [], f"{path.name}: run `make strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_has_parameters_cell(path):
     import nbformat
 
@@ -83,9 +90,47 @@ def test_notebook_executes_in_smoke(path, shared_outputs):
         assert not missing, f"{path.name} did not log {missing}; logged {sorted(logged)}"
         assert all(r["preset"] == "smoke" for r in rows)
         assert all(math.isfinite(logged[m]) for m in expected), logged
+    # No stray return values under cells ([PosixPath(...)] from save_figure, a bare number
+    # from log_metric): an execute_result is only shown where a cell means to show a value.
+    executed = __import__("nbformat").read(run_dir / path.name, as_version=4)
+    stray = [(c.id, o["data"].get("text/plain", "")[:60]) for c in executed.cells if c.cell_type == "code"
+             for o in c.outputs if o.output_type == "execute_result"
+             and _STRAY.match(o["data"].get("text/plain", ""))]
+    assert not stray, f"{path.name}: stray values under cells {stray}"
     # Figures go to the temporary output folder, never the committed figures/.
     assert not any(p.stat().st_mtime > _START for p in (Path(__file__).parents[1] / "figures").glob("*")), \
         "a smoke run wrote into the committed figures/ folder"
 
 
 _START = __import__("time").time()
+_STRAY = __import__("re").compile(r"^\[?(PosixPath|WindowsPath)\(|^-?\d+(\.\d+)?(e-?\d+)?$")
+
+
+def test_notebook_files_numbers_under_its_own_preset(tmp_path):
+    """A notebook whose parameters cell sets a preset other than $LDT_PRESET files its
+    metrics, figures and GIFs under its own preset, and shows no stray values."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import numpy as np\nfrom helpers import animation, config, plots, runs, runtime"),
+        nbformat.v4.new_code_cell('PRESET = "smoke"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('cfg = config.get_config("setup", PRESET)\ncfg.show()\n'
+                                  'device = runtime.setup(cfg.seed)'),
+        nbformat.v4.new_code_cell('runs.log_metric("99", "answer", 42.0)'),
+        nbformat.v4.new_code_cell('fig = plots.line_plot({"x": [1, 2, 3]})\nplots.save_figure(fig, "99_line")'),
+        nbformat.v4.new_code_cell('gif = animation.write_gif([np.zeros((4, 4, 3), np.uint8)] * 2, "99_anim")'),
+    ]
+    path = tmp_path / "99_preset.ipynb"
+    nbformat.write(nb, path)
+    out, run_dir = tmp_path / "out", tmp_path / "out" / "runs" / "r"
+    env = {"LDT_PRESET": "default", "LDT_OUTPUT_DIR": str(out), "LDT_RUN_DIR": str(run_dir),
+           "LDT_PROGRESS": "0"}
+    executed = series.execute_notebook(path, run_dir / path.name, timeout=120, env=env)
+    rows = runs.read_metrics(run_dir / "metrics.csv")
+    assert [(r["name"], r["preset"]) for r in rows] == [("answer", "smoke")]
+    assert (out / "figures" / "smoke" / "99_line.png").exists() and (out / "figures" / "smoke" / "99_anim.gif").exists()
+    assert not (out / "figures" / "99_line.png").exists()
+    texts = ["".join(o.get("text", "") for o in c.outputs) for c in executed.cells]
+    assert texts[2].startswith("NOTE: smoke preset") and "[metric] 99 answer = 42 (smoke)" in texts[3]
+    assert not [o for c in executed.cells for o in c.outputs if o.output_type == "execute_result"]
