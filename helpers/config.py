@@ -249,8 +249,10 @@ EVALUATION: dict[str, dict[str, Any]] = {
 # n_eval_per_class: generated digits per class judged; quality_steps: the steps sweep;
 # bayes_n_noise: noise samples tried for the denoising estimators, n_bayes_val: validation images
 # for choosing the estimator, ode_steps/ode_probes/n_ode: the flow ODE likelihood (Heun steps,
-# Hutchinson probes, images); judge_*/cnn_*: classifiers.py specs and epochs of the judge and of
-# the discriminative baseline; fashion / emnist: also run Fashion-MNIST / try EMNIST.
+# Hutchinson probes, images); judge_*/cnn_*: classifiers.py specs, epochs and random-shift
+# augmentation (pixels) of the judge and of the discriminative baseline (cnn_shift 0 chosen on
+# validation: Fashion 87.6 % vs 84.1 % with shift 2, MNIST 98.40 vs 98.32); fashion / emnist:
+# also run Fashion-MNIST / try EMNIST.
 _DIGITS_DEFAULT: dict[str, Any] = {
     "seed": 0, "val_size": 5000, "n_train": None,
     "vae_latent": 16, "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128,
@@ -263,8 +265,8 @@ _DIGITS_DEFAULT: dict[str, Any] = {
     "n_eval_per_class": 200, "quality_steps": [1, 2, 5, 10, 20, 50],
     "bayes_n_noise": [4, 8, 16, 32], "n_bayes_val": 2000,
     "ode_steps": 8, "ode_probes": 1, "n_ode": 500,
-    "judge_spec": {"channels": [32, 64], "hidden": [128]}, "judge_epochs": 3,
-    "cnn_spec": {"channels": [16, 32], "hidden": [64]}, "cnn_epochs": 3,
+    "judge_spec": {"channels": [32, 64], "hidden": [128]}, "judge_epochs": 3, "judge_shift": 2,
+    "cnn_spec": {"channels": [16, 32], "hidden": [64]}, "cnn_epochs": 3, "cnn_shift": 0,
     "fashion": True, "emnist": True, "gif_fps": 6,
 }
 DIGITS: dict[str, dict[str, Any]] = {

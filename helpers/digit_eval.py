@@ -217,7 +217,8 @@ def try_emnist(root=None, split: str = "balanced"):
 
 def build_or_load_cnn(cfg, role: str, dataset: str, x_uint8: torch.Tensor, y: torch.Tensor,
                       rebuild: bool = False):
-    """The ``role`` CNN (``"judge"`` or ``"cnn"``: settings ``<role>_spec``, ``<role>_epochs``), cached.
+    """The ``role`` CNN (``"judge"`` or ``"cnn"``: settings ``<role>_spec``, ``<role>_epochs``,
+    ``<role>_shift``, the random-shift augmentation in pixels), cached.
 
     Returns ``(model, n_parameters)``.
     """
@@ -226,11 +227,13 @@ def build_or_load_cnn(cfg, role: str, dataset: str, x_uint8: torch.Tensor, y: to
     if role not in ("judge", "cnn"):
         raise ValueError(f"unknown CNN role {role!r}: expected 'judge' or 'cnn'")
     key = {"seed": cfg["seed"], "spec": cfg[f"{role}_spec"], "epochs": cfg[f"{role}_epochs"],
-           "n_train": cfg["n_train"], "val_size": cfg["val_size"], "dataset": dataset}
+           "shift": cfg[f"{role}_shift"], "n_train": cfg["n_train"], "val_size": cfg["val_size"],
+           "dataset": dataset}
     full = _spec(dataset, cfg[f"{role}_spec"])
 
     def build():
-        return train_cnn(dataset, x_uint8, y, cfg[f"{role}_spec"], cfg[f"{role}_epochs"], seed=cfg["seed"])[0]
+        return train_cnn(dataset, x_uint8, y, cfg[f"{role}_spec"], cfg[f"{role}_epochs"], seed=cfg["seed"],
+                         shift=cfg[f"{role}_shift"])[0]
 
     def save(model, path):
         artifacts.save_tensors(path, model.state_dict(), {"kind": "digit_cnn", "spec": full, "config": key})
