@@ -157,8 +157,9 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
 # (helpers.image_eval); val_size/sel_*: the selector, a second classifier trained on the
 # training images minus val_size held out, which chooses the guidance weight
 # (helpers.image_generation.choose_guidance: lowest validation FD among the w whose selector
-# class consistency reaches guidance_target %); den_*: the latent denoiser (den_kind "unet":
-# width/mults/res/attention; "mlp": hidden/blocks); then sampling and evaluation.
+# class consistency reaches guidance_target %); den_*: the latent denoiser (den_objective "ddpm":
+# noise prediction sampled with DDIM, "flow": rectified flow sampled with flow_method Euler/Heun;
+# den_kind "unet": width/mults/res/attention; "mlp": hidden/blocks); then sampling and evaluation.
 # compare_flat: also train the flat 128-d model (flat_* settings) for the comparison table.
 # n_train None = all 10,000 training images.
 _CATDOG_DEFAULT: dict[str, Any] = {
@@ -169,7 +170,7 @@ _CATDOG_DEFAULT: dict[str, Any] = {
     "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3,
     "clf_blur": 0.5,
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
-    "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
+    "den_objective": "ddpm", "flow_method": "euler", "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
     "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 2000,
     "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
     "T": 1000, "schedule": "cosine",

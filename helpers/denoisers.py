@@ -315,8 +315,9 @@ class UNetDenoiser(nn.Module):
                 if attention and level == len(widths) - 1:
                     self.up.append(SelfAttention2d(c, heads))
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                             nn.Conv2d(c, c, 3, padding=1)))
+                # nearest-neighbour upsampling only: the next block's convolution mixes it
+                # (a convolution here would be the most expensive layer of the net)
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
         self.out_norm = nn.GroupNorm(_groups(c), c)
         self.out = nn.Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)

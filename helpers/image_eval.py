@@ -399,8 +399,8 @@ def denoising_path_figure(step_images: list[torch.Tensor], step_labels: list[str
             if s == 0:
                 ax.set_ylabel(class_names[int(path_labels[r]) % len(class_names)] if r < len(path_labels)
                               else f"run {r}", fontsize=9)
-    ax = fig.add_axes([right_start + 0.35 / fig.get_figwidth(), 0.6 / height,
-                       (side - 0.2) / fig.get_figwidth(), 1 - 1.0 / height])
+    ax = fig.add_axes([right_start + 0.75 / fig.get_figwidth(), 0.6 / height,
+                       (side - 0.6) / fig.get_figwidth(), 1 - 1.0 / height])
     colors = ["tab:orange", "tab:blue"]
     bl = np.asarray(background_labels)
     for c, name in enumerate(class_names):

@@ -43,7 +43,7 @@ __all__ = ["DENOISER_KEYS", "make_denoiser", "build_or_load_latent_denoiser", "I
 # The latent denoiser (trained with the shared diffusion code, cached)
 # ---------------------------------------------------------------------------
 
-DENOISER_KEYS = ("den_kind", "den_width", "den_mults", "den_res", "den_attention", "den_hidden",
+DENOISER_KEYS = ("den_objective", "den_kind", "den_width", "den_mults", "den_res", "den_attention", "den_hidden",
                  "den_blocks", "den_time_dim", "den_steps", "den_batch_size", "den_lr", "den_ema",
                  "den_p_uncond", "T", "schedule")
 
@@ -67,9 +67,10 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
                                   device=None, rebuild: bool = False):
     """The class-conditional denoiser over standardised codes ``z_std`` (N, ...) with labels ``y``.
 
-    Trained with :func:`helpers.diffusion.train_diffusion` (ε-prediction loss,
-    EMA, labels dropped with probability ``den_p_uncond`` for classifier-free
-    guidance) on ``device``. Keyed by the denoiser settings plus ``ae_key`` (the
+    Trained with :func:`helpers.diffusion.train_diffusion` (``den_objective="ddpm"``:
+    ε-prediction loss) or :func:`helpers.diffusion.train_flow` (``"flow"``: rectified
+    flow, velocity target), EMA, labels dropped with probability ``den_p_uncond`` for
+    classifier-free guidance, on ``device``. Keyed by the denoiser settings plus ``ae_key`` (the
     autoencoder's config hash: new codes, new denoiser). Returns ``(ema_model, history)``
     with ``history["loss"]`` per step and ``history["seconds"]``.
     """
@@ -85,12 +86,13 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
         model = make_denoiser(cfg, shape, n_classes).to(device)
         sched = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["T"])
         gen = torch.Generator().manual_seed(cfg["seed"])
-        ema, hist = diffusion.train_diffusion(
-            model, z_std.to(device), sched, cfg["den_steps"], cfg["den_batch_size"], cfg["den_lr"],
-            ema_decay=cfg["den_ema"], cond=y.to(device), p_uncond=cfg["den_p_uncond"], generator=gen,
-            warmup_steps=min(200, cfg["den_steps"] // 10), lr_schedule="cosine",
-            progress=True, desc="latent denoiser")
-        return ema, hist
+        common = dict(ema_decay=cfg["den_ema"], cond=y.to(device), p_uncond=cfg["den_p_uncond"], generator=gen,
+                      warmup_steps=min(200, cfg["den_steps"] // 10), lr_schedule="cosine", progress=True)
+        if cfg.get("den_objective", "ddpm") == "flow":
+            return diffusion.train_flow(model, z_std.to(device), cfg["den_steps"], cfg["den_batch_size"],
+                                        cfg["den_lr"], desc="latent flow", **common)
+        return diffusion.train_diffusion(model, z_std.to(device), sched, cfg["den_steps"], cfg["den_batch_size"],
+                                         cfg["den_lr"], desc="latent denoiser", **common)
 
     def save(obj, path):
         ema, hist = obj
@@ -121,15 +123,21 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
 class ImageGenerator:
     """Autoencoder + standardisation + denoiser + schedule: labels in, images out.
 
-    ``eta`` and ``clip`` are DDIM's :math:`\\eta` and the bound on :math:`\\hat z_0`
-    (standardised units). Images are (n, 3, 32, 32) floats in [0, 1] on the CPU.
+    ``objective`` is how the denoiser was trained: ``"ddpm"`` (noise prediction,
+    sampled with DDIM; ``eta`` and ``clip`` are DDIM's :math:`\\eta` and the bound on
+    :math:`\\hat z_0` in standardised units) or ``"flow"`` (velocity, sampled with
+    :func:`helpers.diffusion.flow_sample`, ``flow_method`` Euler or Heun).
+    Images are (n, 3, 32, 32) floats in [0, 1] on the CPU.
     """
 
     def __init__(self, ae: image_ae.ImageAutoencoder, denoiser: torch.nn.Module,
                  sched: diffusion.NoiseSchedule, scaler: image_ae.LatentScaler, eta: float = 0.0,
-                 clip: float | None = 5.0):
+                 clip: float | None = 5.0, objective: str = "ddpm", flow_method: str = "euler"):
+        if objective not in ("ddpm", "flow"):
+            raise ValueError(f"unknown objective {objective!r}: expected 'ddpm' or 'flow'")
         self.ae, self.denoiser, self.sched, self.scaler = ae, denoiser, sched, scaler
         self.eta, self.clip = eta, clip
+        self.objective, self.flow_method = objective, flow_method
         self.shape = tuple(ae.latent_shape)
 
     @torch.no_grad()
@@ -149,11 +157,18 @@ class ImageGenerator:
         for i in range(0, len(labels), batch_size):
             lab = labels[i:i + batch_size]
             cond = None if guidance == 0 else lab
-            out = diffusion.ddim_sample(self.denoiser, self.sched, noise[i:i + batch_size].shape, steps=steps,
-                                        eta=self.eta, cond=cond,
-                                        guidance=float(guidance) if cond is not None else 1.0,
-                                        noise=noise[i:i + batch_size], generator=gen,
-                                        return_trajectory=return_trajectory, clip_x0=self.clip)
+            if self.objective == "flow":
+                out = diffusion.flow_sample(self.denoiser, noise[i:i + batch_size].shape, steps=steps,
+                                            method=self.flow_method, cond=cond,
+                                            guidance=float(guidance) if cond is not None else 1.0,
+                                            noise=noise[i:i + batch_size], generator=gen,
+                                            return_trajectory=return_trajectory)
+            else:
+                out = diffusion.ddim_sample(self.denoiser, self.sched, noise[i:i + batch_size].shape,
+                                            steps=steps, eta=self.eta, cond=cond,
+                                            guidance=float(guidance) if cond is not None else 1.0,
+                                            noise=noise[i:i + batch_size], generator=gen,
+                                            return_trajectory=return_trajectory, clip_x0=self.clip)
             if return_trajectory:
                 out, traj = out
             outs.append(out.cpu())
@@ -324,7 +339,7 @@ def denoising_path(gen: ImageGenerator, labels, steps: int, guidance: float, see
     path = np.stack([pca.transform(s["x_t"].reshape(len(labels), -1).numpy()) for s in traj], 1)
     pick = np.unique(np.linspace(0, len(traj) - 1, n_frames).round().astype(int))
     step_images = [torch.stack([gen.decode(traj[i]["x_t"][r:r + 1])[0] for i in pick]) for r in (0, 1)]
-    step_labels = ["noise" if i == 0 else ("sample" if traj[i]["t"] < 0 else f"t={traj[i]['t']}") for i in pick]
+    step_labels = ["noise" if i == 0 else ("sample" if traj[i]["t"] < 0 else f"t={traj[i]['t']:.3g}") for i in pick]
     bg = torch.randperm(len(flat), generator=torch.Generator().manual_seed(2))[:n_background]
     return {"step_images": step_images, "step_labels": step_labels, "background": pca.transform(flat[bg]),
             "background_idx": bg, "paths": list(path)}
@@ -352,7 +367,7 @@ def flat_config(cfg):
     out = dict(cfg)
     out.update({"latent_channels": None, "latent_dim": 128, "ae_epochs": cfg["flat_ae_epochs"],
                 "ae_batch_size": cfg["flat_ae_batch_size"], "ae_w_l1": 0.0, "ae_w_grad": 0.0,
-                "ae_n_cab": 2, "den_kind": "mlp", "den_hidden": 512, "den_blocks": 3,
+                "ae_n_cab": 2, "den_objective": "ddpm", "den_kind": "mlp", "den_hidden": 512, "den_blocks": 3,
                 "den_steps": cfg["flat_den_steps"], "den_batch_size": 256, "den_lr": 1e-3,
                 "den_p_uncond": 0.15})
     return out

@@ -203,3 +203,15 @@ def test_comparison_table_layout():
     assert len(lines) == 3 and "flat" in lines[0] and "spatial" in lines[0]
     assert "22.1" in lines[1] and "25.3" in lines[1]
     assert "–" in lines[2] and "0.4" in lines[2]
+
+
+def test_flow_objective_samples_and_bad_objective():
+    gen = _tiny_generator()
+    flow = image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, objective="flow")
+    a = flow.generate(torch.tensor([0, 1]), steps=3, guidance=2.0, seed=1)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, flow.generate(torch.tensor([0, 1]), steps=3,
+                                                                       guidance=2.0, seed=1))
+    z, traj = flow.sample_latents(torch.tensor([0, 1]), steps=3, guidance=2.0, seed=1, return_trajectory=True)
+    assert len(traj) == 4 and traj[0]["t"] == 1.0 and torch.equal(traj[-1]["x_t"], z)
+    with pytest.raises(ValueError, match="unknown objective 'score': expected 'ddpm' or 'flow'"):
+        image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, objective="score")
