@@ -164,6 +164,12 @@ def main(argv=None) -> int:
         print(f"  {w:<27} loaded: default / 1 thread = {loaded:5.2f}x (2 threads, active: {collapse:5.2f}x) | "
               f"idle: default / 2 threads = {idle:5.2f}x (2 threads are {speed2:.2f}x faster than 1)")
     print(f"worst: loaded {worst_loaded:.2f}x (bar <= 1.5), idle {worst_idle:.2f}x (bar: close to 1)")
+    if os.environ.get("LDT_RUN_DIR"):  # `make run`: into the run's metrics.csv
+        sys.path.insert(0, str(ROOT))
+        from helpers import runs
+
+        runs.log_metric("bench", "threads_default_vs_1_loaded_worst", worst_loaded, preset="default")
+        runs.log_metric("bench", "threads_default_vs_2_idle_worst", worst_idle, preset="default")
     return 0
 
 
