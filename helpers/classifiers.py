@@ -366,7 +366,7 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                   generators: list[torch.Generator] | None = None, augment_shift: int = 0,
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
                   progress: bool = False, lr_schedule: str = "constant",
-                  warmup: float = 0.0) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+                  warmup: float = 0.0, chunk: int | None = 16) -> tuple[torch.Tensor, torch.optim.Optimizer]:
     """Train K networks at once (stacked parameters, each with its own data order).
 
     ``params``: name -> (K, ...) leaf tensors, updated in place (see
@@ -382,6 +382,12 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     k here follows, up to float rounding, the single run
     ``train_epochs(model_k, ..., generator=generators[k])`` with the same
     ``lr_schedule`` (tested in ``tests/test_classifiers.py``).
+
+    ``chunk``: the forward and backward passes run ``chunk`` networks at a time
+    (each chunk one grouped computation; their gradients fill disjoint rows),
+    then one Adam step updates all K. The result does not depend on it; the
+    speed does: on the 2-core machine 16 networks per chunk kept the activations
+    in cache and were faster per network than 64 at once. None = all K at once.
     """
     from . import runtime
 
@@ -392,6 +398,7 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     if len(generators) != k:
         raise ValueError(f"expected one generator per network ({k}), got {len(generators)}")
     lr_factor(0, 1, lr_schedule)                      # checks the name
+    chunk = k if not chunk else int(chunk)
     opt = optimizer or adam(params.values(), lr)
     base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
     n = x.shape[0]
@@ -411,12 +418,17 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                 xb = torch.stack([random_shift(xb[j], augment_shift, g) for j, g in enumerate(generators)])
             if lr_schedule != "constant" or warmup:
                 _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))
-            logits = stacked_forward(params, xb, spec)                               # (K, B, classes)
-            # per-network mean cross-entropy L_k, then \sum_k L_k
-            losses = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
-            losses = losses.view(k, -1).mean(1)
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            parts = []
+            for a in range(0, k, chunk):
+                sub = params if chunk >= k else {n: p[a:a + chunk] for n, p in params.items()}
+                logits = stacked_forward(sub, xb[a:a + chunk], spec)                 # (K', B, classes)
+                # per-network mean cross-entropy L_k, then \sum_k L_k
+                part = F.cross_entropy(logits.flatten(0, 1), y[idx[a:a + chunk]].flatten(), reduction="none")
+                part = part.view(logits.shape[0], -1).mean(1)
+                part.sum().backward()            # gradients of each chunk land in its rows of params
+                parts.append(part.detach())
+            losses = torch.cat(parts)
             opt.step()
             step += 1
             history.append(losses.detach())

@@ -84,8 +84,8 @@ def test_stacked_training_equals_independent_training():
             torch.testing.assert_close(params[name][k].detach(), p.detach(), atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("schedule,shift", [("constant", 0), ("linear", 1)])
-def test_batched_trainer_matches_separate_runs_tightly(schedule, shift):
+@pytest.mark.parametrize("schedule,shift,chunk", [("constant", 0, None), ("linear", 1, 2)])
+def test_batched_trainer_matches_separate_runs_tightly(schedule, shift, chunk):
     """K = 5 networks stepped together (own init, own data order, own augmentation shifts,
     a one-cycle learning rate) equal 5 separate runs to float rounding, over 2 epochs."""
     x, y = _toy_data(n=160)
@@ -93,7 +93,7 @@ def test_batched_trainer_matches_separate_runs_tightly(schedule, shift):
     kw = dict(epochs=2, batch_size=16, lr=2e-2, lr_schedule=schedule, warmup=0.2, augment_shift=shift)
     params = C.init_stacked(SMALL, seeds)
     hist, _ = C.train_stacked(params, SMALL, x, y, generators=[torch.Generator().manual_seed(s) for s in seeds],
-                              **kw)
+                              chunk=chunk, **kw)
     assert hist.shape == (20, 5)
     for k, s in enumerate(seeds):
         model = C.build_model(SMALL, seed=s)
