@@ -238,7 +238,8 @@ EVALUATION: dict[str, dict[str, Any]] = {
 
 # Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).
 # val_size: training images held out as the validation split (settings are chosen on it, never
-# on the test set); n_train: training images used (None = all but val_size);
+# on the test set); n_train: training images used (None = all but val_size); n_test: the first
+# n_test test images (None = all 10,000);
 # vae_*: helpers.digit_models.DigitVAE (latent size, conv widths, epochs, batch, lr, KL weight
 # beta, weight of the linear class head on mu: 0 = unsupervised);
 # gen_*: the latent generators (size one of digit_models.GENERATOR_SIZES; steps, batch, lr, EMA,
@@ -255,7 +256,7 @@ EVALUATION: dict[str, dict[str, Any]] = {
 # validation: Fashion 87.6 % vs 84.1 % with shift 2, MNIST 98.40 vs 98.32); fashion / emnist:
 # also run Fashion-MNIST / try EMNIST.
 _DIGITS_DEFAULT: dict[str, Any] = {
-    "seed": 0, "val_size": 5000, "n_train": None,
+    "seed": 0, "val_size": 5000, "n_train": None, "n_test": None,
     "vae_latent": 16, "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128,
     "vae_lr": 3e-3, "vae_beta": 0.5, "vae_w_cls": 100.0,
     "gen_size": "small", "gen_steps": 3000, "gen_batch_size": 256, "gen_lr": 3e-3,
@@ -271,7 +272,7 @@ _DIGITS_DEFAULT: dict[str, Any] = {
     "fashion": True, "emnist": True, "gif_fps": 6,
 }
 DIGITS: dict[str, dict[str, Any]] = {
-    "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 8000, "vae_epochs": 3,
+    "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 8000, "n_test": 2000, "vae_epochs": 3,
               "gen_steps": 400, "sizes": ["tiny", "small"], "guidance_grid": [1.0, 3.0],
               "n_select_per_class": 30, "n_eval_per_class": 30, "quality_steps": [1, 5, 20],
               "bayes_n_noise": [4, 8], "n_bayes_val": 300, "n_ode": 100,
