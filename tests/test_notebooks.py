@@ -134,3 +134,27 @@ def test_notebook_files_numbers_under_its_own_preset(tmp_path):
     texts = ["".join(o.get("text", "") for o in c.outputs) for c in executed.cells]
     assert texts[2].startswith("NOTE: smoke preset") and "[metric] 99 answer = 42 (smoke)" in texts[3]
     assert not [o for c in executed.cells for o in c.outputs if o.output_type == "execute_result"]
+
+
+@pytest.mark.notebook
+def test_late_notebook_runs_alone_in_an_empty_output_folder(tmp_path):
+    """Notebook 05 with nothing before it (the README's promise that every notebook runs
+    on its own): in an empty output folder it rebuilds what notebooks 01-03 make (zoos,
+    VAEs, the latent and the direct denoisers) through the artifact cache, there, and
+    logs its headline numbers."""
+    path = next(p for p in NOTEBOOKS if p.name.startswith("05_"))
+    out = tmp_path / "alone"
+    run_dir, artifacts_dir = out / "runs" / "test", out / "artifacts"
+    env = {"LDT_PRESET": "smoke", "LDT_OUTPUT_DIR": str(out), "LDT_ARTIFACTS_DIR": str(artifacts_dir),
+           "LDT_RUN_DIR": str(run_dir), "LDT_PROGRESS": "0"}
+    assert not out.exists()
+    series.execute_notebook(path, run_dir / path.name, timeout=600, env=env)
+    rows = [r for r in runs.read_metrics(run_dir / "metrics.csv") if r["notebook"] == "05"]
+    logged = {r["name"]: r["value"] for r in rows}
+    missing = [m for m in EXPECTED_METRICS["05"] if m not in logged]
+    assert not missing, f"{path.name} alone did not log {missing}; logged {sorted(logged)}"
+    assert all(math.isfinite(logged[m]) for m in EXPECTED_METRICS["05"]), logged
+    assert all(r["preset"] == "smoke" for r in rows)
+    kinds = {p.name.rsplit("-", 1)[0] for p in artifacts_dir.glob("*.safetensors")}
+    needed = {"zoo", "vae", "weight_diffusion", "direct_diffusion"}
+    assert needed <= kinds, f"expected artifacts {sorted(needed)} rebuilt in {artifacts_dir}, found {sorted(kinds)}"
