@@ -90,7 +90,8 @@ def frames_grid(frames: Sequence[np.ndarray], captions: Sequence[str] | None = N
     Each frame is drawn at its own size (``frame_dpi``: the dpi it was rendered at,
     see :func:`fig_to_array`), so the titles and axes drawn inside it stay as
     readable as in the slider; ``ncols`` defaults to as many frames as fit in
-    ``max_width`` inches side by side. ``titles=False`` leaves out the titles above
+    ``max_width`` inches side by side (more columns shrink the frames to fit
+    ``max_width``). ``titles=False`` leaves out the titles above
     the frames (for frames that carry their own caption).
     """
     import matplotlib.pyplot as plt
@@ -101,6 +102,8 @@ def frames_grid(frames: Sequence[np.ndarray], captions: Sequence[str] | None = N
     panel_w, panel_h = w / frame_dpi, h / frame_dpi
     if ncols is None:
         ncols = max(1, min(len(idx), int(max_width // panel_w)))
+    if panel_w * ncols > max_width:  # more columns asked for than fit: shrink the frames
+        panel_w, panel_h = max_width / ncols, panel_h * max_width / (ncols * panel_w)
     nrows = int(np.ceil(len(idx) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols, (panel_h + 0.35) * nrows),
                              squeeze=False)

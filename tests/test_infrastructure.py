@@ -372,3 +372,11 @@ def test_training_loops_rechoose_threads_for_the_load_now(monkeypatch):
     monkeypatch.setitem(runtime._THREADS, "checked", 0.0)
     assert runtime.recheck_threads() == 2 and torch.get_num_threads() == 2
     assert runtime.setup_threads(1) == 1 and runtime.recheck_threads() == 1  # an argument is not re-chosen
+
+
+def test_frames_grid_fits_more_columns_into_max_width():
+    import matplotlib
+    matplotlib.use("Agg")
+    frames = [np.zeros((208, 512, 3), np.uint8)] * 8
+    w, h = animation.frames_grid(frames, n=8, ncols=4).get_size_inches()
+    assert abs(w - 13.0) < 1e-6 and abs(h - 2 * (208 / 512 * 13.0 / 4 + 0.35)) < 1e-6
