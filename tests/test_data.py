@@ -4,8 +4,12 @@ and (when the real cache exists) counts, the cat/dog relabelling and torchvision
 import gzip
 import hashlib
 import io
+import os
 import pickle
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +123,28 @@ def test_cli_verify_exits_nonzero_without_traceback(fake_root, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: verify found problems")
     assert "Traceback" not in err
+
+
+def _python(args, data_root):
+    env = {**os.environ, "LDT_DATA_DIR": str(data_root)}
+    return subprocess.run([sys.executable, *args], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_python_m_helpers_data_runs_the_installer_cli(tmp_path):
+    """``python -m helpers.data verify`` (the command line moved to helpers.data_prepare) is unchanged."""
+    proc = _python(["-m", "helpers.data", "verify"], tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: verify found problems") and "Traceback" not in proc.stderr
+    assert "MNIST          train" in proc.stdout and "FAILED" in proc.stdout
+
+
+def test_loading_data_does_not_import_the_installer(tmp_path):
+    code = ("import sys; from helpers import data; assert data.class_names('catdog') == ['cat', 'dog']; "
+            "print('helpers.data_prepare' in sys.modules)")
+    proc = _python(["-c", code], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 def test_unknown_name_is_a_clear_error():
