@@ -144,7 +144,7 @@ def _write_idx_files(name: str, arrays: dict, root: Path) -> None:
         write_idx(path, x[:, 0] if kind == "images" else y.astype(np.uint8))
         if data.IDX_MD5[name][path.name] != data.file_digest(path, "md5"):
             raise DataError(f"{path} was written but its md5 is not the published one; "
-                            "this is a bug in helpers/data.py")
+                            "this is a bug in helpers/data_prepare.py")
 
 
 # --------------------------------------------------------------------------
