@@ -129,6 +129,7 @@ def confusion_figure(cm: torch.Tensor, names, title: str = ""):
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.imshow(np.log1p(cm), cmap="Blues")
+    ax.grid(False)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
