@@ -140,15 +140,22 @@ def _prompts(page) -> list[str]:
 def _run_all(page) -> float:
     """Run > Run All Cells; wait until every code cell has run (or one failed); return seconds."""
     start = time.monotonic()
-    page.keyboard.press("Escape")
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").first.click()
-    try:  # the first cell is queued or done within seconds
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell "
-            ".jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=15_000)
-    except Exception:  # the menu did not take the click: the same command, run directly
-        print("Run All: the menu click did not start the cells; running the menu's command directly")
+    started = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell "
+               ".jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+    for attempt in range(3):  # the item is disabled until the kernel is ready: try again
+        page.keyboard.press("Escape")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        item = page.locator(".lm-Menu-item:has(.lm-Menu-itemLabel:text-is('Run All Cells'))").first
+        disabled = "lm-mod-disabled" in (item.get_attribute("class") or "")
+        item.click()
+        try:
+            page.wait_for_function(started, timeout=10_000)
+            break
+        except Exception:
+            print(f"Run All: menu attempt {attempt + 1} did not start the cells"
+                  f"{' (item disabled)' if disabled else ''}")
+    else:  # the menu never took the click: the same command, run directly
+        print("Run All: running the menu's command directly")
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline = start + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
