@@ -170,7 +170,7 @@ _CATDOG_DEFAULT: dict[str, Any] = {
     "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3,
     "clf_blur": 0.5,
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
-    "den_objective": "ddpm", "flow_method": "euler", "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
+    "den_objective": "flow", "flow_method": "euler", "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
     "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 2000,
     "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
     "T": 1000, "schedule": "cosine",
