@@ -17,12 +17,15 @@ plot styles until a function is called). Import what a notebook needs::
 | `classifiers` | small CNN/MLP classifiers and fast in-memory training               |
 | `weights`     | flatten/unflatten, normalisation, weight datasets, alignment        |
 | `vae`         | the parameter autoencoder / VAE                                     |
-| `diffusion`   | schedules, forward process, DDPM and DDIM samplers, EMA             |
+| `diffusion`   | schedules, DDPM and DDIM samplers, flow matching, EMA, trainer      |
 | `denoisers`   | networks that predict the noise (residual MLP, time/class/scalar)  |
 | `generation`  | the weight generator: diffusion on VAE latents, direct baseline     |
 | `image_ae`    | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
 | `image_eval`  | honest image metrics: judge classifier, feature FD, nearest copies  |
 | `evaluation`  | accuracy, novelty (IoU), baselines, ensembles, fine-tuning          |
+| `digit_models`| the tiny digit VAE and latent generators (flow / DDPM, 3 sizes)     |
+| `likelihood`  | classification by Bayes' rule: denoising error, flow ODE likelihood |
+| `digit_eval`  | digit judge and CNN baseline, judge-free guidance choice, figures   |
 | `data_prepare`| preparing the data once: registry mirrors, prepare/verify, CLI      |
 | `series`      | executes the notebooks in order (`make run`)                        |
 | `notebooks`   | notebook hygiene: check and strip outputs                           |
