@@ -206,7 +206,9 @@ CATDOG: dict[str, dict[str, Any]] = {
 # frontier_*: section 10, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
 # frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
 # frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
-# reference); frontier_finetune_steps Adam steps given alike to generated and noise networks (ablation).
+# reference); frontier_finetune_steps Adam steps given alike to generated and noise networks (ablation);
+# multiseed_eta / multiseed_clip_x0: the DDIM sampler for the many-seed zoo's generator, chosen on the
+# validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation table).
 EVALUATION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
               "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
@@ -215,7 +217,8 @@ EVALUATION: dict[str, dict[str, Any]] = {
               "finetune_eval_every": 5, "finetune_n_train": 2000,
               "frontier_zoos": ["trajectory", "multiseed"], "frontier_sigmas": [0.05, 0.2, 0.5],
               "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
-              "frontier_finetune_steps": 5},
+              "frontier_finetune_steps": 5,
+              "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
     "default": {"seed": 0, "zoo_preset": "default", "vae_preset": "default",
                 "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
                 "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
@@ -224,7 +227,8 @@ EVALUATION: dict[str, dict[str, Any]] = {
                 "frontier_zoos": ["trajectory", "multiseed"],
                 "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
                 "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
-                "frontier_finetune_steps": 50},
+                "frontier_finetune_steps": 50,
+                "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
     "full": {"seed": 0, "zoo_preset": "full", "vae_preset": "full",
              "weight_diffusion_preset": "full", "dataset": "mnist", "n_generated": 20,
              "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
@@ -233,7 +237,8 @@ EVALUATION: dict[str, dict[str, Any]] = {
              "frontier_zoos": ["trajectory", "multiseed"],
              "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
              "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 8,
-             "frontier_finetune_steps": 50},
+             "frontier_finetune_steps": 50,
+             "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
 }
 
 # Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).
