@@ -175,7 +175,7 @@ _CATDOG_DEFAULT: dict[str, Any] = {
     "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
     "T": 1000, "schedule": "cosine",
     "ddim_steps": 25, "eta": 1.0, "n_eval_per_class": 250,
-    "sweep_steps": [10, 25], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0],
+    "sweep_steps": [10, 25], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
     "compare_flat": False, "flat_ae_epochs": 12, "flat_ae_batch_size": 32, "flat_den_steps": 3000,
     "flat_guidance": 5.0,
     "tsne_points": 600, "tsne_every": 2, "n_show": 16, "gif_fps": 8,
