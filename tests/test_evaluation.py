@@ -404,3 +404,39 @@ def test_noise_curve_loses_accuracy_and_similarity_as_sigma_grows():
     assert soups[0]["mean_acc"] > 90
     with pytest.raises(ValueError, match="unknown baseline curve 'mix'; expected 'noise' or 'soup'"):
         ev.baseline_curve("mix", [1], train, 3, spec, x, y, train_err)
+
+
+def test_finetune_vectors_trains_each_network_and_zero_steps_copies():
+    from helpers import classifiers as C
+    from helpers import weights as W
+
+    spec = {"arch": "mlp", "in_channels": 1, "image_size": 6, "hidden": [12], "n_classes": 3}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1, 6, 6, generator=g)
+    y = (x.flatten(1)[:, :3].argmax(1))
+    v = torch.stack([W.flatten(C.build_model(spec, seed=s).state_dict()) for s in range(3)])
+    assert torch.equal(ev.finetune_vectors(v, spec, x, y, steps=0), v)
+    tuned = ev.finetune_vectors(v, spec, x, y, steps=40, lr=1e-2, batch_size=32)
+    assert tuned.shape == v.shape
+    before = C.evaluate_vectors(v, spec, x, y)
+    after = C.evaluate_vectors(tuned, spec, x, y)
+    assert (after > before + 10).all(), (before, after)
+
+
+def test_frontier_points_curves_and_margins_fit_together():
+    from helpers import classifiers as C
+    from helpers import weights as W
+
+    spec = {"arch": "mlp", "in_channels": 1, "image_size": 6, "hidden": [12], "n_classes": 3}
+    x = torch.randn(150, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    teacher = W.flatten(C.build_model(spec, seed=0).state_dict())
+    y = C.predict_vectors(teacher[None], spec, x)[0]
+    train = teacher[None] + 0.05 * torch.randn(5, teacher.numel(), generator=torch.Generator().manual_seed(2))
+    out = ev.frontier(train, {"copies": train[:2].clone()}, spec, x, y, sigmas=(0.0, 0.5, 2.0),
+                      soup_sizes=(2, 4), n=4)
+    assert [r["value"] for r in out["curves"]["noise"]] == [0.0, 0.5, 2.0]
+    assert [r["value"] for r in out["curves"]["soup"]] == [2, 4]
+    assert out["points"]["copies"]["max_iou"] == pytest.approx(1.0)
+    for name, pt in out["points"].items():
+        expected = pt["mean_acc"] - ev.curve_accuracy_at(out["curves"]["noise"], pt["max_iou"])
+        assert out["margins"][name] == pytest.approx(expected)
