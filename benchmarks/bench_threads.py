@@ -1,7 +1,7 @@
 """How many torch CPU threads, and is the default safe when the machine is busy?
 
     python benchmarks/bench_threads.py            # idle and loaded, in one run (about 1-2 min)
-    python benchmarks/bench_threads.py --repeats 10
+    python benchmarks/bench_threads.py --rounds 5 --seconds 1
 
 Times training steps of the series' typical networks under several thread
 policies, each in a fresh Python process (OpenMP reads its environment when
@@ -10,7 +10,7 @@ torch is imported, so a policy must be set before that):
 - ``1 thread``: ``torch.set_num_threads(1)``;
 - ``2 threads``: every core, OpenMP's default wait policy (GNU OpenMP: spin a while, then sleep);
 - ``2 threads, passive``: every core, ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
-- ``2 threads, spin 10k``: every core, GNU OpenMP spins 30x shorter before sleeping;
+- ``2 threads, spin 10k`` (only with ``--investigate``): GNU OpenMP spins 30x shorter before sleeping;
 - ``default``: what :func:`helpers.runtime.setup_threads` chooses, in the
   environment a notebook kernel gets (``helpers.runtime.THREAD_ENV``).
 
@@ -40,9 +40,10 @@ POLICIES = {
     "1 thread": ({}, 1),
     "2 threads": ({}, 2),
     "2 threads, passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
-    "2 threads, spin 10k": ({"GOMP_SPINCOUNT": "10000"}, 2),
     "default": (None, None),
 }
+# tried while choosing the default (--investigate): spinning 30x shorter did not stop the collapse
+INVESTIGATED = {"2 threads, spin 10k": ({"GOMP_SPINCOUNT": "10000"}, 2)}
 
 
 def _workloads():
@@ -106,7 +107,7 @@ def child(threads: int | None, seconds: float) -> None:
 
 
 def run_policy(name: str, seconds: float) -> dict:
-    env_extra, threads = POLICIES[name]
+    env_extra, threads = {**POLICIES, **INVESTIGATED}[name]
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LDT_NUM_THREADS", "OMP_WAIT_POLICY",
                         "GOMP_SPINCOUNT")}
@@ -126,14 +127,19 @@ def run_policy(name: str, seconds: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="timing per workload and policy")
+    parser.add_argument("--seconds", type=float, default=0.7, help="timing per workload, policy and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per policy (median)")
+    parser.add_argument("--investigate", action="store_true", help="also time the policies tried and rejected")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         child(args.child or None, args.seconds)
         return 0
+    if args.investigate:
+        POLICIES.update(INVESTIGATED)
 
-    print(f"cores: {os.cpu_count()}  load average now: {os.getloadavg()[0]:.2f}")
+    print(f"cores: {os.cpu_count()}  load average now: {os.getloadavg()[0]:.2f}  "
+          f"({args.rounds} interleaved rounds per policy, median)")
     results = {}
     for condition in ("idle", "loaded"):
         busy = None
@@ -141,8 +147,14 @@ def main(argv=None) -> int:
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             time.sleep(0.5)
         try:
-            for name in POLICIES:
-                r = run_policy(name, args.seconds)
+            rounds = {name: [] for name in POLICIES}
+            for _ in range(args.rounds):  # interleaved, so a passing disturbance hits every policy
+                for name in POLICIES:
+                    rounds[name].append(run_policy(name, args.seconds))
+            for name, rs in rounds.items():
+                r = {"threads": "/".join(sorted({str(x["threads"]) for x in rs})),
+                     "wait_policy": rs[0]["wait_policy"],
+                     "ms": {w: statistics.median(x["ms"][w] for x in rs) for w in rs[0]["ms"]}}
                 results[condition, name] = r
                 ms = "  ".join(f"{w}: {v:8.2f} ms" for w, v in r["ms"].items())
                 print(f"{condition:<7} {name:<19} (threads {r['threads']}, wait {r['wait_policy']:<7}) {ms}",
