@@ -9,10 +9,6 @@ PY     := $(VENV)/bin/python
 PRESET ?= default
 STAMP  := $(VENV)/.installed-stamp
 
-# torch's OpenMP threads sleep instead of spinning while they wait (read when torch is
-# imported): training stays fast when another process uses a core (helpers.runtime).
-export OMP_WAIT_POLICY ?= PASSIVE
-
 .PHONY: help setup data run test lab bench strip clean browser
 
 help:
@@ -22,7 +18,6 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
-	$(PY) -m helpers.notebooks install-kernel-env
 	@touch $(STAMP)
 
 setup: $(STAMP)

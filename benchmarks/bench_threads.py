@@ -9,10 +9,11 @@ torch is imported, so a policy must be set before that):
 
 - ``1 thread``: ``torch.set_num_threads(1)``;
 - ``2 threads``: every core, OpenMP's default wait policy (GNU OpenMP: spin a while, then sleep);
-- ``2 threads, passive``: every core, ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
-- ``2 threads, spin 10k`` (only with ``--investigate``): GNU OpenMP spins 30x shorter before sleeping;
-- ``default``: what :func:`helpers.runtime.setup_threads` chooses, in the
-  environment a notebook kernel gets (``helpers.runtime.THREAD_ENV``).
+- with ``--investigate``, the policies tried and rejected: ``2 threads, passive``
+  (``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep) and ``2 threads, spin 10k``
+  (GNU OpenMP spins 30x shorter before sleeping);
+- ``default``: what :func:`helpers.runtime.setup_threads` chooses (one thread per
+  core not kept busy by another process at that moment).
 
 Each policy is timed twice: on the machine as it is ("idle") and while this
 script keeps one core busy with a spinning process of its own ("loaded"). It
@@ -39,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 POLICIES = {
     "1 thread": ({}, 1),
     "2 threads": ({}, 2),
-    "2 threads, passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
-    "default": (None, None),
+    "default": ({}, None),
 }
-# tried while choosing the default (--investigate): spinning 30x shorter did not stop the collapse
-INVESTIGATED = {"2 threads, spin 10k": ({"GOMP_SPINCOUNT": "10000"}, 2)}
+# tried while choosing the default (--investigate): waiting threads that sleep (passive) or
+# spin 30x shorter; both cost idle speed (passive 1.1-4.4x slower than 2 threads, idle)
+INVESTIGATED = {"2 threads, passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
+                "2 threads, spin 10k": ({"GOMP_SPINCOUNT": "10000"}, 2)}
 
 
 def _workloads():
@@ -111,13 +113,7 @@ def run_policy(name: str, seconds: float) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LDT_NUM_THREADS", "OMP_WAIT_POLICY",
                         "GOMP_SPINCOUNT")}
-    if env_extra is None:  # the default: the environment a notebook kernel gets
-        sys.path.insert(0, str(ROOT))
-        from helpers import runtime
-
-        env.update(runtime.THREAD_ENV)
-    else:
-        env.update(env_extra)
+    env.update(env_extra or {})
     args = [sys.executable, __file__, "--child", str(threads or 0), "--seconds", str(seconds)]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:

@@ -4,7 +4,6 @@
     python -m helpers.notebooks strip notebooks/*.ipynb   # remove outputs, store JupyterLab's format, in place
     python -m helpers.notebooks clean < in.ipynb > out.ipynb   # the same, as a git "clean" filter
     python -m helpers.notebooks install-filter                 # what `make lab` runs
-    python -m helpers.notebooks install-kernel-env             # what `make setup` runs
 
 Why the format matters: when JupyterLab 4 opens a notebook and its kernel starts,
 it writes the kernel's ``kernelspec`` (display name "Python 3 (ipykernel)") and
@@ -158,42 +157,12 @@ def install_git_filter(repo: str | Path | None = None, python: str | None = None
     return command
 
 
-def install_kernel_env(prefix: str | Path | None = None) -> Path:
-    """Add :data:`helpers.runtime.THREAD_ENV` to the ``env`` of this environment's
-    ``python3`` Jupyter kernel spec (``<sys.prefix>/share/jupyter/kernels/python3``),
-    so every kernel JupyterLab or nbclient starts from it has torch's threads set
-    up to stay fast under load (see :func:`helpers.runtime.setup_threads`).
-    Returns the kernel.json path. Idempotent; other entries are kept.
-    """
-    import json
-
-    from .runtime import THREAD_ENV
-
-    path = Path(prefix or sys.prefix) / "share" / "jupyter" / "kernels" / "python3" / "kernel.json"
-    if not path.exists():
-        raise FileNotFoundError(f"expected the ipykernel kernel spec at {path}; found none "
-                                f"(is ipykernel installed in {prefix or sys.prefix}?)")
-    spec = json.loads(path.read_text())
-    spec["env"] = {**spec.get("env", {}), **THREAD_ENV}
-    path.write_text(json.dumps(spec, indent=1) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("check", "strip", "clean", "install-filter", "install-kernel-env"):
+    if not argv or argv[0] not in ("check", "strip", "clean", "install-filter"):
         print(__doc__)
         return 2
     cmd, paths = argv[0], argv[1:]
-    if cmd == "install-kernel-env":
-        from .runtime import THREAD_ENV
-
-        try:
-            print(f"kernel spec {install_kernel_env(*paths[:1])}: env includes {THREAD_ENV}")
-        except FileNotFoundError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        return 0
     if cmd == "install-filter":
         print(f"git filter {FILTER_NAME}: clean = {install_git_filter(*paths[:1])}")
         return 0

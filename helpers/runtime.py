@@ -74,27 +74,7 @@ def check_device(name: str, what: str = "device") -> torch.device:
     return device
 
 
-# Environment a notebook kernel should start with. OpenMP (torch's CPU threads)
-# reads it once, when torch is imported, so no helper can set it later: `make`
-# exports it, `make setup` writes it into the project's Jupyter kernel spec
-# (helpers.notebooks.install_kernel_env) and helpers.series passes it to the
-# kernels it starts. PASSIVE: a thread waiting for the others sleeps instead of
-# spinning on a core that another process needs.
-THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def _started_with_passive_wait() -> bool:
-    """Whether OpenMP was told at process start to let waiting threads sleep."""
-    values = [os.environ.get("OMP_WAIT_POLICY", "")]
-    try:  # the environment the process started with (what OpenMP saw), on Linux
-        start_env = Path("/proc/self/environ").read_bytes().split(b"\0")
-        values += [e.split(b"=", 1)[1].decode() for e in start_env if e.startswith(b"OMP_WAIT_POLICY=")]
-    except OSError:
-        pass
-    return any(v.strip().upper() == "PASSIVE" for v in values)
-
-
-def busy_cores(samples: int = 5, interval: float = 0.01) -> int:
+def busy_cores(samples: int = 3, interval: float = 0.005) -> int:
     """Cores kept busy by other processes right now: the fewest runnable tasks seen in
     ``samples`` reads of ``/proc/stat`` (``procs_running``, this process included), minus
     this process. 0 where ``/proc`` does not exist."""
@@ -112,13 +92,11 @@ def busy_cores(samples: int = 5, interval: float = 0.01) -> int:
 
 
 def choose_threads() -> tuple[int, str]:
-    """The default number of torch threads, and why (see :func:`setup_threads`)."""
+    """The default number of torch threads for the load now, and why: one per core that
+    other processes are not keeping busy (see :func:`setup_threads`)."""
     cores = os.cpu_count() or 1
     if cores == 1:
         return 1, "one core"
-    if not _started_with_passive_wait():
-        return 1, ("OMP_WAIT_POLICY=PASSIVE was not set when this process started "
-                   "(make lab / make run set it); more threads could collapse under load")
     busy = busy_cores()
     n = max(1, cores - busy)
     return n, (f"{cores} cores, {busy} busy with other processes" if busy else f"{cores} idle cores")
@@ -128,13 +106,15 @@ def setup_threads(n: int | None = None, verbose: bool = False) -> int:
     """Set torch's intra-op CPU threads: ``n``, else ``$LDT_NUM_THREADS``, else a safe default.
 
     The default (measured with ``benchmarks/bench_threads.py``, see the README):
-    torch's OpenMP threads wait for each other at the end of every operation. If
-    another process keeps a core busy, a waiting thread that *spins* (OpenMP's
-    default) takes CPU from the thread it waits for, and training collapsed
-    3-50x. So the default uses several threads only when the process started
-    with ``OMP_WAIT_POLICY=PASSIVE`` (:data:`THREAD_ENV`; the kernels `make`
-    starts have it), and then one per core not busy with other processes at
-    the moment of the call (:func:`busy_cores`); otherwise one thread.
+    torch's OpenMP threads wait for each other at the end of every operation, and
+    a waiting thread spins for a while. If another process keeps a core busy,
+    that spinning takes CPU from the thread it waits for, and training on every
+    core collapsed (a 300-step cell went from 1.5-4.5 s to 73-130 s). So the
+    default is one thread per core that other processes are not keeping busy
+    (:func:`busy_cores`), chosen here and re-chosen while training loops run
+    (:func:`recheck_threads`, called by :func:`progress`). Letting waiting
+    threads sleep (``OMP_WAIT_POLICY=PASSIVE``) was measured too and rejected:
+    it made idle training 1.1-4.4x slower.
     """
     global _THREADS
     why = "argument"
@@ -154,13 +134,14 @@ def setup_threads(n: int | None = None, verbose: bool = False) -> int:
 _THREADS = {"auto": False, "n": 0, "why": "", "checked": 0.0}
 
 
-def recheck_threads(min_interval: float = 2.0) -> int:
-    """At the start of a training loop, re-choose the default thread count for the
-    load *now* (a second kernel or a build may have started since :func:`setup`).
+def recheck_threads(min_interval: float = 3.0) -> int:
+    """While a loop runs, re-choose the default thread count for the load *now* (a
+    second kernel or a build may have started, or stopped, since :func:`setup`).
 
     Only when the count came from the default policy and nobody has set another
-    since; at most every ``min_interval`` seconds. :func:`progress` calls it, so
-    every training loop of the series does. Returns the thread count in use.
+    since; at most every ``min_interval`` seconds (a check costs about 10 ms).
+    :func:`progress` calls it, so every loop of the series does. Returns the
+    thread count in use.
     """
     current = torch.get_num_threads()
     if not _THREADS["auto"] or current != _THREADS["n"]:
@@ -206,17 +187,26 @@ def environment_report() -> dict[str, str]:
 def progress(iterable=None, **kwargs):
     """A ``tqdm.auto`` progress bar (a widget in Jupyter, text elsewhere).
 
-    Set ``LDT_PROGRESS=0`` to silence all bars (the test suite does). A bar marks
-    the start of a loop, so it is also where the default thread count is re-chosen
-    for the current load (:func:`recheck_threads`).
+    Set ``LDT_PROGRESS=0`` to silence all bars (the test suite does). Every loop
+    of the series runs through one, so it is also where the default thread count
+    follows the load (:func:`recheck_threads`, at most every few seconds).
     """
     from tqdm.auto import tqdm
 
-    recheck_threads()
+    class _Bar(tqdm):
+        def update(self, n=1):
+            recheck_threads()
+            return super().update(n)
+
+        def __iter__(self):
+            for item in super().__iter__():
+                recheck_threads()
+                yield item
 
     kwargs.setdefault("disable", env_choice("LDT_PROGRESS", ("0", "1"), default="1") == "0")
     kwargs.setdefault("leave", False)
-    return tqdm(iterable, **kwargs)
+    recheck_threads()
+    return _Bar(iterable, **kwargs)
 
 
 @contextmanager

@@ -38,19 +38,14 @@ def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None
     """Execute a notebook with nbclient in its own folder; return the executed notebook.
 
     ``env`` entries are set in this process's environment for the duration of
-    the run, which the kernel inherits, on top of the thread environment every
-    kernel starts with (:data:`helpers.runtime.THREAD_ENV`, unless already set).
-    The executed copy (with outputs) is written to ``out_path`` even when a cell
-    fails, then the error is re-raised.
+    the run, which the kernel inherits. The executed copy (with outputs) is
+    written to ``out_path`` even when a cell fails, then the error is re-raised.
     """
     import nbformat
     from nbclient import NotebookClient
 
-    from .runtime import THREAD_ENV
-
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    env = {**{k: v for k, v in THREAD_ENV.items() if k not in os.environ}, **(env or {})}
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:

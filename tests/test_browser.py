@@ -75,7 +75,6 @@ def lab(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "LDT_PRESET": "smoke", "LDT_OUTPUT_DIR": str(out),
            "LDT_RUN_DIR": str(out / "runs" / "browser"), "LDT_PROGRESS": "0",
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
            "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(base / "ws"),
            "JUPYTER_RUNTIME_DIR": str(base / "runtime"), "JUPYTER_CONFIG_DIR": str(base / "config")}
     log = open(base / "lab.log", "w")

@@ -332,11 +332,8 @@ def test_make_lab_git_filter_keeps_outputs_out_of_commits(tmp_path):
 
 # --- threads that stay fast under load (issue 11) ------------------------------
 
-def test_default_threads_follow_wait_policy_and_load(monkeypatch):
+def test_default_threads_follow_the_load(monkeypatch):
     cores = os.cpu_count() or 1
-    monkeypatch.setattr(runtime, "_started_with_passive_wait", lambda: False)
-    assert runtime.choose_threads()[0] == 1  # spinning waiters could collapse under load
-    monkeypatch.setattr(runtime, "_started_with_passive_wait", lambda: True)
     monkeypatch.setattr(runtime, "busy_cores", lambda: 0)
     assert runtime.choose_threads() == (cores, f"{cores} idle cores") or cores == 1
     monkeypatch.setattr(runtime, "busy_cores", lambda: 1)
@@ -365,12 +362,19 @@ def test_training_loops_rechoose_threads_for_the_load_now(monkeypatch):
     monkeypatch.setattr(runtime, "choose_threads", lambda: (1, "busy"))
     runtime.progress(range(3), disable=True)  # within min_interval: no new check
     assert torch.get_num_threads() == 2
+    seen = []
+    bar = runtime.progress(range(3), disable=True)
+    for i in bar:  # the load changes while a loop runs
+        seen.append(torch.get_num_threads())
+        monkeypatch.setitem(runtime._THREADS, "checked", 0.0)
+    assert seen == [2, 1, 1] and torch.get_num_threads() == 1
+    monkeypatch.setattr(runtime, "choose_threads", lambda: (2, "idle again"))
     monkeypatch.setitem(runtime._THREADS, "checked", 0.0)
-    runtime.progress(range(3), disable=True)  # a training loop starts: the load is busy now
-    assert torch.get_num_threads() == 1
-    torch.set_num_threads(2)  # someone chose explicitly: left alone
+    runtime.progress(total=3, disable=True).update(1)  # bars driven by update() check too
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)  # someone chose explicitly: left alone
     monkeypatch.setitem(runtime._THREADS, "checked", 0.0)
-    assert runtime.recheck_threads() == 2 and torch.get_num_threads() == 2
+    assert runtime.recheck_threads() == 1 and torch.get_num_threads() == 1
     assert runtime.setup_threads(1) == 1 and runtime.recheck_threads() == 1  # an argument is not re-chosen
 
 
