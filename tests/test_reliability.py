@@ -407,8 +407,9 @@ def test_bad_thread_count_names_the_variable(monkeypatch, value):
 def test_good_thread_count_is_used(monkeypatch):
     monkeypatch.setenv("LDT_NUM_THREADS", " 2 ")
     assert runtime.setup_threads() == 2 and torch.get_num_threads() == 2
-    monkeypatch.setenv("LDT_NUM_THREADS", "")
-    assert runtime.setup_threads() == (os.cpu_count() or 1)
+    monkeypatch.setenv("LDT_NUM_THREADS", "")  # empty: the default policy decides
+    monkeypatch.setattr(runtime, "choose_threads", lambda: (3, "stub policy"))
+    assert runtime.setup_threads() == 3 and torch.get_num_threads() == 3
 
 
 @pytest.mark.parametrize("value", ["bogus", "gpu", "meta", "cuda:x"])
