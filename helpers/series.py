@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 02")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<timestamp>)")
     args = parser.parse_args(argv)
-    run_series(args.preset, args.only, args.run_dir)
+    try:
+        run_series(args.preset, args.only, args.run_dir)
+    except _config.SettingError as exc:  # a bad LDT_* variable: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -529,3 +529,16 @@ def test_checked_config_survives_copy_and_pickle(toy_section):
     plain = config.Config({"a": 1})                             # a hand-made Config is not checked
     plain.b = "x"
     assert plain == {"a": 1, "b": "x"}
+
+
+def test_series_reports_a_bad_preset_variable_in_one_line():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LDT_PRESET": "bogus"}
+    proc = subprocess.run([sys.executable, "-m", "helpers.series", "--only", "00"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: LDT_PRESET='bogus' is not accepted: "
+                                   "expected one of smoke, default, full")
