@@ -180,29 +180,37 @@ def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuil
                              device=None):
     """The independent classifier for the ``catdog`` settings ``cfg``, cached by its own settings,
     on ``device``."""
-    key = {k: cfg[k] for k in CLS_KEYS}
+    return cached_classifier("catdog_classifier", {k: cfg[k] for k in CLS_KEYS}, x_uint8, y,
+                             cfg["clf_channels"], cfg["clf_epochs"], cfg["clf_batch_size"], cfg["clf_lr"],
+                             seed=cfg["seed"], blur=cfg["clf_blur"], device=device, rebuild=rebuild)
+
+
+def cached_classifier(kind: str, key: dict, x_uint8: torch.Tensor, y: torch.Tensor, channels, epochs: int,
+                      batch_size: int, lr: float, seed: int, blur: float, device=None,
+                      rebuild: bool = False) -> CatDogCNN:
+    """A :class:`CatDogCNN` trained with :func:`train_classifier`, cached as artifact ``kind`` keyed
+    by ``key`` (the settings that change what is trained), returned on ``device`` in eval mode.
+    The judge and notebook 04's guidance selector are both made here."""
 
     def build():
-        model, _ = train_classifier(x_uint8, y, cfg["clf_channels"], cfg["clf_epochs"],
-                                    cfg["clf_batch_size"], cfg["clf_lr"], seed=cfg["seed"],
-                                    blur=cfg["clf_blur"], device=device)
+        model, _ = train_classifier(x_uint8, y, channels, epochs, batch_size, lr, seed=seed,
+                                    blur=blur, device=device)
         return model
 
     def save(model, path):
         artifacts.save_tensors(path, {k: v.cpu() for k, v in model.state_dict().items()}, {
-            "kind": "catdog_classifier", "channels": model.channels, "n_classes": model.n_classes,
-            "config": key})
+            "kind": kind, "channels": model.channels, "n_classes": model.n_classes, "config": key})
 
     def load(path):
         tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "catdog_classifier":
-            raise artifacts.ArtifactError(f"{path}: expected a catdog_classifier artifact, "
+        if meta.get("kind") != kind:
+            raise artifacts.ArtifactError(f"{path}: expected a {kind} artifact, "
                                           f"found kind {meta.get('kind')!r}")
         model = CatDogCNN(meta["channels"], meta["n_classes"])
-        artifacts.load_state(model, tensors, path, what=f"CatDogCNN(channels={meta['channels']})")
+        artifacts.load_state(model, tensors, path, what=f"{kind} CatDogCNN(channels={meta['channels']})")
         return model.to(device or "cpu").eval()
 
-    return artifacts.cached("catdog_classifier", key, build, save, load, rebuild=rebuild)
+    return artifacts.cached(kind, key, build, save, load, rebuild=rebuild)
 
 
 # ---------------------------------------------------------------------------

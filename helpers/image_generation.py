@@ -208,29 +208,10 @@ def build_or_load_selector(cfg, x_fit: torch.Tensor, y_fit: torch.Tensor, device
                            rebuild: bool = False) -> image_eval.CatDogCNN:
     """The selector: a :class:`~helpers.image_eval.CatDogCNN` trained on the training images
     *minus the validation split* (``x_fit``), with its own seed (seed + 1), cached by its settings."""
-    key = {k: cfg[k] for k in SELECTOR_KEYS}
-
-    def build():
-        model, _ = image_eval.train_classifier(x_fit, y_fit, cfg["sel_channels"], cfg["sel_epochs"],
-                                               cfg["clf_batch_size"], cfg["clf_lr"], seed=cfg["seed"] + 1,
-                                               blur=cfg["clf_blur"], device=device)
-        return model
-
-    def save(model, path):
-        artifacts.save_tensors(path, {k: v.cpu() for k, v in model.state_dict().items()}, {
-            "kind": "catdog_selector", "channels": model.channels, "n_classes": model.n_classes,
-            "config": key})
-
-    def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "catdog_selector":
-            raise artifacts.ArtifactError(f"{path}: expected a catdog_selector artifact, "
-                                          f"found kind {meta.get('kind')!r}")
-        model = image_eval.CatDogCNN(meta["channels"], meta["n_classes"])
-        artifacts.load_state(model, tensors, path, what=f"selector CatDogCNN(channels={meta['channels']})")
-        return model.to(device or "cpu").eval()
-
-    return artifacts.cached("catdog_selector", key, build, save, load, rebuild=rebuild)
+    return image_eval.cached_classifier(
+        "catdog_selector", {k: cfg[k] for k in SELECTOR_KEYS}, x_fit, y_fit, cfg["sel_channels"],
+        cfg["sel_epochs"], cfg["clf_batch_size"], cfg["clf_lr"], seed=cfg["seed"] + 1,
+        blur=cfg["clf_blur"], device=device, rebuild=rebuild)
 
 
 # ---------------------------------------------------------------------------
