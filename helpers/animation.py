@@ -21,17 +21,6 @@ from . import config as _config
 from .artifacts import atomic_write
 
 
-def fig_to_array(fig, dpi: int = 80, close: bool = True) -> np.ndarray:
-    """Render a matplotlib figure to an RGB uint8 array (H, W, 3)."""
-    import matplotlib.pyplot as plt
-
-    fig.canvas.draw()
-    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    if close:
-        plt.close(fig)
-    return arr
-
-
 def _as_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     out = []
     for f in frames:
@@ -87,8 +76,7 @@ def frames_grid(frames: Sequence[np.ndarray], captions: Sequence[str] | None = N
                 titles: bool = True):
     """A static figure of ``n`` evenly spaced frames (always including the last).
 
-    Each frame is drawn at its own size (``frame_dpi``: the dpi it was rendered at,
-    see :func:`fig_to_array`), so the titles and axes drawn inside it stay as
+    Each frame is drawn at its own size (``frame_dpi``: the dpi it was rendered at), so the titles and axes drawn inside it stay as
     readable as in the slider; ``ncols`` defaults to as many frames as fit in
     ``max_width`` inches side by side (more columns shrink the frames to fit
     ``max_width``). ``titles=False`` leaves out the titles above

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 __all__ = ["SinusoidalTimeEmbedding", "ResidualBlock", "MLPDenoiser", "ConvResBlock", "SelfAttention2d",
-           "UNetDenoiser", "count_parameters"]
+           "UNetDenoiser"]
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -373,7 +373,3 @@ class UNetDenoiser(nn.Module):
                 h = layer(h)
         return self.out(nn.functional.silu(self.out_norm(h)))
 
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -41,7 +41,7 @@ __all__ = [
     "make_denoiser", "save_denoiser", "load_denoiser", "training_latents",
     "standardize_accuracy", "build_or_load_weight_diffusion", "build_or_load_direct_diffusion",
     "sample_latents", "generate_networks", "generate_direct", "decode_trajectory",
-    "accuracy_targets_run", "NetworkFrameRenderer", "render_network_frame", "plot_achieved_vs_requested",
+    "accuracy_targets_run", "NetworkFrameRenderer", "plot_achieved_vs_requested",
     "summarize_accuracies", "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
     "plot_accuracy_hists", "plot_schedules",
 ]
@@ -438,16 +438,6 @@ def _count(spec: Mapping) -> int:
     return sum(int(np.prod(shape)) for _, shape in weights.param_shapes(spec))
 
 
-def render_network_frame(vector: torch.Tensor, spec: Mapping, title: str, hist_range=(-1.0, 1.0),
-                         reference: torch.Tensor | None = None, dpi: int = 80) -> np.ndarray:
-    """One frame (RGB uint8) of one network; see :class:`NetworkFrameRenderer` for many."""
-    r = NetworkFrameRenderer(spec, hist_range, reference, dpi)
-    try:
-        return r.render(vector, title)
-    finally:
-        r.close()
-
-
 def slider_frames(trajectory, vae_model, spec: Mapping, evaluate, reference: torch.Tensor | None = None,
                   index: int = 0, dpi: int = 80):
     r"""Frames of one sampling run for the slider, the GIF and the grid.
@@ -455,7 +445,7 @@ def slider_frames(trajectory, vae_model, spec: Mapping, evaluate, reference: tor
     For each DDIM step k the current latent :math:`u_{t_k}` is decoded into a
     network; ``evaluate(vectors) -> accuracies %`` measures all of them in one
     batched call. Returns ``(frames, captions, accuracies)``: RGB arrays from
-    :func:`render_network_frame`, one caption per frame, and a float array.
+    :meth:`NetworkFrameRenderer.render`, one caption per frame, and a float array.
     """
     vectors = decode_trajectory(trajectory, vae_model, index=index, key="x_t")
     acc = np.asarray(torch.as_tensor(evaluate(vectors), dtype=torch.float32))

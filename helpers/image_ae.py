@@ -468,28 +468,6 @@ def _from_meta(meta: dict) -> ImageAutoencoder:
                             meta.get("latent_channels"), meta.get("n_cab", 2))
 
 
-def save_autoencoder(model: ImageAutoencoder, path, extra: dict | None = None) -> None:
-    """Weights to safetensors, with the architecture in the metadata."""
-    meta = {"kind": "image_autoencoder", **_state_meta(model), **(extra or {})}
-    artifacts.save_tensors(path, model.state_dict(), meta)
-
-
-def load_autoencoder(path) -> tuple[ImageAutoencoder, dict]:
-    """Rebuild the model from its metadata and load weights; ``(model, metadata)``.
-
-    A file of another kind or with other shapes raises :class:`ArtifactError`
-    saying what was expected and what was found.
-    """
-    tensors, meta = artifacts.load_tensors(path, hint="Run notebook 04 to train it again.")
-    if meta.get("kind") != "image_autoencoder":
-        raise artifacts.ArtifactError(
-            f"{path}: expected an image_autoencoder artifact, found kind {meta.get('kind')!r}")
-    model = _from_meta(meta)
-    artifacts.load_state(model, tensors, path, what=f"image autoencoder {_state_meta(model)}")
-    model.eval()
-    return model, meta
-
-
 AE_KEYS = ("seed", "n_train", "ae_channels", "latent_dim", "latent_channels", "ae_n_cab", "ae_epochs",
            "ae_batch_size", "ae_lr", "ae_w_cls", "ae_w_center", "ae_latent_noise", "ae_w_l1", "ae_w_grad")
 

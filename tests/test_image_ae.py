@@ -71,19 +71,6 @@ def test_latent_scaler_round_trip():
     assert torch.allclose(s.inverse(zs), z, atol=1e-5)
 
 
-def test_save_load_round_trip_and_wrong_kind(tmp_path):
-    model = image_ae.ImageAutoencoder((8, 16, 16), latent_dim=12).eval()
-    path = tmp_path / "ae.safetensors"
-    image_ae.save_autoencoder(model, path)
-    loaded, meta = image_ae.load_autoencoder(path)
-    x = torch.rand(2, 3, 32, 32)
-    assert torch.allclose(loaded(x)[1], model(x)[1])
-    assert meta["latent_dim"] == 12
-    artifacts.save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {"kind": "vae"})
-    with pytest.raises(artifacts.ArtifactError, match="expected an image_autoencoder"):
-        image_ae.load_autoencoder(tmp_path / "other.safetensors")
-
-
 def test_build_or_load_caches_by_config(tmp_path, monkeypatch):
     monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
     cfg = {"seed": 0, "n_train": 16, "ae_channels": [4, 8, 8], "latent_dim": 8, "ae_epochs": 1,
@@ -182,14 +169,22 @@ def test_psnr_values_and_error():
         image_ae.psnr(0.0)
 
 
-def test_spatial_save_load_round_trip(tmp_path):
-    model = image_ae.ImageAutoencoder((8, 16, 16), latent_channels=8, n_cab=1).eval()
-    path = tmp_path / "ae.safetensors"
-    image_ae.save_autoencoder(model, path)
-    loaded, meta = image_ae.load_autoencoder(path)
-    x = torch.rand(2, 3, 32, 32)
-    assert torch.allclose(loaded(x)[1], model(x)[1])
-    assert meta["latent_channels"] == 8 and loaded.latent_shape == (8, 8, 8)
+def test_cached_builder_rebuilds_a_file_of_another_kind(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
+    cfg = {"seed": 0, "n_train": 16, "ae_channels": [4, 8, 8], "latent_dim": 8, "ae_epochs": 1,
+           "ae_batch_size": 8, "ae_lr": 1e-3, "ae_w_cls": 0.1, "ae_w_center": 0.01,
+           "ae_latent_noise": 0.05, "latent_channels": 8, "ae_n_cab": 1}
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1] * 8)
+    m1, _ = image_ae.build_or_load_autoencoder(cfg, x, y)
+    (path,) = tmp_path.glob("catdog_autoencoder-*.safetensors")
+    artifacts.save_tensors(path, {"w": torch.zeros(1)}, {"kind": "vae"})
+    capsys.readouterr()
+    m2, _ = image_ae.build_or_load_autoencoder(cfg, x, y)
+    assert "expected an image_autoencoder artifact, found kind 'vae'" in capsys.readouterr().out
+    assert m2.latent_shape == (8, 8, 8)
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_cache_key_separates_latent_shapes(tmp_path, monkeypatch):
