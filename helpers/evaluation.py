@@ -99,16 +99,18 @@ def accuracies(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (preds == y.unsqueeze(0)).float().mean(dim=1) * 100.0
 
 
-def summarize(accs) -> dict:
-    """``{"mean", "median", "best", "worst"}`` of a list/tensor of accuracies (%).
+def summarize_accuracies(acc) -> dict[str, float]:
+    """Median, mean, min, max (in %), the fraction above 95 % and the count of a set of accuracies.
 
-    The median is the lower middle value for an even count (``torch.median``).
+    The one accuracy summary of the weight story (notebooks 03 and 05). The median
+    is the true median: the mean of the two middle values for an even count
+    (``np.median``; ``torch.median`` would take the lower one).
     """
-    a = torch.as_tensor(accs, dtype=torch.float64).flatten()
-    if a.numel() == 0:
-        raise ValueError("summarize: no accuracies given")
-    return {"mean": a.mean().item(), "median": a.median().item(),
-            "best": a.max().item(), "worst": a.min().item()}
+    a = np.asarray(torch.as_tensor(acc, dtype=torch.float64)).ravel()
+    if a.size == 0:
+        raise ValueError("summarize_accuracies: expected at least one accuracy, found none")
+    return {"median": float(np.median(a)), "mean": float(a.mean()), "min": float(a.min()),
+            "max": float(a.max()), "frac_above_95": float((a > 95.0).mean()), "n": int(a.size)}
 
 
 # ---------------------------------------------------------------------------
@@ -301,7 +303,9 @@ def evaluate_methods(methods: Mapping[str, torch.Tensor], train_vectors: torch.T
         if is_reference:
             dist = dist.masked_fill(self_pairs, float("inf"))
         nearest = dist.min(dim=1).values
-        rows.append({"name": name, "n": len(vectors), **summarize(accs),
+        summary = summarize_accuracies(accs)
+        rows.append({"name": name, "n": len(vectors), "mean": summary["mean"], "median": summary["median"],
+                     "best": summary["max"], "worst": summary["min"],
                      "max_iou": max_iou.mean().item(), "nearest_dist": nearest.mean().item(),
                      "copies": int((nearest == 0).sum()),
                      "accs": accs, "max_ious": max_iou, "dists": nearest})

@@ -42,7 +42,7 @@ __all__ = [
     "standardize_accuracy", "build_or_load_weight_diffusion", "build_or_load_direct_diffusion",
     "sample_latents", "generate_networks", "generate_direct", "decode_trajectory",
     "accuracy_targets_run", "NetworkFrameRenderer", "plot_achieved_vs_requested",
-    "summarize_accuracies", "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
+    "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
     "plot_accuracy_hists", "plot_schedules",
 ]
 
@@ -290,16 +290,8 @@ def generate_direct(n: int, denoiser, info: Mapping[str, Any], steps: int = 50, 
 
 
 # ---------------------------------------------------------------------------
-# Accuracy-conditioned generation and summaries
+# Accuracy-conditioned generation
 # ---------------------------------------------------------------------------
-
-def summarize_accuracies(acc) -> dict[str, float]:
-    """Median, mean, min, max (in %) and the fraction above 95 % of a set of accuracies."""
-    a = np.asarray(torch.as_tensor(acc, dtype=torch.float64))
-    # np.median averages the two middle values of an even count (torch.median takes the lower one)
-    return {"median": float(np.median(a)), "mean": float(a.mean()), "min": float(a.min()),
-            "max": float(a.max()), "frac_above_95": float((a > 95.0).mean()), "n": int(a.size)}
-
 
 def accuracy_targets_run(denoiser, vae_model, info, targets, n_per_target: int, evaluate,
                          steps: int = 50, eta: float = 0.0, guidance: float = 1.0,

@@ -161,13 +161,15 @@ def test_gaussian_baseline_matches_mean_and_std():
 # Summaries, tables, ensembles
 # ---------------------------------------------------------------------------
 
-def test_summarize():
-    s = ev.summarize(torch.tensor([90.0, 95.0, 97.0, 99.0]))
+def test_summarize_accuracies():
+    s = ev.summarize_accuracies(torch.tensor([90.0, 95.0, 97.0, 99.0]))
     assert s["mean"] == pytest.approx(95.25)
-    assert s["best"] == 99.0 and s["worst"] == 90.0
-    assert s["median"] == 95.0       # lower middle for an even count (torch.median)
-    with pytest.raises(ValueError):
-        ev.summarize([])
+    assert s["max"] == 99.0 and s["min"] == 90.0 and s["n"] == 4
+    assert s["median"] == pytest.approx(96.0)     # the true median: mean of the two middle values
+    assert s["frac_above_95"] == 0.5              # 95.0 itself is not above 95 %
+    assert ev.summarize_accuracies([90.0, 95.0, 97.0])["median"] == 95.0
+    with pytest.raises(ValueError, match="expected at least one accuracy, found none"):
+        ev.summarize_accuracies([])
 
 
 def test_results_table_is_markdown():

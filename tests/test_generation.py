@@ -101,6 +101,3 @@ def test_slider_frames_drive_the_slider_headlessly():
     assert slider.image.value != first_image and slider.current == 3
 
 
-def test_summaries():
-    s = generation.summarize_accuracies(torch.tensor([90.0, 96.0, 97.0, 99.0]))
-    assert s["median"] == pytest.approx(96.5) and s["frac_above_95"] == 0.75 and s["n"] == 4
