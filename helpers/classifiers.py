@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import data, runtime
+
 # ---------------------------------------------------------------------------
 # Specs
 # ---------------------------------------------------------------------------
@@ -154,6 +156,27 @@ def count_params(spec: Mapping) -> int:
     return sum(math.prod(s) for _, s in param_shapes(spec))
 
 
+def unflatten(vector: torch.Tensor, spec: Mapping) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`helpers.weights.flatten`: vector (..., D) -> {name: tensor (..., *shape)}.
+
+    Leading dimensions are kept, so a (K, D) batch gives stacked parameters.
+    The tensors are views of ``vector`` (no copy).
+    """
+    shapes = param_shapes(spec)
+    d = sum(math.prod(s) for _, s in shapes)
+    vector = torch.as_tensor(vector)
+    if vector.ndim == 0 or vector.shape[-1] != d:
+        found = "a scalar" if vector.ndim == 0 else f"{vector.shape[-1]} (shape {tuple(vector.shape)})"
+        raise ValueError(f"expected D={d} parameters for {describe(spec)}, got {found}")
+    lead = tuple(vector.shape[:-1])
+    out, i = {}, 0
+    for name, shape in shapes:
+        n = math.prod(shape)
+        out[name] = vector[..., i:i + n].reshape(lead + tuple(shape))
+        i += n
+    return out
+
+
 # ---------------------------------------------------------------------------
 # The network: one pure function, one thin module
 # ---------------------------------------------------------------------------
@@ -223,8 +246,6 @@ def load_split(dataset: str, split: str, n: int | None = None) -> tuple[torch.Te
 
     Normalisation happens once, here: ``x = (x_{uint8}/255 - \\mu) / \\sigma``.
     """
-    from . import data
-
     x, y = data.load_tensors(dataset, split)
     if n is not None:
         x, y = x[:n], y[:n]
@@ -307,8 +328,6 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
     to continue training with its state. ``lr_schedule``/``warmup``: see
     :func:`lr_factor` (the default keeps ``lr`` constant).
     """
-    from . import runtime
-
     lr_factor(0, 1, lr_schedule)                      # checks the name
     opt = optimizer or adam(model.parameters(), lr)
     base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
@@ -389,8 +408,6 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     speed does: on the 2-core machine 16 networks per chunk kept the activations
     in cache and were faster per network than 64 at once. None = all K at once.
     """
-    from . import runtime
-
     for p in params.values():
         p.requires_grad_(True)
     k = next(iter(params.values())).shape[0]
@@ -464,13 +481,11 @@ def predict_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor,
     loop was measured about 4x faster for the default CNN (PyTorch's CPU
     grouped convolutions are slow), so it is the default.
     """
-    from . import weights
-
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
     if vectors.ndim == 1:
         vectors = vectors[None]
     k = vectors.shape[0]
-    params = weights.unflatten(vectors, spec)        # name -> (K, ...), checks D
+    params = unflatten(vectors, spec)                # name -> (K, ...), checks D
     out = torch.empty(k, x.shape[0], dtype=torch.long)
     if method == "vmap":
         m = 10

@@ -102,6 +102,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .runtime import progress as _progress
+
 __all__ = [
     "extract", "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",
     "q_sample", "predict_x0", "guided_eps", "diffusion_loss", "ddpm_sample",
@@ -329,8 +331,6 @@ def ddpm_sample(model: nn.Module, sched: NoiseSchedule, shape, cond=None, guidan
     Returns ``x_0`` or, with ``return_trajectory``, ``(x_0, trajectory)``
     (see :func:`ddim_sample` for the trajectory format).
     """
-    from .runtime import progress as _progress
-
     device = _device_of(model)
     sched = sched.to(device)
     # Algorithm 2, line 1: x_T ~ N(0, I)
@@ -401,8 +401,6 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
     holding the starting noise and the model's first guess of :math:`x_0`, the
     last (``t = -1``) the final sample. Sliders and GIFs index this list.
     """
-    from .runtime import progress as _progress
-
     device = _device_of(model)
     sched = sched.to(device)
     x = noise.to(device).clone() if noise is not None else _randn(shape, generator, device)
@@ -488,8 +486,6 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
     wall-clock ``seconds``.
     """
     import time
-
-    from .runtime import progress as _progress
 
     if data.ndim < 2:
         raise ValueError(f"data must be (N, ...) with N points; got shape {tuple(data.shape)}")
@@ -626,8 +622,6 @@ def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler",
     :func:`ddim_sample` (``"t"`` is the continuous time; ``"x0_pred"`` is
     :math:`\hat x_0 = x_t - t\,\tilde v`, the point the current velocity aims at).
     """
-    from .runtime import progress as _progress
-
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown flow sampler {method!r}: expected 'euler' or 'heun'")
     device = _device_of(model)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import classifiers, data
-from .image_eval import frechet_distance, nearest_neighbours
+from . import artifacts, classifiers, data
+from . import config as _config
+from .image_eval import frechet_distance, nearest_neighbours, tile
+
 
 __all__ = ["train_cnn", "build_or_load_cnn", "cnn_features", "judge", "latent_class_fd", "choose_guidance", "tile_gray",
            "confusion_figure", "sizes_figure", "steps_figure", "try_emnist", "frechet_distance",
@@ -117,8 +119,6 @@ def choose_guidance(sample_fn, grid, z_val: torch.Tensor, y_val: torch.Tensor, n
 
 def tile_gray(images: torch.Tensor, nrow: int, pad: int = 1, scale: int = 2) -> np.ndarray:
     """(N, 1, H, W) images in [0, 1] -> one RGB uint8 picture (rows of ``nrow``), for GIF frames."""
-    from .image_eval import tile
-
     return tile(images.expand(-1, 3, -1, -1), nrow, pad, scale)
 
 
@@ -191,9 +191,7 @@ def try_emnist(root=None, split: str = "balanced"):
     import socket
     from pathlib import Path
 
-    from . import config
-
-    root = root or (config.repo_root() / "data")
+    root = root or (_config.repo_root() / "data")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
@@ -223,8 +221,6 @@ def build_or_load_cnn(cfg, role: str, dataset: str, x_uint8: torch.Tensor, y: to
 
     Returns ``(model, n_parameters)``.
     """
-    from . import artifacts
-
     if role not in ("judge", "cnn"):
         raise ValueError(f"unknown CNN role {role!r}: expected 'judge' or 'cnn'")
     key = {"seed": cfg["seed"], "spec": cfg[f"{role}_spec"], "epochs": cfg[f"{role}_epochs"],

@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts, runtime
+from . import artifacts, diffusion, runtime
+from .denoisers import MLPDenoiser
 from .image_ae import LatentScaler
+
 
 __all__ = ["DigitVAE", "vae_loss", "train_vae", "encode_all", "decode_all", "build_or_load_vae",
            "GENERATOR_SIZES", "make_generator", "build_or_load_generator", "sample_latents",
@@ -227,8 +229,6 @@ GENERATOR_SIZES = {
 
 def make_generator(dim: int, size: str, n_classes: int = 10, seed: int = 0) -> nn.Module:
     """A class-conditional :class:`~helpers.denoisers.MLPDenoiser` of one of :data:`GENERATOR_SIZES`."""
-    from .denoisers import MLPDenoiser
-
     if size not in GENERATOR_SIZES:
         raise ValueError(f"unknown generator size {size!r}: expected one of {', '.join(GENERATOR_SIZES)}")
     hidden, n_blocks, time_dim = GENERATOR_SIZES[size]
@@ -250,8 +250,6 @@ def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: t
     ``z_std`` standardised codes (N, d) with labels ``y``; ``vae_key`` the config
     hash of the VAE that made the codes; ``steps`` overrides ``cfg["gen_steps"]``.
     """
-    from . import diffusion
-
     if kind not in ("flow", "ddpm"):
         raise ValueError(f"unknown generator kind {kind!r}: expected 'flow' or 'ddpm'")
     key = {k: cfg[k] for k in GEN_KEYS}
@@ -307,8 +305,6 @@ def sample_latents(model: nn.Module, kind: str, labels: torch.Tensor, dim: int, 
     network calls on ``sched``. ``guidance`` :math:`w` (0 = unconditional).
     The starting noise comes from a CPU generator seeded with ``seed``.
     """
-    from . import diffusion
-
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels)
     cond = None if guidance == 0 else labels

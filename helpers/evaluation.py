@@ -53,6 +53,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import classifiers, runtime, weights
+from .plots import new_axes
+
 # ---------------------------------------------------------------------------
 # Predictions and accuracies
 # ---------------------------------------------------------------------------
@@ -73,8 +76,6 @@ def predict_labels(vectors: torch.Tensor, spec, x: torch.Tensor) -> torch.Tensor
     ``vectors`` (K, D) are raw weight vectors of the architecture ``spec``;
     ``x`` is the (normalised, float) input batch.
     """
-    from . import classifiers
-
     return classifiers.predict_vectors(_check_vectors(vectors), spec, x)
 
 
@@ -85,8 +86,6 @@ def predict_probs(vectors: torch.Tensor, spec, x: torch.Tensor, batch_size: int 
     ``p_k(y | x) = softmax(f_{w_k}(x))``, all K networks in one vmapped
     forward per batch of images (:func:`helpers.classifiers.stacked_forward`).
     """
-    from . import classifiers, weights
-
     vectors = _check_vectors(vectors)
     params = weights.unflatten(vectors, spec)        # name -> (K, ...)
     return torch.cat([F.softmax(classifiers.stacked_forward(params, x[i:i + batch_size], spec,
@@ -382,8 +381,6 @@ def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tens
     The same budget for every method, so "generated + fine-tuning" is compared with
     "noise baseline + the same fine-tuning".
     """
-    from . import classifiers, weights
-
     vectors = _check_vectors(vectors)
     if steps <= 0:
         return vectors.clone()
@@ -423,8 +420,6 @@ def plot_frontier(curves: Mapping[str, Sequence[Mapping]], points: Mapping[str, 
                   ax=None, title: str | None = None, label_fmt: Mapping[str, str] | None = None):
     """Mean accuracy against mean max IoU: each baseline curve as a line (its knob values
     written beside the points) and each method as a marker. Up and left is better."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(8, 5.5))
     label_fmt = label_fmt or {}
     for i, (name, curve) in enumerate(curves.items()):
@@ -557,8 +552,6 @@ def ensemble_curve(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor
 
 def random_init_vector(spec, seed: int = 0) -> torch.Tensor:
     """The raw weight vector (D,) of a freshly initialised network of ``spec`` (PyTorch default init)."""
-    from . import classifiers
-
     params = dict(classifiers.build_model(spec, seed=seed).named_parameters())
     # flattening order = classifiers.param_shapes order (as helpers.weights.flatten)
     return torch.cat([params[name].detach().flatten() for name, _ in classifiers.param_shapes(spec)])
@@ -577,8 +570,6 @@ def finetune_curves(start_vectors: Mapping[str, torch.Tensor], spec, data: Seque
     ``loss`` (training loss at every step, before its update), ``eval_steps``
     and ``test_acc`` (% at step 0, every ``eval_every`` steps and at the end).
     """
-    from . import runtime, weights
-
     x_train, y_train, x_test, y_test = data
     g = torch.Generator().manual_seed(seed)
     batches = torch.randint(len(x_train), (steps, batch_size), generator=g)
@@ -620,8 +611,6 @@ def finetune_curves(start_vectors: Mapping[str, torch.Tensor], spec, data: Seque
 
 def layer_slices(spec) -> list[tuple[str, slice]]:
     """``(parameter name, slice into the flat vector)`` for each parameter tensor of ``spec``."""
-    from . import classifiers
-
     out, start = [], 0
     for name, shape in classifiers.param_shapes(spec):
         n = math.prod(shape)
@@ -664,8 +653,6 @@ def plot_accuracy_scatter(train_accs, gen_accs, ax=None, title: str | None = Non
 
     x is the network's index within its group; dashed lines mark the group means.
     """
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(7, 4))
     for i, (label, accs) in enumerate((("training checkpoints", train_accs), (gen_label, gen_accs))):
         a = torch.as_tensor(accs).float().numpy()
@@ -682,8 +669,6 @@ def plot_accuracy_scatter(train_accs, gen_accs, ax=None, title: str | None = Non
 
 def plot_method_strip(rows: Sequence[Mapping], ax=None, title: str | None = None):
     """Each method's per-network accuracies as a jittered strip, with the median marked."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(8, 4))
     rng = np.random.default_rng(0)
     for i, row in enumerate(rows):
@@ -707,8 +692,6 @@ def plot_accuracy_vs_similarity(rows: Sequence[Mapping], ax=None, title: str | N
     wrong on most images has a low IoU with everything).
     """
     import matplotlib.pyplot as plt
-
-    from .plots import new_axes
 
     if zoom_min_acc is not None and ax is None:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -774,8 +757,6 @@ def plot_layer_histograms(stats: Mapping, methods: Sequence[str] | None = None,
 def plot_ensemble_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax=None,
                          title: str | None = None):
     """Ensemble test accuracy against the number of members, one curve per method."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax)
     for i, (name, (sizes, accs)) in enumerate(curves.items()):
         ax.plot(sizes, accs, marker="o", ms=4, color=_color(name, i), label=f"ensemble of {name}")

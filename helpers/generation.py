@@ -30,9 +30,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import artifacts
+from . import artifacts, vae, weights
 from . import diffusion as D
 from .denoisers import MLPDenoiser
+from .plots import new_axes
+
 
 FORMAT = "ldt-weight-diffusion"
 FORMAT_VERSION = 1
@@ -130,8 +132,6 @@ def _train(model, data, cond, wd_cfg, direct: bool, desc: str):
 
 def training_latents(vae_model, ds) -> torch.Tensor:
     r"""Standardised latents :math:`u` (N, L) of every checkpoint of the zoo ``ds``."""
-    from . import vae
-
     return vae_model.latent_standardizer.standardize(vae.encode_dataset(vae_model, ds))
 
 
@@ -150,8 +150,6 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
     standardisation, % units), ``kind="latent"``, ``path``, and the objects it was
     built from: ``vae`` (the ParamVAE), ``vae_info`` and ``dataset`` (the zoo).
     """
-    from . import vae
-
     vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg)
     ds = vae_info["dataset"]
     key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg), "weight_diffusion": dict(wd_cfg)}
@@ -222,8 +220,6 @@ def generate_networks(n: int, denoiser, vae_model, info: Mapping[str, Any], step
     :math:`\hat w = \mathrm{dec}(\bar z + s\,\hat u)` (:func:`helpers.vae.decode_to_vectors`).
     ``return_latents`` also returns :math:`\hat u`.
     """
-    from . import vae
-
     u = sample_latents(denoiser, info, n, steps=steps, eta=eta, generator=generator, seed=seed,
                        target_acc=target_acc, guidance=guidance, clip_x0=clip_x0)
     vectors = vae.decode_to_vectors(vae_model, u)
@@ -243,8 +239,6 @@ def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], wd_cfg: Mapping[s
     ``normalizer`` (the :class:`helpers.weights.Normalizer` to map samples back)
     and ``dataset``.
     """
-    from . import weights
-
     ds = weights.build_or_load_zoo(zoo_cfg)
     key = {"zoo": dict(zoo_cfg), "weight_diffusion": dict(wd_cfg)}
     dim = int(ds.vectors.shape[1])
@@ -312,8 +306,6 @@ def accuracy_targets_run(denoiser, vae_model, info, targets, n_per_target: int, 
 
 def plot_achieved_vs_requested(requested, achieved, train_acc=None, ax=None, title: str | None = None):
     """Achieved vs requested accuracy: each network a dot, medians per target, the diagonal."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(4.8, 4.2))
     req, ach = np.asarray(requested, float), np.asarray(achieved, float)
     jitter = (np.arange(len(req)) % 7 - 3) * 0.03
@@ -346,8 +338,6 @@ def decode_trajectory(trajectory, vae_model, index: int = 0, key: str = "x_t") -
     ``key="x_t"`` decodes the current latent at each step, ``"x0_pred"`` the
     model's guess of the final latent :math:`\\hat u_0`.
     """
-    from . import vae
-
     u = torch.stack([entry[key][index] for entry in trajectory])
     return vae.decode_to_vectors(vae_model, u)
 
@@ -394,8 +384,6 @@ class NetworkFrameRenderer:
         self._ymax = ax.get_ylim()[1]
 
     def _filters(self, vector: torch.Tensor) -> torch.Tensor:
-        from . import weights
-
         params = weights.unflatten(vector.detach().reshape(1, -1), self.spec)
         first = next(iter(params.values()))[0]        # the first layer's weight tensor
         if first.ndim == 4:                           # conv (out, in, k, k): input channel 0
@@ -425,8 +413,6 @@ class NetworkFrameRenderer:
 
 
 def _count(spec: Mapping) -> int:
-    from . import weights
-
     return sum(int(np.prod(shape)) for _, shape in weights.param_shapes(spec))
 
 
@@ -470,8 +456,6 @@ def checkpoint_accuracies(ds, zoo_cfg: Mapping[str, Any], n_test, evaluate) -> t
 
 def loss_curve_figure(histories: Mapping[str, Mapping[str, list]], ax=None, window: int | None = None):
     """Per-step training loss (faint) and its moving average, one colour per model; log scale."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(6.4, 3.6))
     for i, (name, hist) in enumerate(histories.items()):
         loss = np.asarray(hist["loss"], float)
@@ -488,8 +472,6 @@ def loss_curve_figure(histories: Mapping[str, Mapping[str, list]], ax=None, wind
 
 def plot_accuracy_hists(accuracies: Mapping[str, Any], ax=None, bins: int = 30):
     """Histograms of test accuracies (%) of several sets of networks, on shared bins."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(6.4, 3.6))
     arrays = {k: np.asarray(torch.as_tensor(v, dtype=torch.float32)) for k, v in accuracies.items()}
     allv = np.concatenate(list(arrays.values()))
@@ -505,8 +487,6 @@ def plot_accuracy_hists(accuracies: Mapping[str, Any], ax=None, bins: int = 30):
 
 def plot_schedules(schedules: Mapping[str, D.NoiseSchedule], ax=None):
     r""":math:`\sqrt{\bar\alpha_t}` (signal kept) of several schedules against :math:`t/T`."""
-    from .plots import new_axes
-
     fig, ax = new_axes(ax, figsize=(5.2, 3.4))
     for name, s in schedules.items():
         ax.plot(np.arange(s.T) / s.T, s.sqrt_alphas_cumprod.numpy(), label=f"{name} (T={s.T})")

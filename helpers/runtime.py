@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import env_choice, env_int
+from .config import SettingError, env_choice, env_int
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -51,8 +51,6 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 def check_device(name: str, what: str = "device") -> torch.device:
     """``torch.device(name)`` if it is cpu, cuda, cuda:N or mps and present on this machine."""
-    from .config import SettingError
-
     accepted = "cpu" + ("".join(f", cuda:{i}" for i in range(torch.cuda.device_count()))
                         if torch.cuda.is_available() else "")
     mps = getattr(torch.backends, "mps", None)

@@ -60,7 +60,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import artifacts
+from . import artifacts, runtime, weights
+from .plots import new_axes
+
 
 FORMAT = "ldt-param-vae"
 FORMAT_VERSION = 1
@@ -207,8 +209,6 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     noiseless reconstruction MSE of the whole set, every ``eval_every`` epochs
     (key ``eval_epoch`` holds those epochs).
     """
-    from . import runtime
-
     x = vectors.detach().to(torch.float32)
     model._check(x, model.dim, "train_vae")
     n = x.shape[0]
@@ -460,7 +460,6 @@ def load_vae(path, dim: int | None = None, spec: Any = None) -> tuple[ParamVAE, 
     model.spec = meta.get("spec")
     norm_t = {k[len("normalizer."):]: v for k, v in tensors.items() if k.startswith("normalizer.")}
     if norm_t or meta.get("normalizer"):
-        from . import weights
         model.normalizer = weights.Normalizer.from_state({**meta.get("normalizer", {}), **norm_t})
     if "latent.mean" in tensors:
         model.latent_standardizer = LatentStandardizer.from_state(
@@ -485,8 +484,6 @@ def build_vae(ds, vae_cfg: Mapping[str, Any]) -> tuple[ParamVAE, dict]:
 
     Returns ``(model, info)`` with ``info["history"]`` and ``info["extra"]["train_seconds"]``.
     """
-    from . import weights
-
     torch.manual_seed(int(vae_cfg.get("seed", 0)))
     vectors = _raw_vectors(ds)
     normalizer = weights.Normalizer()
@@ -512,8 +509,6 @@ def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
     ``dataset`` (the WeightDataset it was trained on). Pass ``ds``, the result of
     ``weights.build_or_load_zoo(zoo_cfg)``, if you already have it, to skip loading it again.
     """
-    from . import weights
-
     if ds is None:
         ds = weights.build_or_load_zoo(zoo_cfg)
     key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg)}
@@ -557,7 +552,6 @@ def plot_latents(points, color, ax=None, title: str | None = None, label: str = 
                  categorical: bool = False):
     """Scatter of 2-D points coloured by ``color`` (run seed: categorical; accuracy: continuous)."""
     import numpy as np
-    from .plots import new_axes
 
     fig, ax = new_axes(ax)
     color = np.asarray(color)

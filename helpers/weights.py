@@ -34,8 +34,10 @@ from typing import Mapping
 
 import torch
 
-from . import artifacts
-from . import classifiers as _clf
+from . import artifacts, classifiers, plots
+from . import config as _config
+from .classifiers import param_shapes, unflatten  # the architecture's layout of a flat vector; part of this API
+
 
 FORMAT = "ldt-weight-dataset/1"
 METRIC_KEYS = ("run_seed", "epoch", "step", "train_loss", "test_acc")
@@ -45,11 +47,6 @@ METRIC_KEYS = ("run_seed", "epoch", "step", "train_loss", "test_acc")
 # Flat vectors
 # ---------------------------------------------------------------------------
 
-def param_shapes(spec: Mapping) -> list[tuple[str, tuple[int, ...]]]:
-    """``[(name, shape), ...]`` of a spec's parameters, in flattening order."""
-    return _clf.param_shapes(spec)
-
-
 def _check_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Mapping) -> None:
     """Raise ValueError naming the first parameter whose name or shape does not match ``spec``."""
     expected = param_shapes(spec)
@@ -58,16 +55,16 @@ def _check_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Mapping) -> 
         if name not in state_dict:
             raise ValueError(
                 f"state dict has no parameter {name!r} (expected shape {tuple(shape)}) "
-                f"for spec {_clf.describe(spec)}; found parameters {sorted(state_dict)}")
+                f"for spec {classifiers.describe(spec)}; found parameters {sorted(state_dict)}")
         found = tuple(state_dict[name].shape)
         if found != tuple(shape):
             raise ValueError(
-                f"parameter {name!r}: expected shape {tuple(shape)} for spec {_clf.describe(spec)}, "
+                f"parameter {name!r}: expected shape {tuple(shape)} for spec {classifiers.describe(spec)}, "
                 f"found {found}")
     extra = sorted(set(state_dict) - set(names))
     if extra:
         raise ValueError(f"state dict has unexpected parameter(s) {extra} for spec "
-                         f"{_clf.describe(spec)}; expected exactly {names}")
+                         f"{classifiers.describe(spec)}; expected exactly {names}")
 
 
 def flatten(state_dict: Mapping[str, torch.Tensor], spec: Mapping | None = None) -> torch.Tensor:
@@ -84,30 +81,9 @@ def flatten(state_dict: Mapping[str, torch.Tensor], spec: Mapping | None = None)
     return torch.cat([state_dict[n].detach().reshape(-1).to(torch.float32) for n in names])
 
 
-def unflatten(vector: torch.Tensor, spec: Mapping) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`flatten`: vector (..., D) -> {name: tensor (..., *shape)}.
-
-    Leading dimensions are kept, so a (K, D) batch gives stacked parameters.
-    The tensors are views of ``vector`` (no copy).
-    """
-    shapes = param_shapes(spec)
-    d = sum(math.prod(s) for _, s in shapes)
-    vector = torch.as_tensor(vector)
-    if vector.ndim == 0 or vector.shape[-1] != d:
-        found = "a scalar" if vector.ndim == 0 else f"{vector.shape[-1]} (shape {tuple(vector.shape)})"
-        raise ValueError(f"expected D={d} parameters for {_clf.describe(spec)}, got {found}")
-    lead = tuple(vector.shape[:-1])
-    out, i = {}, 0
-    for name, shape in shapes:
-        n = math.prod(shape)
-        out[name] = vector[..., i:i + n].reshape(lead + tuple(shape))
-        i += n
-    return out
-
-
 def load_into_model(vector: torch.Tensor, spec: Mapping) -> torch.nn.Module:
     """A :class:`helpers.classifiers.Classifier` of ``spec`` with the weights ``vector`` (D,)."""
-    model = _clf.build_model(spec)
+    model = classifiers.build_model(spec)
     model.load_state_dict({k: v.clone() for k, v in unflatten(vector, spec).items()})
     model.eval()
     return model
@@ -207,9 +183,9 @@ class WeightDataset:
 
     def __post_init__(self):
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
-        d = _clf.count_params(self.spec)
+        d = classifiers.count_params(self.spec)
         if self.vectors.ndim != 2 or self.vectors.shape[1] != d:
-            raise ValueError(f"expected vectors of shape (N, D={d}) for {_clf.describe(self.spec)}, "
+            raise ValueError(f"expected vectors of shape (N, D={d}) for {classifiers.describe(self.spec)}, "
                              f"got {tuple(self.vectors.shape)}")
         if self.metrics and len(self.metrics) != self.vectors.shape[0]:
             raise ValueError(f"{len(self.metrics)} metric rows for {self.vectors.shape[0]} vectors")
@@ -273,14 +249,14 @@ class WeightDataset:
         stored = meta["spec"]
         if spec is not None and dict(spec) != stored:
             raise artifacts.ArtifactError(
-                f"{path} holds networks of architecture {_clf.describe(stored)}, "
-                f"expected {_clf.describe(spec)}")
-        d = _clf.count_params(stored)
+                f"{path} holds networks of architecture {classifiers.describe(stored)}, "
+                f"expected {classifiers.describe(spec)}")
+        d = classifiers.count_params(stored)
         shapes = [[n, list(s)] for n, s in param_shapes(stored)]
         v = tensors["vectors"]
         if meta.get("D") != d or meta.get("param_shapes") != shapes or v.ndim != 2 or v.shape[1] != d:
             raise artifacts.ArtifactError(
-                f"{path}: expected D={d} parameters {shapes} for {_clf.describe(stored)}, "
+                f"{path}: expected D={d} parameters {shapes} for {classifiers.describe(stored)}, "
                 f"found D={meta.get('D')}, vectors of shape {tuple(v.shape)}")
         if len(meta.get("metrics", [])) != v.shape[0]:
             raise artifacts.ArtifactError(
@@ -478,7 +454,7 @@ def interpolation_barriers(vectors_a: torch.Tensor, vectors_b: torch.Tensor, spe
     a, b = torch.as_tensor(vectors_a, dtype=torch.float32), torch.as_tensor(vectors_b, dtype=torch.float32)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"expected two (P, D) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    accs = _clf.evaluate_vectors(torch.cat([a, b, 0.5 * (a + b)]), spec, x, y)
+    accs = classifiers.evaluate_vectors(torch.cat([a, b, 0.5 * (a + b)]), spec, x, y)
     acc_a, acc_b, mid = accs.split(len(a))
     end = 0.5 * (acc_a + acc_b)
     return {"barrier": end - mid, "mid_acc": mid, "end_acc": end}
@@ -512,7 +488,7 @@ def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: M
     """
     alphas = torch.linspace(0, 1, n_points)
     line = (1 - alphas[:, None]) * vector_a[None] + alphas[:, None] * vector_b[None]
-    return alphas, _clf.evaluate_vectors(line, spec, x, y)
+    return alphas, classifiers.evaluate_vectors(line, spec, x, y)
 
 
 # ---------------------------------------------------------------------------
@@ -531,24 +507,22 @@ def zoo_config(preset: str | None = None, kind: str = "trajectory", **overrides)
     """
     import copy
 
-    from . import config
-
     if kind not in ZOO_KINDS:
         raise ValueError(f"unknown zoo kind {kind!r}; expected one of {', '.join(ZOO_KINDS)}")
     if kind == "trajectory":
-        return config.get_config("zoo", preset, **overrides)
-    base = config.get_config("zoo", preset)
-    values = {**dict(base), **copy.deepcopy(config.ZOO_MULTISEED[base.preset])}
+        return _config.get_config("zoo", preset, **overrides)
+    base = _config.get_config("zoo", preset)
+    values = {**dict(base), **copy.deepcopy(_config.ZOO_MULTISEED[base.preset])}
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise KeyError(f"unknown setting(s) {unknown} for the {kind} zoo; it has: {', '.join(sorted(values))}")
     values.update(overrides)
-    return config.Config(values, preset=base.preset, section="zoo (multiseed)")
+    return _config.Config(values, preset=base.preset, section="zoo (multiseed)")
 
 
 def zoo_spec(cfg: Mapping) -> dict:
     """The architecture a zoo config asks for: ``cfg["spec"]`` if given, else the default."""
-    return dict(cfg.get("spec") or _clf.default_spec(cfg.get("dataset", "mnist"), cfg.get("arch", "cnn")))
+    return dict(cfg.get("spec") or classifiers.default_spec(cfg.get("dataset", "mnist"), cfg.get("arch", "cnn")))
 
 
 def _vectors(params: Mapping[str, torch.Tensor], spec: Mapping) -> torch.Tensor:
@@ -595,26 +569,26 @@ def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
 def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     spec = zoo_spec(cfg)
     dataset = cfg.get("dataset", "mnist")
-    x_all, y_all = _clf.load_split(dataset, "train")
+    x_all, y_all = classifiers.load_split(dataset, "train")
     n_val = int(cfg["val_size"])
     x_val, y_val = x_all[-n_val:], y_all[-n_val:]
     x, y = x_all[:-n_val], y_all[:-n_val]
     if cfg.get("train_subset"):
         x, y = x[:cfg["train_subset"]], y[:cfg["train_subset"]]
-    x_test, y_test = _clf.load_split(dataset, "test", cfg.get("test_subset"))
+    x_test, y_test = classifiers.load_split(dataset, "test", cfg.get("test_subset"))
     k = int(cfg["n_runs"])
     seeds = [int(cfg["seed"]) + r for r in range(k)]
     gens = [torch.Generator().manual_seed(1000 + s) for s in seeds]
     t0 = time.perf_counter()
 
     # 1. independent runs, trained together
-    params = _clf.init_stacked(spec, seeds)
-    pre_losses, _ = _clf.train_stacked(params, spec, x, y, epochs=cfg["epochs"],
+    params = classifiers.init_stacked(spec, seeds)
+    pre_losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"],
                                        batch_size=cfg["batch_size"], lr=cfg["lr"], generators=gens,
                                        augment_shift=cfg.get("augment_shift", 0), progress=verbose)
     run_vectors = _vectors(params, spec).clone()
     if verbose:
-        acc = _clf.evaluate_vectors(run_vectors, spec, x_test, y_test)
+        acc = classifiers.evaluate_vectors(run_vectors, spec, x_test, y_test)
         print(f"{k} runs x {cfg['epochs']} epochs: test acc {', '.join(f'{a:.2f}' for a in acc)} "
               f"({time.perf_counter() - t0:.0f} s)")
 
@@ -632,7 +606,7 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     save_every = max(1, total // n_keep)
     first_saved = total - save_every * (min(n_keep, total) - 1)
     snaps, snap_steps, snap_losses, window = [], [], [], []
-    opt = _clf.adam(params.values(), cfg["trajectory_lr"])
+    opt = classifiers.adam(params.values(), cfg["trajectory_lr"])
 
     def on_step(step: int, losses: torch.Tensor) -> None:
         window.append(losses)
@@ -642,7 +616,7 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
             snap_losses.append(torch.stack(window).mean(0))
             window.clear()
 
-    traj_losses, _ = _clf.train_stacked(params, spec, x, y, epochs=cfg["trajectory_epochs"],
+    traj_losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["trajectory_epochs"],
                                         batch_size=cfg["batch_size"], optimizer=opt, generators=gens,
                                         augment_shift=cfg.get("augment_shift", 0), on_step=on_step,
                                         progress=verbose)
@@ -655,9 +629,9 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     flat = traj.reshape(-1, traj.shape[-1]).contiguous()
 
     # 4. selection on validation accuracy, then test accuracy
-    val_acc = _clf.evaluate_vectors(flat, spec, x_val, y_val)
+    val_acc = classifiers.evaluate_vectors(flat, spec, x_val, y_val)
     keep = val_acc >= cfg["min_val_acc"]
-    test_acc = _clf.evaluate_vectors(flat[keep], spec, x_test, y_test)
+    test_acc = classifiers.evaluate_vectors(flat[keep], spec, x_test, y_test)
     pre_steps = pre_losses.shape[0]
     metrics, j = [], 0
     for i in range(flat.shape[0]):
@@ -688,12 +662,12 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
 def _zoo_data(cfg: Mapping):
     """(x, y) training images minus the validation split, (x_val, y_val), (x_test, y_test)."""
     dataset = cfg.get("dataset", "mnist")
-    x_all, y_all = _clf.load_split(dataset, "train")
+    x_all, y_all = classifiers.load_split(dataset, "train")
     n_val = int(cfg["val_size"])
     x, y = x_all[:-n_val], y_all[:-n_val]
     if cfg.get("train_subset"):
         x, y = x[:cfg["train_subset"]], y[:cfg["train_subset"]]
-    return (x, y), (x_all[-n_val:], y_all[-n_val:]), _clf.load_split(dataset, "test", cfg.get("test_subset"))
+    return (x, y), (x_all[-n_val:], y_all[-n_val:]), classifiers.load_split(dataset, "test", cfg.get("test_subset"))
 
 
 def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
@@ -718,7 +692,7 @@ def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     save_at = sorted({total - every * c for c in range(n_keep) if total - every * c > 0})
     snaps, snap_steps, snap_losses, window = [], [], [], []
     t0 = time.perf_counter()
-    params = _clf.init_stacked(spec, seeds)
+    params = classifiers.init_stacked(spec, seeds)
 
     def on_step(step: int, losses: torch.Tensor) -> None:
         window.append(losses)
@@ -728,7 +702,7 @@ def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
             snap_losses.append(torch.stack(window).mean(0))
             window.clear()
 
-    losses, _ = _clf.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
+    losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
                                    generators=gens, augment_shift=cfg.get("augment_shift", 0),
                                    on_step=on_step, progress=verbose, lr_schedule=cfg["lr_schedule"],
                                    warmup=cfg["warmup"])
@@ -745,11 +719,11 @@ def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
             traj[r] = torch.stack([flatten(permute(unflatten(v, spec), perms[r], spec), spec) for v in traj[r]])
     align_seconds = time.perf_counter() - t1
     flat = traj.reshape(-1, traj.shape[-1]).contiguous()
-    val_acc = _clf.evaluate_vectors(flat, spec, x_val, y_val)
+    val_acc = classifiers.evaluate_vectors(flat, spec, x_val, y_val)
     keep = val_acc >= cfg["min_val_acc"]
     if not bool(keep.any()):
         raise RuntimeError(f"no checkpoint reached min_val_acc={cfg['min_val_acc']}; lower it or train longer")
-    test_acc = _clf.evaluate_vectors(flat[keep], spec, x_test, y_test)
+    test_acc = classifiers.evaluate_vectors(flat[keep], spec, x_test, y_test)
     metrics, j = [], 0
     for i in range(flat.shape[0]):
         r, c = divmod(i, len(snaps))
@@ -784,8 +758,8 @@ def train_fresh_networks(cfg: Mapping, n: int, seed_offset: int = 100_000) -> to
     spec = zoo_spec(cfg)
     (x, y), _, _ = _zoo_data(cfg)
     seeds = [int(cfg["seed"]) + seed_offset + i for i in range(n)]
-    params = _clf.init_stacked(spec, seeds)
-    _clf.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=int(cfg["batch_size"]),
+    params = classifiers.init_stacked(spec, seeds)
+    classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=int(cfg["batch_size"]),
                        lr=cfg["lr"], generators=[torch.Generator().manual_seed(1000 + s) for s in seeds],
                        augment_shift=cfg.get("augment_shift", 0), lr_schedule=cfg["lr_schedule"],
                        warmup=cfg["warmup"])
@@ -820,8 +794,6 @@ def build_or_load_zoo(cfg: Mapping, rebuild: bool = False, verbose: bool = True)
 
 def plot_interpolation(alphas: torch.Tensor, curves: Mapping[str, torch.Tensor], ax=None):
     """Test accuracy along :math:`(1-\\alpha)\\theta_A + \\alpha\\theta_B` for each named curve."""
-    from . import plots
-
     fig, ax = plots.new_axes(ax)
     for label, acc in curves.items():
         ax.plot(alphas.numpy(), torch.as_tensor(acc).numpy(), marker="o", ms=3, label=label)
@@ -834,8 +806,6 @@ def plot_interpolation(alphas: torch.Tensor, curves: Mapping[str, torch.Tensor],
 
 def plot_barriers(barriers: Mapping[str, torch.Tensor], ax=None, bins: int = 20):
     """Histograms of midpoint barriers (accuracy points) over many pairs, one per label."""
-    from . import plots
-
     fig, ax = plots.new_axes(ax)
     values = {k: torch.as_tensor(v).float() for k, v in barriers.items()}
     lo = min(float(v.min()) for v in values.values())
@@ -852,8 +822,6 @@ def plot_barriers(barriers: Mapping[str, torch.Tensor], ax=None, bins: int = 20)
 def plot_loss_curves(loss_curves: torch.Tensor, pretrain_steps: int | None = None,
                      smooth: int = 25, ax=None):
     """Per-step training loss of each run (moving average over ``smooth`` steps), log scale."""
-    from . import plots
-
     fig, ax = plots.new_axes(ax)
     kernel = torch.ones(1, 1, smooth) / smooth
     for r, curve in enumerate(loss_curves):
@@ -874,8 +842,6 @@ def plot_loss_curves(loss_curves: torch.Tensor, pretrain_steps: int | None = Non
 
 def plot_accuracy_histogram(dataset: WeightDataset, bins: int = 30, ax=None):
     """Histogram of the checkpoints' test accuracies, stacked by run."""
-    from . import plots
-
     fig, ax = plots.new_axes(ax)
     acc, run = dataset.test_acc, dataset.run_seed
     groups = [acc[run == s].numpy() for s in run.unique()]

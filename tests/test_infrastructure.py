@@ -62,12 +62,26 @@ def test_paths_follow_environment(monkeypatch, tmp_path):
 def test_import_has_no_side_effects():
     code = ("import torch; n = torch.get_num_threads(); s = torch.initial_seed();"
             "import matplotlib as mpl; r = dict(mpl.rcParams);"
-            "import helpers, helpers.config, helpers.runtime, helpers.artifacts, helpers.runs,"
-            " helpers.plots, helpers.animation, helpers.series, helpers.notebooks;"
+            "import helpers, importlib, pkgutil;"
+            "[importlib.import_module('helpers.' + m.name) for m in pkgutil.iter_modules(helpers.__path__)];"
             "assert torch.get_num_threads() == n and torch.initial_seed() == s;"
             "assert dict(mpl.rcParams) == r; print('clean')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr
+
+
+def test_sibling_imports_sit_at_the_top_of_each_module():
+    """A module's top shows what it depends on; only data.prepare/verify import lazily (to avoid a cycle)."""
+    import ast
+    from pathlib import Path
+
+    inside = []
+    for path in sorted(Path(config.repo_root(), "helpers").glob("*.py")):
+        for func in ast.walk(ast.parse(path.read_text())):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inside += [f"{path.stem}.{func.name}" for node in ast.walk(func)
+                           if isinstance(node, ast.ImportFrom) and node.level > 0]
+    assert sorted(inside) == ["data.prepare", "data.verify"]
 
 
 # --- runtime ------------------------------------------------------------------
