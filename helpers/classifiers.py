@@ -289,7 +289,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def lr_factor(step: int, total: int, schedule: str = "constant", warmup: float = 0.0) -> float:
-    """Learning-rate multiplier before optimiser step ``step`` (0-based) of ``total``.
+    r"""Learning-rate multiplier before optimiser step ``step`` (0-based) of ``total``.
 
     ``warmup``: fraction of the steps with a linear ramp :math:`(t+1)/t_w`; then
     ``"constant"`` keeps 1, ``"cosine"`` decays as :math:`\tfrac12(1+\cos\pi p)` and

@@ -126,8 +126,8 @@ def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), ep
     x = _as_float(x_train).to(device)
     yd = y_train.to(device) if n_classes else None
     n = len(x)
-    spe = max(1, n // batch_size)
-    total = max(1, int(round(epochs * spe)))
+    steps_per_epoch = max(1, n // batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
     hist = {"loss": [], "rec": [], "kl": []}
@@ -137,7 +137,7 @@ def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), ep
     step = 0
     while step < total:
         perm = torch.randperm(n, generator=gen).to(device)
-        for k in range(spe):
+        for k in range(steps_per_epoch):
             if step >= total:
                 break
             idx = perm[k * batch_size:(k + 1) * batch_size]

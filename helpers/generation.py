@@ -30,8 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import artifacts, vae, weights
-from . import diffusion as D
+from . import artifacts, classifiers, diffusion, vae, weights
 from .denoisers import MLPDenoiser
 from .plots import new_axes
 
@@ -53,19 +52,19 @@ __all__ = [
 # Building and saving denoisers
 # ---------------------------------------------------------------------------
 
-def make_denoiser(dim: int, wd_cfg: Mapping[str, Any], direct: bool = False) -> MLPDenoiser:
-    """A fresh :class:`MLPDenoiser` for vectors of length ``dim`` with the sizes in ``wd_cfg``.
+def make_denoiser(dim: int, diffusion_cfg: Mapping[str, Any], direct: bool = False) -> MLPDenoiser:
+    """A fresh :class:`MLPDenoiser` for vectors of length ``dim`` with the sizes in ``diffusion_cfg``.
 
     ``direct=True`` uses the ``direct_*`` sizes and no conditioning (the baseline).
     """
     if direct:
-        return MLPDenoiser(dim, hidden=wd_cfg["direct_hidden"], n_blocks=wd_cfg["direct_n_blocks"],
-                           time_dim=wd_cfg["time_dim"], cond_kind=None, dropout=wd_cfg["dropout"],
-                           input_skip=bool(wd_cfg.get("direct_input_skip", False)))
-    return MLPDenoiser(dim, hidden=wd_cfg["hidden"], n_blocks=wd_cfg["n_blocks"],
-                       time_dim=wd_cfg["time_dim"],
-                       cond_kind="scalar" if wd_cfg["conditional"] else None,
-                       dropout=wd_cfg["dropout"])
+        return MLPDenoiser(dim, hidden=diffusion_cfg["direct_hidden"], n_blocks=diffusion_cfg["direct_n_blocks"],
+                           time_dim=diffusion_cfg["time_dim"], cond_kind=None, dropout=diffusion_cfg["dropout"],
+                           input_skip=bool(diffusion_cfg.get("direct_input_skip", False)))
+    return MLPDenoiser(dim, hidden=diffusion_cfg["hidden"], n_blocks=diffusion_cfg["n_blocks"],
+                       time_dim=diffusion_cfg["time_dim"],
+                       cond_kind="scalar" if diffusion_cfg["conditional"] else None,
+                       dropout=diffusion_cfg["dropout"])
 
 
 def save_denoiser(model: MLPDenoiser, path, info: Mapping[str, Any],
@@ -107,22 +106,22 @@ def load_denoiser(path, dim: int | None = None, kind: str | None = None) -> tupl
     return model, info
 
 
-def _schedule(info: Mapping[str, Any]) -> D.NoiseSchedule:
-    return D.NoiseSchedule.make(info["schedule"], int(info["T"]))
+def _schedule(info: Mapping[str, Any]) -> diffusion.NoiseSchedule:
+    return diffusion.NoiseSchedule.make(info["schedule"], int(info["T"]))
 
 
-def _train(model, data, cond, wd_cfg, direct: bool, desc: str):
-    sched = D.NoiseSchedule.make(wd_cfg["schedule"], int(wd_cfg["T"]))
-    gen = torch.Generator().manual_seed(int(wd_cfg["seed"]) + (1 if direct else 0))
-    ema, history = D.train_diffusion(
+def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str):
+    sched = diffusion.NoiseSchedule.make(diffusion_cfg["schedule"], int(diffusion_cfg["T"]))
+    gen = torch.Generator().manual_seed(int(diffusion_cfg["seed"]) + (1 if direct else 0))
+    ema, history = diffusion.train_diffusion(
         model, data, sched,
-        steps=int(wd_cfg["direct_train_steps"] if direct else wd_cfg["train_steps"]),
-        batch_size=int(wd_cfg["batch_size"]),
-        lr=float(wd_cfg["direct_lr"] if direct else wd_cfg["lr"]),
-        ema_decay=float(wd_cfg["ema_decay"]), cond=cond,
-        p_uncond=float(wd_cfg["p_uncond"]) if cond is not None else 0.0, generator=gen,
-        weight_decay=float(wd_cfg["weight_decay"]), warmup_steps=int(wd_cfg["warmup_steps"]),
-        lr_schedule=wd_cfg["lr_schedule"], desc=desc)
+        steps=int(diffusion_cfg["direct_train_steps"] if direct else diffusion_cfg["train_steps"]),
+        batch_size=int(diffusion_cfg["batch_size"]),
+        lr=float(diffusion_cfg["direct_lr"] if direct else diffusion_cfg["lr"]),
+        ema_decay=float(diffusion_cfg["ema_decay"]), cond=cond,
+        p_uncond=float(diffusion_cfg["p_uncond"]) if cond is not None else 0.0, generator=gen,
+        weight_decay=float(diffusion_cfg["weight_decay"]), warmup_steps=int(diffusion_cfg["warmup_steps"]),
+        lr_schedule=diffusion_cfg["lr_schedule"], desc=desc)
     return ema, history
 
 
@@ -142,8 +141,8 @@ def standardize_accuracy(acc, info: Mapping[str, Any]) -> torch.Tensor:
 
 
 def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
-                                   wd_cfg: Mapping[str, Any], rebuild: bool = False):
-    """The latent denoiser (EMA weights) trained by ``wd_cfg`` on the VAE latents: loaded or trained.
+                                   diffusion_cfg: Mapping[str, Any], rebuild: bool = False):
+    """The latent denoiser (EMA weights) trained by ``diffusion_cfg`` on the VAE latents: loaded or trained.
 
     Returns ``(ema_denoiser, info)``; ``info`` has ``history`` (per-step ``loss``),
     ``train_seconds``, ``schedule``, ``T``, ``cond_mean``/``cond_std`` (accuracy
@@ -152,22 +151,22 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
     """
     vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg)
     ds = vae_info["dataset"]
-    key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg), "weight_diffusion": dict(wd_cfg)}
+    key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg), "weight_diffusion": dict(diffusion_cfg)}
     dim = int(vae_model.latent_dim)
 
     def build():
-        torch.manual_seed(int(wd_cfg["seed"]))
+        torch.manual_seed(int(diffusion_cfg["seed"]))
         u = training_latents(vae_model, ds)
         acc = ds.test_acc.to(torch.float32)
         # \bar a, s_a: the accuracy condition is standardised like the latents
         cond_mean, cond_std = float(acc.mean()), float(acc.std().clamp_min(1e-3))
-        cond = (acc - cond_mean) / cond_std if wd_cfg["conditional"] else None
-        model = make_denoiser(dim, wd_cfg)
-        ema, history = _train(model, u, cond, wd_cfg, direct=False, desc="latent diffusion")
+        cond = (acc - cond_mean) / cond_std if diffusion_cfg["conditional"] else None
+        model = make_denoiser(dim, diffusion_cfg)
+        ema, history = _train(model, u, cond, diffusion_cfg, direct=False, desc="latent diffusion")
         info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
-                "schedule": wd_cfg["schedule"], "T": int(wd_cfg["T"]), "cond_mean": cond_mean,
-                "cond_std": cond_std, "conditional": bool(wd_cfg["conditional"]),
-                "n_train": int(u.shape[0]), "config": dict(wd_cfg)}
+                "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
+                "cond_std": cond_std, "conditional": bool(diffusion_cfg["conditional"]),
+                "n_train": int(u.shape[0]), "config": dict(diffusion_cfg)}
         return ema, info
 
     def save(obj, path):
@@ -205,7 +204,7 @@ def sample_latents(denoiser, info: Mapping[str, Any], n: int, steps: int = 50, e
         if cond.ndim == 0:
             cond = cond.expand(n)
     dim = denoiser.dim
-    return D.ddim_sample(denoiser, _schedule(info), (n, dim), steps=steps, eta=eta, cond=cond,
+    return diffusion.ddim_sample(denoiser, _schedule(info), (n, dim), steps=steps, eta=eta, cond=cond,
                          guidance=guidance, noise=noise, generator=generator,
                          return_trajectory=return_trajectory, clip_x0=clip_x0)
 
@@ -230,7 +229,7 @@ def generate_networks(n: int, denoiser, vae_model, info: Mapping[str, Any], step
 # The direct baseline: diffusion on the normalised weight vectors
 # ---------------------------------------------------------------------------
 
-def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], wd_cfg: Mapping[str, Any],
+def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
                                    rebuild: bool = False):
     r"""The baseline: the same diffusion on normalised weight vectors :math:`x = (w - m_k)/s_k` (N, D).
 
@@ -240,18 +239,18 @@ def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], wd_cfg: Mapping[s
     and ``dataset``.
     """
     ds = weights.build_or_load_zoo(zoo_cfg)
-    key = {"zoo": dict(zoo_cfg), "weight_diffusion": dict(wd_cfg)}
+    key = {"zoo": dict(zoo_cfg), "weight_diffusion": dict(diffusion_cfg)}
     dim = int(ds.vectors.shape[1])
 
     def build():
-        torch.manual_seed(int(wd_cfg["seed"]) + 1)
+        torch.manual_seed(int(diffusion_cfg["seed"]) + 1)
         normalizer = weights.Normalizer().fit(ds.vectors, ds.spec)
         x = normalizer.normalize(ds.vectors)
-        model = make_denoiser(dim, wd_cfg, direct=True)
-        ema, history = _train(model, x, None, wd_cfg, direct=True, desc="direct diffusion")
+        model = make_denoiser(dim, diffusion_cfg, direct=True)
+        ema, history = _train(model, x, None, diffusion_cfg, direct=True, desc="direct diffusion")
         info = {"kind": "direct", "history": history, "train_seconds": history["seconds"],
-                "schedule": wd_cfg["schedule"], "T": int(wd_cfg["T"]), "conditional": False,
-                "n_train": int(x.shape[0]), "config": dict(wd_cfg)}
+                "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "conditional": False,
+                "n_train": int(x.shape[0]), "config": dict(diffusion_cfg)}
         extra = {f"normalizer.{k}": v for k, v in normalizer.state().items()}
         return ema, info, extra
 
@@ -278,7 +277,7 @@ def generate_direct(n: int, denoiser, info: Mapping[str, Any], steps: int = 50, 
     """``n`` networks (n, D) from the direct baseline: DDIM on normalised vectors, then denormalise."""
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
-    x = D.ddim_sample(denoiser, _schedule(info), (n, denoiser.dim), steps=steps, eta=eta,
+    x = diffusion.ddim_sample(denoiser, _schedule(info), (n, denoiser.dim), steps=steps, eta=eta,
                       generator=generator, clip_x0=clip_x0)
     return info["normalizer"].denormalize(x)
 
@@ -358,7 +357,7 @@ class NetworkFrameRenderer:
         self.spec, self.dpi = spec, dpi
         self.bins = np.linspace(hist_range[0], hist_range[1], n_bins + 1)
         self.range = hist_range
-        n = self._filters(torch.zeros(1, _count(spec)))[0].shape[0]
+        n = self._filters(torch.zeros(1, classifiers.count_params(spec)))[0].shape[0]
         ncol = max(4, (n + 1) // 2)
         self.fig = plt.figure(figsize=(6.4, 2.6), dpi=dpi)
         grid = self.fig.add_gridspec(2, ncol + 5)
@@ -410,10 +409,6 @@ class NetworkFrameRenderer:
         import matplotlib.pyplot as plt
 
         plt.close(self.fig)
-
-
-def _count(spec: Mapping) -> int:
-    return sum(int(np.prod(shape)) for _, shape in weights.param_shapes(spec))
 
 
 def slider_frames(trajectory, vae_model, spec: Mapping, evaluate, reference: torch.Tensor | None = None,
@@ -485,7 +480,7 @@ def plot_accuracy_hists(accuracies: Mapping[str, Any], ax=None, bins: int = 30):
     return fig
 
 
-def plot_schedules(schedules: Mapping[str, D.NoiseSchedule], ax=None):
+def plot_schedules(schedules: Mapping[str, diffusion.NoiseSchedule], ax=None):
     r""":math:`\sqrt{\bar\alpha_t}` (signal kept) of several schedules against :math:`t/T`."""
     fig, ax = new_axes(ax, figsize=(5.2, 3.4))
     for name, s in schedules.items():

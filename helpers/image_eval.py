@@ -132,14 +132,14 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
     model = CatDogCNN(channels, int(y.max()) + 1).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(x_uint8)
-    spe = max(1, n // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=0.2)
+    steps_per_epoch = max(1, n // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.2)
     hist = {"loss": []}
-    bar = runtime.progress(total=epochs * spe, desc="classifier")
+    bar = runtime.progress(total=epochs * steps_per_epoch, desc="classifier")
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
-        for k in range(spe):
+        for k in range(steps_per_epoch):
             idx = perm[k * batch_size:(k + 1) * batch_size]
             xb = random_blur(random_shift_flip(x_uint8[idx].float() / 255.0, 4, gen), blur, gen).to(device)
             loss = F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[idx].to(device))

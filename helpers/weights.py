@@ -404,7 +404,7 @@ def _identity_perms(spec: Mapping) -> list[torch.Tensor]:
 
 def align_to_common_reference(vectors: torch.Tensor, spec: Mapping, max_iter: int = 10,
                               verbose: bool = False) -> tuple[torch.Tensor, list[list[torch.Tensor]], list[int]]:
-    """Align N networks to one *common* reference, the mean of the aligned networks.
+    r"""Align N networks to one *common* reference, the mean of the aligned networks.
 
     Aligning every network to network 0 makes network 0 special: its unit order,
     and its quirks, become everyone's. Instead (an iterated, Procrustes-like
@@ -445,7 +445,7 @@ def align_to_common_reference(vectors: torch.Tensor, spec: Mapping, max_iter: in
 
 def interpolation_barriers(vectors_a: torch.Tensor, vectors_b: torch.Tensor, spec: Mapping,
                            x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Midpoint loss barrier of many pairs: :math:`B = \tfrac12(\mathrm{acc}(\theta_A) + \mathrm{acc}(\theta_B))
+    r"""Midpoint loss barrier of many pairs: :math:`B = \tfrac12(\mathrm{acc}(\theta_A) + \mathrm{acc}(\theta_B))
     - \mathrm{acc}(\tfrac12(\theta_A + \theta_B))`, in accuracy points (0 = no barrier).
 
     ``vectors_a``, ``vectors_b``: (P, D), pair i is (a_i, b_i). Returns tensors (P,):

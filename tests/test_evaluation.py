@@ -336,17 +336,17 @@ def _fashion_pipeline(ev, classifiers, config, generation, vae, weights):
     cfg = config.get_config("evaluation", "smoke", dataset="fashion_mnist")
     zoo_cfg = config.get_config("zoo", cfg.zoo_preset, dataset=cfg.dataset)
     vae_cfg = config.get_config("vae", cfg.vae_preset)
-    wd_cfg = config.get_config("weight_diffusion", cfg.weight_diffusion_preset)
+    diffusion_cfg = config.get_config("weight_diffusion", cfg.weight_diffusion_preset)
     zoo = weights.build_or_load_zoo(zoo_cfg, verbose=False)
     assert zoo.config["dataset"] == "fashion_mnist"
     vae_model, _ = vae.build_or_load_vae(zoo_cfg, vae_cfg)
-    latent_dm, latent_info = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd_cfg)
+    latent_dm, latent_info = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, diffusion_cfg)
     x, y = classifiers.load_split(cfg.dataset, "test", n=cfg.n_test)
     train = zoo.vectors
     g = torch.Generator().manual_seed(cfg.seed)
     n = 4
     methods = {"generated": generation.generate_networks(n, latent_dm, vae_model, latent_info,
-                                                         steps=wd_cfg.ddim_steps, seed=cfg.seed),
+                                                         steps=diffusion_cfg.ddim_steps, seed=cfg.seed),
                "checkpoints": train,
                "noise": ev.noise_baseline(train, n, cfg.noise_sigma, vae_model.normalizer, g),
                "soup": ev.soup_baseline(train, n, cfg.soup_size, g),
