@@ -5,30 +5,35 @@ plot styles until a function is called). Import what a notebook needs::
 
     from helpers import config, runtime, data, plots
 
-| module        | what it holds                                                       |
-|---------------|---------------------------------------------------------------------|
-| `config`      | presets (`smoke`, `default`, `full`) as data; paths                 |
-| `runtime`     | seeds, device, CPU threads, progress bars, timers                   |
-| `data`        | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as checked tensors   |
-| `artifacts`   | atomic, safe (safetensors) saving; a cache keyed by config          |
-| `runs`        | run folders and the metrics CSV                                     |
-| `plots`       | the one figure-export function and shared plot helpers              |
-| `animation`   | denoising frames as slider, GIF and static grid                     |
-| `classifiers` | small CNN/MLP classifiers and fast in-memory training               |
-| `weights`     | flatten/unflatten, normalisation, weight datasets, alignment        |
-| `vae`         | the parameter autoencoder / VAE                                     |
-| `diffusion`   | schedules, DDPM and DDIM samplers, flow matching, EMA, trainer      |
-| `denoisers`   | networks that predict the noise (residual MLP, time/class/scalar)  |
-| `generation`  | the weight generator: diffusion on VAE latents, direct baseline     |
-| `image_ae`    | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
-| `image_eval`  | honest image metrics: judge classifier, feature FD, nearest copies  |
-| `evaluation`  | accuracy, novelty (IoU), baselines, ensembles, fine-tuning          |
-| `digit_models`| the tiny digit VAE and latent generators (flow / DDPM, 3 sizes)     |
-| `likelihood`  | classification by Bayes' rule: denoising error, flow ODE likelihood |
-| `digit_eval`  | digit judge and CNN baseline, judge-free guidance choice, figures   |
-| `data_prepare`| preparing the data once: registry mirrors, prepare/verify, CLI      |
-| `series`      | executes the notebooks in order (`make run`)                        |
-| `notebooks`   | notebook hygiene: check and strip outputs                           |
+| module          | what it holds                                                       |
+|-----------------|---------------------------------------------------------------------|
+| **shared core** | *the maths and tools every story uses*                              |
+| `config`        | presets (`smoke`, `default`, `full`) as data; paths                 |
+| `runtime`       | seeds, device, CPU threads, progress bars, timers                   |
+| `data`          | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as checked tensors   |
+| `artifacts`     | atomic, safe (safetensors) saving; a cache keyed by config          |
+| `diffusion`     | schedules, DDPM and DDIM samplers, flow matching, EMA, trainer      |
+| `denoisers`     | networks that predict the noise (residual MLP, small U-Net)         |
+| `plots`         | the one figure-export function and shared plot helpers              |
+| `animation`     | denoising frames as slider, GIF and static grid                     |
+| **weight story**| *notebooks 01, 02, 03, 05*                                          |
+| `classifiers`   | small CNN/MLP classifiers, fast training, flat-vector layout        |
+| `weights`       | flatten/unflatten, normalisation, weight datasets, alignment        |
+| `vae`           | the parameter autoencoder / VAE                                     |
+| `generation`    | the weight generator: diffusion on VAE latents, direct baseline     |
+| `evaluation`    | accuracy summary, novelty (IoU), baselines, ensembles, fine-tuning  |
+| **image story** | *notebooks 04 (cats/dogs) and 06 (digits)*                          |
+| `image_ae`      | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
+| `image_eval`    | honest image metrics: judge classifier, feature FD, nearest copies  |
+| `image_generation` | the cat/dog generator: latent denoiser, sampling, guidance choice |
+| `digit_models`  | the tiny digit VAE and latent generators (flow / DDPM, 3 sizes)     |
+| `likelihood`    | classification by Bayes' rule: denoising error, flow ODE likelihood |
+| `digit_eval`    | digit judge and CNN baseline, judge-free guidance choice, figures   |
+| **infrastructure** | *preparing data, running and storing the series*                 |
+| `data_prepare`  | preparing the data once: registry mirrors, prepare/verify, CLI      |
+| `runs`          | run folders and the metrics CSV                                     |
+| `series`        | executes the notebooks in order (`make run`)                        |
+| `notebooks`     | notebook hygiene: check and strip outputs                           |
 """
 
 __version__ = "0.1.0"

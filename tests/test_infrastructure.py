@@ -84,6 +84,34 @@ def test_sibling_imports_sit_at_the_top_of_each_module():
     assert sorted(inside) == ["data.prepare", "data.verify"]
 
 
+def _module_groups(text: str) -> dict[str, list[str]]:
+    """``{group: [module, ...]}`` from a markdown module table with bold group rows."""
+    import re
+
+    groups, current = {}, None
+    for line in text.splitlines():
+        cell = line.split("|")[1].strip() if line.startswith("|") else ""
+        if cell.startswith("**"):
+            current = groups.setdefault(cell.strip("* "), [])
+        elif cell.startswith("`") and current is not None:
+            current += re.findall(r"`(\w+)`", cell)
+    return groups
+
+
+def test_module_tables_list_every_module_in_the_same_groups():
+    import helpers
+
+    root = config.repo_root()
+    readme = (root / "README.md").read_text()
+    start = readme.index("## The `helpers` package")
+    in_readme = _module_groups(readme[start:readme.index("\n## ", start + 1)])
+    in_init = _module_groups(helpers.__doc__)
+    modules = sorted(p.stem for p in (root / "helpers").glob("*.py") if p.stem != "__init__")
+    assert list(in_init) == ["shared core", "weight story", "image story", "infrastructure"]
+    assert in_readme == in_init
+    assert sorted(m for ms in in_init.values() for m in ms) == modules
+
+
 # --- runtime ------------------------------------------------------------------
 
 def test_seed_everything_is_deterministic():
