@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -49,16 +47,6 @@ def load_or_fresh_denoiser(preset: str):
     return generation.make_denoiser(dim, wd).eval(), wd, "fresh (no trained artifact found)"
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=os.environ.get("LDT_PRESET", "default"))
@@ -75,9 +63,9 @@ def main(argv=None) -> dict:
     shape = (args.n, model.dim)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
 
-    ddim_s = median_seconds(lambda: diffusion.ddim_sample(
+    ddim_s = runtime.median_seconds(lambda: diffusion.ddim_sample(
         model, sched, shape, steps=args.steps, eta=0.0, generator=gen()), args.repeats)
-    ddpm_s = median_seconds(lambda: diffusion.ddpm_sample(
+    ddpm_s = runtime.median_seconds(lambda: diffusion.ddpm_sample(
         model, sched_ddpm, shape, generator=gen()), max(1, args.repeats // 2))
 
     params = sum(p.numel() for p in model.parameters())

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,16 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers import config, diffusion, digit_models, runtime  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> dict:
@@ -75,11 +63,11 @@ def main(argv=None) -> dict:
 
     rows = [
         (f"flow Heun, {cfg['sample_steps']} steps", 2 * cfg["sample_steps"],
-         median_seconds(run("flow", cfg["sample_steps"], "heun"), args.repeats)),
-        ("flow Euler, 10 steps", 10, median_seconds(run("flow", 10, "euler"), args.repeats)),
+         runtime.median_seconds(run("flow", cfg["sample_steps"], "heun"), args.repeats)),
+        ("flow Euler, 10 steps", 10, runtime.median_seconds(run("flow", 10, "euler"), args.repeats)),
         (f"DDIM, {cfg['ddim_steps']} steps", cfg["ddim_steps"],
-         median_seconds(run("ddpm", cfg["ddim_steps"]), args.repeats)),
-        ("DDPM, 1000 steps (baseline)", 1000, median_seconds(ddpm, max(1, args.repeats // 2))),
+         runtime.median_seconds(run("ddpm", cfg["ddim_steps"]), args.repeats)),
+        ("DDPM, 1000 steps (baseline)", 1000, runtime.median_seconds(ddpm, max(1, args.repeats // 2))),
     ]
     vae_p, gen_p = digit_models.count_parameters(vae), digit_models.count_parameters(gen)
     print(f"VAE {vae_p:,} + generator {gen_p:,} parameters; {args.n} digits, guidance w={args.guidance} "

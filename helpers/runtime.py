@@ -207,6 +207,18 @@ def progress(iterable=None, **kwargs):
     return _Bar(iterable, **kwargs)
 
 
+def median_seconds(fn, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls of ``fn()``, after one untimed warm-up call
+    (the benchmarks' timing rule)."""
+    fn()  # warm-up: first-call allocations and lazy initialisation are not timed
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 @contextmanager
 def timer(label: str | None = None, verbose: bool = True):
     """Time a block: ``with timer("training") as t: ...``; then ``t["seconds"]``."""

@@ -426,3 +426,19 @@ def test_frames_grid_fits_more_columns_into_max_width():
     frames = [np.zeros((208, 512, 3), np.uint8)] * 8
     w, h = animation.frames_grid(frames, n=8, ncols=4).get_size_inches()
     assert abs(w - 13.0) < 1e-6 and abs(h - 2 * (208 / 512 * 13.0 / 4 + 0.35)) < 1e-6
+
+
+def test_median_seconds_warms_up_once_and_takes_the_median():
+    import time as _time
+
+    from helpers import runtime
+
+    calls, delays = [], iter([0.3, 0.2, 0.0, 0.0])  # warm-up, then three timed calls
+
+    def fn():
+        calls.append(1)
+        _time.sleep(next(delays))
+
+    t = runtime.median_seconds(fn, repeats=3)
+    assert len(calls) == 4
+    assert t < 0.05  # the median of (0.2, 0, 0) s; the mean would be 0.067 s, the warm-up 0.3 s
