@@ -209,6 +209,18 @@ CATDOG: dict[str, dict[str, Any]] = {
 # reference); frontier_finetune_steps Adam steps given alike to generated and noise networks (ablation);
 # multiseed_eta / multiseed_clip_x0: the DDIM sampler for the many-seed zoo's generator, chosen on the
 # validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation table).
+_EVALUATION_DEFAULT: dict[str, Any] = {
+    "seed": 0, "zoo_preset": "default", "vae_preset": "default",
+    "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
+    "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
+    "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 300, "finetune_lr": 1e-3,
+    "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None,
+    "frontier_zoos": ["trajectory", "multiseed"],
+    "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
+    "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
+    "frontier_finetune_steps": 50,
+    "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0,
+}
 EVALUATION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
               "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
@@ -219,26 +231,9 @@ EVALUATION: dict[str, dict[str, Any]] = {
               "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
               "frontier_finetune_steps": 5,
               "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
-    "default": {"seed": 0, "zoo_preset": "default", "vae_preset": "default",
-                "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
-                "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
-                "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 300, "finetune_lr": 1e-3,
-                "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None,
-                "frontier_zoos": ["trajectory", "multiseed"],
-                "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
-                "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
-                "frontier_finetune_steps": 50,
-                "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
-    "full": {"seed": 0, "zoo_preset": "full", "vae_preset": "full",
-             "weight_diffusion_preset": "full", "dataset": "mnist", "n_generated": 20,
-             "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
-             "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 500, "finetune_lr": 1e-3,
-             "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None,
-             "frontier_zoos": ["trajectory", "multiseed"],
-             "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
-             "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 8,
-             "frontier_finetune_steps": 50,
-             "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
+    "default": dict(_EVALUATION_DEFAULT),
+    "full": {**_EVALUATION_DEFAULT, "zoo_preset": "full", "vae_preset": "full",
+             "weight_diffusion_preset": "full", "finetune_steps": 500, "n_fresh": 8},
 }
 
 # Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).
