@@ -127,8 +127,14 @@ def _wait_kernel_idle(page, timeout_s: float = 60) -> None:
                            "[data-status='idle']", timeout=timeout_s * 1000)
 
 
-def _tab_is_dirty(page) -> bool:
-    return "jp-mod-dirty" in (page.locator(".lm-TabBar-tab.jp-mod-current").first.get_attribute("class") or "")
+def _tab_is_dirty(page, name: str) -> bool:
+    """Whether the main-area tab of notebook ``name`` shows JupyterLab's unsaved-changes mark.
+
+    The tab is found by its title, not as "the current tab": when a second notebook is opened,
+    JupyterLab restores the first one's tab too, and for a moment that one may be current."""
+    tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text=name).first
+    tab.wait_for(timeout=30_000)
+    return "jp-mod-dirty" in (tab.get_attribute("class") or "")
 
 
 def _prompts(page) -> list[str]:
@@ -212,7 +218,7 @@ def test_notebooks_run_in_jupyterlab_and_sliders_move(lab, browser):
             version = stored.get("language_info", {}).get("version")
             # (a notebook stored by another Python version is rewritten by any JupyterLab)
             if version in (None, platform.python_version()):
-                if _tab_is_dirty(page):  # checked at the end, after the rest has been tried
+                if _tab_is_dirty(page, name):  # checked at the end, after the rest has been tried
                     dirty.append(name)
 
             timings[name] = _run_all(page)
