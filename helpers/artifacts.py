@@ -14,7 +14,11 @@ Three rules, because a tutorial's artifacts outlive the kernel that made them:
    bytes (:func:`tensors_digest`); :func:`load_tensors` recomputes it and checks
    that every floating tensor is finite, so a flipped byte or a block of NaN is
    an :class:`ArtifactError`, never a silently worse model.
-4. **Keyed by config.** An artifact's file name carries a short hash of the
+4. **One model format.** Every trained model is written by :func:`save_model` and
+   read by :func:`load_model`: its ``kind``, its architecture (the arguments that
+   rebuild it), its weights, any extra tensors and JSON metadata, from a CPU copy;
+   a wrong kind or a weight of the wrong shape is refused in one line.
+5. **Keyed by config.** An artifact's file name carries a short hash of the
    settings that made it (:func:`config_key`), so notebook 03 finds the VAE that
    notebook 02 trained *with the same settings*, and rebuilds it otherwise
    (:func:`cached`).
@@ -34,6 +38,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import config as _config
+from . import runtime
 
 
 class ArtifactError(RuntimeError):
@@ -44,6 +49,13 @@ def config_key(cfg: Mapping[str, Any], length: int = 12) -> str:
     """A short, stable hash of a config (key order does not matter)."""
     text = json.dumps(dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def training_key(cfg: Mapping[str, Any], keys) -> dict:
+    """The part of ``cfg`` that changes what is trained: the entries named in ``keys`` (those
+    present). A model's cache key is built from it, so a sampling or display knob (guidance,
+    number of samples shown, GIF speed) never makes a new artifact or a retraining."""
+    return {k: cfg[k] for k in keys if k in cfg}
 
 
 STALE_SECONDS = 60.0
@@ -224,6 +236,52 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path
             f"expected shape {expected.get(bad[0])}, found {found.get(bad[0])}")
     model.load_state_dict(state)
     return model
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, kind: str, arch: Mapping[str, Any],
+               tensors: Mapping[str, torch.Tensor] | None = None,
+               metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a trained model as one safetensors file (atomically, from a CPU copy).
+
+    The file holds the model's weights as ``model.<name>``, the extra ``tensors``
+    under their own names (histories, statistics), and the metadata ``kind`` (what
+    the model is), ``arch`` (the JSON-able arguments that rebuild it, see
+    :func:`load_model`) and ``metadata`` (anything else JSON-able).
+    """
+    payload = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for k, v in (tensors or {}).items():
+        if k.startswith("model."):
+            raise ValueError(f"extra tensor names must not start with 'model.' (reserved for the weights), got {k!r}")
+        payload[k] = v
+    for k in ("kind", "arch"):
+        if k in (metadata or {}):
+            raise ValueError(f"metadata key {k!r} is reserved; pass it as the argument {k}")
+    meta = {**dict(metadata or {}), "kind": kind, "arch": dict(arch)}
+    return save_tensors(path, payload, meta)
+
+
+def load_model(path: str | os.PathLike, kind: str, make_model: Callable[[dict], torch.nn.Module],
+               device: str | torch.device | None = None, hint: str = ""
+               ) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`save_model`: ``(model, extra tensors, metadata)``.
+
+    ``make_model(arch)`` rebuilds the architecture from the stored ``arch``; the
+    weights are loaded into it, and it is returned in eval mode on ``device``
+    (None: :func:`helpers.runtime.device`). The extra tensors stay on the CPU.
+    A file of another ``kind``, or whose weights do not fit the rebuilt model,
+    raises :class:`ArtifactError` in one line saying what was expected and found.
+    """
+    path = Path(path)
+    tensors, meta = load_tensors(path, hint=hint)
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{path}: expected an artifact of kind {kind!r}, found kind {meta.get('kind')!r}")
+    if not isinstance(meta.get("arch"), dict):
+        raise ArtifactError(f"{path}: expected an architecture ('arch') in its metadata, "
+                            f"found {meta.get('arch')!r}")
+    model = make_model(meta["arch"])
+    load_state(model, tensors, path, prefix="model.", what=f"{kind} {meta['arch']}")
+    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return model.to(runtime.device(device)).eval(), extra, meta
 
 
 def _one_line(exc: BaseException, path: Path) -> str:

@@ -326,9 +326,11 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
     fractional (e.g. 0.5 = half an epoch of steps). ``on_step(step, loss)`` is
     called after every optimiser step (for checkpointing). Pass ``optimizer``
     to continue training with its state. ``lr_schedule``/``warmup``: see
-    :func:`lr_factor` (the default keeps ``lr`` constant).
+    :func:`lr_factor` (the default keeps ``lr`` constant). Each batch is cut and
+    augmented on the CPU, then moved to the model's device.
     """
     lr_factor(0, 1, lr_schedule)                      # checks the name
+    dev = next(model.parameters()).device
     opt = optimizer or adam(model.parameters(), lr)
     base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
     n = x.shape[0]
@@ -348,7 +350,7 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
             if lr_schedule != "constant" or warmup:
                 _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))
             # L = -(1/B) \sum_i \log softmax(f(x_i))_{y_i}
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = F.cross_entropy(model(xb.to(dev)), y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -385,7 +387,8 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                   generators: list[torch.Generator] | None = None, augment_shift: int = 0,
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
                   progress: bool = False, lr_schedule: str = "constant",
-                  warmup: float = 0.0, chunk: int | None = 16) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+                  warmup: float = 0.0, chunk: int | None = 16,
+                  device=None) -> tuple[torch.Tensor, torch.optim.Optimizer]:
     """Train K networks at once (stacked parameters, each with its own data order).
 
     ``params``: name -> (K, ...) leaf tensors, updated in place (see
@@ -407,7 +410,16 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     then one Adam step updates all K. The result does not depend on it; the
     speed does: on the 2-core machine 16 networks per chunk kept the activations
     in cache and were faster per network than 64 at once. None = all K at once.
+
+    ``device`` (None: :func:`helpers.runtime.device`): where the networks train. Parameters
+    elsewhere are moved there (the entries of ``params`` are replaced by the moved
+    tensors); batches are cut and augmented on the CPU and moved; the returned
+    losses are on the CPU.
     """
+    device = runtime.device(device)
+    for name, p in params.items():
+        if p.device != device:
+            params[name] = p.detach().to(device)
     for p in params.values():
         p.requires_grad_(True)
     k = next(iter(params.values())).shape[0]
@@ -433,6 +445,7 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
             xb = x[idx]                                                               # (K, B, C, H, W)
             if augment_shift:
                 xb = torch.stack([random_shift(xb[j], augment_shift, g) for j, g in enumerate(generators)])
+            xb, yb = xb.to(device), y[idx].to(device)
             if lr_schedule != "constant" or warmup:
                 _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))
             opt.zero_grad(set_to_none=True)
@@ -441,14 +454,14 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                 sub = params if chunk >= k else {n: p[a:a + chunk] for n, p in params.items()}
                 logits = stacked_forward(sub, xb[a:a + chunk], spec)                 # (K', B, classes)
                 # per-network mean cross-entropy L_k, then \sum_k L_k
-                part = F.cross_entropy(logits.flatten(0, 1), y[idx[a:a + chunk]].flatten(), reduction="none")
+                part = F.cross_entropy(logits.flatten(0, 1), yb[a:a + chunk].flatten(), reduction="none")
                 part = part.view(logits.shape[0], -1).mean(1)
                 part.sum().backward()            # gradients of each chunk land in its rows of params
                 parts.append(part.detach())
             losses = torch.cat(parts)
             opt.step()
             step += 1
-            history.append(losses.detach())
+            history.append(losses.detach().cpu())
             if on_step is not None:
                 on_step(step, history[-1])
             bar.update(1)
@@ -462,54 +475,61 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    """Accuracy of ``model`` on normalised images ``x`` with labels ``y``, in %."""
+    """Accuracy of ``model`` on normalised images ``x`` with labels ``y``, in % (batches run on
+    the model's device)."""
     model.eval()
+    dev = next(model.parameters()).device
     correct = 0
     for i in range(0, x.shape[0], batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+        pred = model(x[i:i + batch_size].to(dev)).argmax(1).cpu()
+        correct += int((pred == y[i:i + batch_size].cpu()).sum())
     return 100.0 * correct / max(1, x.shape[0])
 
 
 @torch.no_grad()
 def predict_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor,
-                    batch_size: int = 1000, method: str = "loop") -> torch.Tensor:
+                    batch_size: int = 1000, method: str = "loop", device=None) -> torch.Tensor:
     """Predicted labels of K networks given as flat weight vectors: LongTensor (K, N).
 
     ``method="loop"`` runs :func:`forward` network by network on batches of
     ``batch_size`` images; ``"vmap"`` runs chunks of 10 networks together with
     ``torch.vmap`` (a grouped convolution). On the 2-core reference machine the
     loop was measured about 4x faster for the default CNN (PyTorch's CPU
-    grouped convolutions are slow), so it is the default.
+    grouped convolutions are slow), so it is the default. The networks and the image
+    batches run on ``device`` (None: :func:`helpers.runtime.device`); the labels are
+    returned on the CPU.
     """
+    device = runtime.device(device)
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
     if vectors.ndim == 1:
         vectors = vectors[None]
     k = vectors.shape[0]
-    params = unflatten(vectors, spec)                # name -> (K, ...), checks D
+    params = unflatten(vectors.to(device), spec)     # name -> (K, ...), checks D
     out = torch.empty(k, x.shape[0], dtype=torch.long)
     if method == "vmap":
         m = 10
         for a in range(0, k, m):
             chunk = {name: p[a:a + m] for name, p in params.items()}
             for i in range(0, x.shape[0], batch_size):
-                logits = stacked_forward(chunk, x[i:i + batch_size], spec, shared_input=True)
-                out[a:a + m, i:i + batch_size] = logits.argmax(-1)
+                logits = stacked_forward(chunk, x[i:i + batch_size].to(device), spec, shared_input=True)
+                out[a:a + m, i:i + batch_size] = logits.argmax(-1).cpu()
         return out
     if method != "loop":
         raise ValueError(f"unknown method {method!r}; expected 'loop' or 'vmap'")
     for j in range(k):
         theta = {name: p[j].contiguous() for name, p in params.items()}
         for i in range(0, x.shape[0], batch_size):
-            out[j, i:i + batch_size] = forward(theta, x[i:i + batch_size], spec).argmax(-1)
+            out[j, i:i + batch_size] = forward(theta, x[i:i + batch_size].to(device), spec).argmax(-1).cpu()
     return out
 
 
 @torch.no_grad()
 def evaluate_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int = 1000, method: str = "loop") -> torch.Tensor:
-    """Accuracies (in %) of K networks given as flat weight vectors (K, D): a float tensor (K,).
+                     batch_size: int = 1000, method: str = "loop", device=None) -> torch.Tensor:
+    """Accuracies (in %) of K networks given as flat weight vectors (K, D): a float tensor (K,),
+    computed on ``device`` (None: :func:`helpers.runtime.device`), returned on the CPU.
 
     :math:`\\mathrm{acc}_k = 100 \\cdot \\frac{1}{N} \\sum_i [\\arg\\max f_{\\theta_k}(x_i) = y_i]`
     """
-    pred = predict_vectors(vectors, spec, x, batch_size, method)
-    return 100.0 * (pred == y[None]).float().mean(1)
+    pred = predict_vectors(vectors, spec, x, batch_size, method, device=device)
+    return 100.0 * (pred == y[None].cpu()).float().mean(1)

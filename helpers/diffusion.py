@@ -665,3 +665,60 @@ def train_flow(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int
 
     kwargs.setdefault("desc", "flow matching")
     return train_diffusion(model, data, None, steps, batch_size, lr, loss_fn=loss_fn, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Latent standardisation: what every diffusion model of the series sees
+# ---------------------------------------------------------------------------
+
+class LatentStandardizer:
+    r"""Standardisation of latents before diffusion: :math:`u = (z - \bar z) / s`, and back.
+
+    Diffusion assumes data of about unit scale (its noise is :math:`\mathcal N(0, I)`);
+    the anchors' users report collapse when latents are not standardised. Flat latents
+    (N, L) get one mean :math:`\bar z` and spread :math:`s` per dimension, shaped (L,);
+    spatial codes (N, C, H, W) one per *channel* (over samples and positions), shaped
+    (C, 1, 1) to broadcast. :math:`s` is the standard deviation, floored at ``eps`` so
+    a dead dimension is not blown up. Both stories use it: the weight VAE stores its
+    standardiser in its artifact (:func:`helpers.vae.save_vae`), the image notebooks fit
+    one on the training codes.
+    """
+
+    def __init__(self, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+        self.mean, self.scale = mean, scale
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, eps: float = 1e-6) -> "LatentStandardizer":
+        """A standardiser fitted on latents (N, L) or codes (N, C, H, W), N >= 2."""
+        z = z.detach().to(torch.float32)
+        if z.ndim not in (2, 4) or z.shape[0] < 2:
+            raise ValueError(f"fit needs latents of shape (N >= 2, L) or (N >= 2, C, H, W), found {tuple(z.shape)}")
+        dims = (0, 2, 3) if z.ndim == 4 else (0,)
+        # \bar z = \frac1N \sum_i z_i ,  s = \max(\mathrm{std}(z), \epsilon)
+        mean, scale = z.mean(dim=dims), z.std(dim=dims).clamp_min(eps)
+        if z.ndim == 4:
+            mean, scale = mean[:, None, None], scale[:, None, None]
+        return cls(mean.cpu(), scale.cpu())
+
+    def _fitted(self) -> None:
+        if self.mean is None or self.scale is None:
+            raise RuntimeError("LatentStandardizer is not fitted: use LatentStandardizer.fit(latents)")
+
+    def standardize(self, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`u = (z - \bar z) / s` (on ``z``'s device)."""
+        self._fitted()
+        return (z - self.mean.to(z)) / self.scale.to(z)
+
+    def unstandardize(self, u: torch.Tensor) -> torch.Tensor:
+        r""":math:`z = \bar z + s\,u` (on ``u``'s device)."""
+        self._fitted()
+        return u * self.scale.to(u) + self.mean.to(u)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The tensors to store with a model: ``mean`` and ``scale``."""
+        self._fitted()
+        return {"mean": self.mean.clone(), "scale": self.scale.clone()}
+
+    @classmethod
+    def from_state(cls, state) -> "LatentStandardizer":
+        return cls(mean=state["mean"].to(torch.float32), scale=state["scale"].to(torch.float32))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import artifacts, classifiers, data
+from . import artifacts, classifiers, data, runtime
 from . import config as _config
 from .image_eval import frechet_distance, nearest_neighbours, tile
 
@@ -38,13 +38,14 @@ def _spec(dataset: str, spec: dict) -> dict:
 
 
 def train_cnn(dataset: str, x_uint8: torch.Tensor, y: torch.Tensor, spec: dict, epochs: float = 3,
-              seed: int = 0, shift: int = 2, lr: float = 2e-3):
-    """A :mod:`helpers.classifiers` CNN (the series' layout, widths from ``spec``) trained on real images.
+              seed: int = 0, shift: int = 2, lr: float = 2e-3, device=None):
+    """A :mod:`helpers.classifiers` CNN (the series' layout, widths from ``spec``) trained on real images
+    on ``device`` (None: :func:`helpers.runtime.device`).
 
-    Returns the model (eval mode) and its parameter count.
+    Returns the model (eval mode, on ``device``) and its parameter count.
     """
     full = _spec(dataset, spec)
-    model = classifiers.build_model(full, seed=seed)
+    model = classifiers.build_model(full, seed=seed).to(runtime.device(device))
     xn = data.normalize(x_uint8, dataset)
     classifiers.train_epochs(model, xn, y, epochs=epochs, batch_size=128, lr=lr,
                              generator=torch.Generator().manual_seed(seed), augment_shift=shift,
@@ -60,7 +61,8 @@ def _prep(images: torch.Tensor, dataset: str) -> torch.Tensor:
 
 @torch.no_grad()
 def cnn_features(model, images: torch.Tensor, dataset: str, batch_size: int = 2000):
-    """``(probabilities (N, 10), penultimate features (N, F))`` of images (uint8 or [0, 1])."""
+    """``(probabilities (N, 10), penultimate features (N, F))`` of images (uint8 or [0, 1]), on the
+    CPU (the network runs on its own device)."""
     spec = model.spec
     params = dict(model.named_parameters())
     n_fc = len(classifiers._hidden(spec)) + 1
@@ -68,12 +70,13 @@ def cnn_features(model, images: torch.Tensor, dataset: str, batch_size: int = 20
     trunk = {k: v for k, v in params.items() if not k.startswith(last)}
     # the same network without its last layer: n_classes := width of the last hidden layer
     trunk_spec = {**spec, "hidden": classifiers._hidden(spec)[:-1], "n_classes": classifiers._hidden(spec)[-1]}
+    dev = params[f"{last}.weight"].device
     probs, feats = [], []
     for i in range(0, len(images), batch_size):
-        x = _prep(images[i:i + batch_size], dataset)
+        x = _prep(images[i:i + batch_size], dataset).to(dev)
         f = torch.relu(classifiers.forward(trunk, x, trunk_spec))
-        feats.append(f)
-        probs.append(torch.nn.functional.linear(f, params[f"{last}.weight"], params[f"{last}.bias"]).softmax(-1))
+        feats.append(f.cpu())
+        probs.append(torch.nn.functional.linear(f, params[f"{last}.weight"], params[f"{last}.bias"]).softmax(-1).cpu())
     return torch.cat(probs), torch.cat(feats)
 
 
@@ -215,11 +218,12 @@ def try_emnist(root=None, split: str = "balanced"):
 
 
 def build_or_load_cnn(cfg, role: str, dataset: str, x_uint8: torch.Tensor, y: torch.Tensor,
-                      rebuild: bool = False):
+                      rebuild: bool = False, device=None):
     """The ``role`` CNN (``"judge"`` or ``"cnn"``: settings ``<role>_spec``, ``<role>_epochs``,
     ``<role>_shift``, the random-shift augmentation in pixels), cached.
 
-    Returns ``(model, n_parameters)``.
+    Returns ``(model, n_parameters)``, the model trained and returned on ``device`` (None:
+    :func:`helpers.runtime.device`).
     """
     if role not in ("judge", "cnn"):
         raise ValueError(f"unknown CNN role {role!r}: expected 'judge' or 'cnn'")
@@ -230,18 +234,14 @@ def build_or_load_cnn(cfg, role: str, dataset: str, x_uint8: torch.Tensor, y: to
 
     def build():
         return train_cnn(dataset, x_uint8, y, cfg[f"{role}_spec"], cfg[f"{role}_epochs"], seed=cfg["seed"],
-                         shift=cfg[f"{role}_shift"])[0]
+                         shift=cfg[f"{role}_shift"], device=device)[0]
 
     def save(model, path):
-        artifacts.save_tensors(path, model.state_dict(), {"kind": "digit_cnn", "spec": full, "config": key})
+        artifacts.save_model(path, model, "digit_cnn", {"spec": full}, metadata={"config": key})
 
     def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "digit_cnn":
-            raise artifacts.ArtifactError(f"{path}: expected a digit_cnn artifact, found kind {meta.get('kind')!r}")
-        model = classifiers.build_model(meta["spec"])
-        artifacts.load_state(model, tensors, path, what=f"CNN {classifiers.describe(meta['spec'])}")
-        return model.eval()
+        return artifacts.load_model(path, "digit_cnn", lambda arch: classifiers.build_model(arch["spec"]),
+                                    device=device)[0]
 
     model = artifacts.cached(f"digit_{role}_{dataset}", key, build, save, load, rebuild=rebuild)
     return model, classifiers.count_params(full)

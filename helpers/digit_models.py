@@ -13,7 +13,7 @@ Two pieces, each a few ten thousand parameters:
              \qquad z = \mu + \sigma\odot\epsilon .
 
    The generators work on :math:`\mu(x)`, standardised per dimension
-   (:class:`helpers.image_ae.LatentScaler`).
+   (:class:`helpers.diffusion.LatentStandardizer`).
 2. A class-conditional generator in that latent: the residual-MLP
    :class:`helpers.denoisers.MLPDenoiser` (time and class by FiLM, a learned null
    class for classifier-free guidance), trained either as a DDPM noise predictor
@@ -35,12 +35,11 @@ from torch import nn
 
 from . import artifacts, diffusion, runtime
 from .denoisers import MLPDenoiser
-from .image_ae import LatentScaler
 
 
 __all__ = ["DigitVAE", "vae_loss", "train_vae", "encode_all", "decode_all", "build_or_load_vae",
            "GENERATOR_SIZES", "make_generator", "build_or_load_generator", "sample_latents",
-           "count_parameters", "LatentScaler", "vae_key", "split_train_val"]
+           "count_parameters", "vae_key", "split_train_val"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -118,7 +117,7 @@ def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), ep
 
     Returns the model (eval mode, on ``device``) and ``{"loss", "rec", "kl", "seconds"}`` per step.
     """
-    device = device or torch.device("cpu")
+    device = runtime.device(device)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     n_classes = int(y_train.max()) + 1 if (w_cls and y_train is not None) else 0
@@ -181,7 +180,8 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
                       rebuild: bool = False):
     """The :class:`DigitVAE` for settings ``cfg`` (keys :data:`VAE_KEYS`) and ``dataset``, cached.
 
-    Returns ``(model, history)``; a loaded model's history holds the saved loss curve.
+    Returns ``(model, history)`` with the model on ``device`` (None: :func:`helpers.runtime.device`);
+    a loaded model's history holds the saved loss curve.
     """
     key = {k: cfg[k] for k in VAE_KEYS}
     key["dataset"] = dataset
@@ -193,24 +193,16 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
 
     def save(obj, path):
         model, hist = obj
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        for name in ("loss", "rec", "kl"):
-            tensors[f"hist.{name}"] = torch.tensor(hist[name])
-        artifacts.save_tensors(path, tensors, {"kind": "digit_vae", "latent_dim": model.latent_dim,
-                                               "channels": model.channels, "n_classes": model.n_classes,
-                                               "config": key,
-                                               "seconds": hist["seconds"]})
+        tensors = {f"hist.{name}": torch.tensor(hist[name]) for name in ("loss", "rec", "kl")}
+        arch = {"latent_dim": model.latent_dim, "channels": list(model.channels), "n_classes": model.n_classes}
+        artifacts.save_model(path, model, "digit_vae", arch, tensors, {"config": key, "seconds": hist["seconds"]})
 
     def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "digit_vae":
-            raise artifacts.ArtifactError(f"{path}: expected a digit_vae artifact, found kind {meta.get('kind')!r}")
-        model = DigitVAE(meta["latent_dim"], meta["channels"], meta.get("n_classes", 0))
-        artifacts.load_state(model, tensors, path, prefix="model.",
-                             what=f"DigitVAE(latent_dim={meta['latent_dim']}, channels={meta['channels']})")
+        model, tensors, meta = artifacts.load_model(
+            path, "digit_vae", lambda a: DigitVAE(a["latent_dim"], a["channels"], a["n_classes"]), device=device)
         hist = {n: tensors[f"hist.{n}"].tolist() for n in ("loss", "rec", "kl")}
         hist["seconds"] = meta.get("seconds", float("nan"))
-        return model.to(device or "cpu").eval(), hist
+        return model, hist
 
     return artifacts.cached(f"digit_vae_{dataset}", key, build, save, load, rebuild=rebuild)
 
@@ -241,14 +233,15 @@ GEN_KEYS = ("seed", "gen_steps", "gen_batch_size", "gen_lr", "gen_ema", "gen_p_u
 
 
 def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: torch.Tensor,
-                            vae_key: str, steps: int | None = None, rebuild: bool = False):
+                            vae_key: str, steps: int | None = None, rebuild: bool = False, device=None):
     """Train (or load) a class-conditional latent generator; return ``(ema_model, history)``.
 
     ``kind`` is ``"flow"`` (flow matching, :func:`helpers.diffusion.train_flow`) or
     ``"ddpm"`` (ε-prediction, :func:`helpers.diffusion.train_diffusion` with the
     ``schedule``/``T`` of ``cfg``); ``size`` one of :data:`GENERATOR_SIZES`;
     ``z_std`` standardised codes (N, d) with labels ``y``; ``vae_key`` the config
-    hash of the VAE that made the codes; ``steps`` overrides ``cfg["gen_steps"]``.
+    hash of the VAE that made the codes; ``steps`` overrides ``cfg["gen_steps"]``. Trained
+    and returned on ``device`` (None: :func:`helpers.runtime.device`).
     """
     if kind not in ("flow", "ddpm"):
         raise ValueError(f"unknown generator kind {kind!r}: expected 'flow' or 'ddpm'")
@@ -258,38 +251,32 @@ def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: t
     if kind == "flow":
         key.pop("T"), key.pop("schedule")
     dim, n_classes = int(z_std.shape[1]), int(y.max()) + 1
+    device = runtime.device(device)
 
     def build():
-        model = make_generator(dim, size, n_classes, cfg["seed"]).to(z_std.device)
-        common = dict(ema_decay=cfg["gen_ema"], cond=y, p_uncond=cfg["gen_p_uncond"],
+        model = make_generator(dim, size, n_classes, cfg["seed"]).to(device)
+        z = z_std.to(device)
+        common = dict(ema_decay=cfg["gen_ema"], cond=y.to(device), p_uncond=cfg["gen_p_uncond"],
                       generator=torch.Generator().manual_seed(cfg["seed"]),
                       warmup_steps=min(100, steps // 10), lr_schedule="cosine", desc=f"{kind} {size}")
         if kind == "flow":
-            return diffusion.train_flow(model, z_std, steps, cfg["gen_batch_size"], cfg["gen_lr"], **common)
+            return diffusion.train_flow(model, z, steps, cfg["gen_batch_size"], cfg["gen_lr"], **common)
         sched = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["T"])
-        return diffusion.train_diffusion(model, z_std, sched, steps, cfg["gen_batch_size"], cfg["gen_lr"],
+        return diffusion.train_diffusion(model, z, sched, steps, cfg["gen_batch_size"], cfg["gen_lr"],
                                          **common)
 
     def save(obj, path):
         ema, hist = obj
-        tensors = {f"model.{k}": v for k, v in ema.state_dict().items()}
-        tensors["hist.loss"] = torch.tensor(hist["loss"])
-        artifacts.save_tensors(path, tensors, {"kind": "digit_generator", "dim": dim, "size": size,
-                                               "n_classes": n_classes, "config": key,
-                                               "seconds": hist["seconds"]})
+        artifacts.save_model(path, ema, "digit_generator", {"dim": dim, "size": size, "n_classes": n_classes},
+                             {"hist.loss": torch.tensor(hist["loss"])}, {"config": key, "seconds": hist["seconds"]})
 
     def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "digit_generator":
-            raise artifacts.ArtifactError(
-                f"{path}: expected a digit_generator artifact, found kind {meta.get('kind')!r}")
-        model = make_generator(meta["dim"], meta["size"], meta["n_classes"])
-        artifacts.load_state(model, tensors, path, prefix="model.",
-                             what=f"latent generator (size {meta['size']}, dim {meta['dim']})")
+        model, tensors, meta = artifacts.load_model(
+            path, "digit_generator", lambda a: make_generator(a["dim"], a["size"], a["n_classes"]), device=device)
         hist = {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds", float("nan"))}
         for p in model.parameters():
             p.requires_grad_(False)
-        return model.to(z_std.device).eval(), hist
+        return model, hist
 
     return artifacts.cached(f"digit_{kind}_{size}", key, build, save, load, rebuild=rebuild)
 
@@ -303,10 +290,11 @@ def sample_latents(model: nn.Module, kind: str, labels: torch.Tensor, dim: int, 
     ``kind="flow"``: :func:`helpers.diffusion.flow_sample` with ``method`` (``"euler"``
     or ``"heun"``; ``steps`` steps). ``kind="ddpm"``: deterministic DDIM with ``steps``
     network calls on ``sched``. ``guidance`` :math:`w` (0 = unconditional).
-    The starting noise comes from a CPU generator seeded with ``seed``.
+    The starting noise comes from a CPU generator seeded with ``seed``; sampling runs on the
+    model's device, where the samples are returned.
     """
     gen = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels).to(next(model.parameters()).device)
     cond = None if guidance == 0 else labels
     w = float(guidance) if cond is not None else 1.0
     shape = (len(labels), dim)

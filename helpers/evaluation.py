@@ -84,12 +84,14 @@ def predict_probs(vectors: torch.Tensor, spec, x: torch.Tensor, batch_size: int 
     """Softmax probabilities of K networks on N inputs: (K, N, C).
 
     ``p_k(y | x) = softmax(f_{w_k}(x))``, all K networks in one vmapped
-    forward per batch of images (:func:`helpers.classifiers.stacked_forward`).
+    forward per batch of images (:func:`helpers.classifiers.stacked_forward`), on
+    :func:`helpers.runtime.device`; returned on the CPU.
     """
+    dev = runtime.device()
     vectors = _check_vectors(vectors)
-    params = weights.unflatten(vectors, spec)        # name -> (K, ...)
-    return torch.cat([F.softmax(classifiers.stacked_forward(params, x[i:i + batch_size], spec,
-                                                            shared_input=True), dim=-1)
+    params = weights.unflatten(vectors.to(dev), spec)        # name -> (K, ...)
+    return torch.cat([F.softmax(classifiers.stacked_forward(params, x[i:i + batch_size].to(dev), spec,
+                                                            shared_input=True), dim=-1).cpu()
                       for i in range(0, len(x), batch_size)], dim=1)
 
 
@@ -379,7 +381,8 @@ def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tens
     """K networks each trained ``steps`` more Adam steps, all at once (own data order each): (K, D).
 
     The same budget for every method, so "generated + fine-tuning" is compared with
-    "noise baseline + the same fine-tuning".
+    "noise baseline + the same fine-tuning". Trained on :func:`helpers.runtime.device`
+    (:func:`helpers.classifiers.train_stacked`); returned on the CPU.
     """
     vectors = _check_vectors(vectors)
     if steps <= 0:
@@ -388,7 +391,7 @@ def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tens
     per_epoch = len(x) // batch_size
     classifiers.train_stacked(params, spec, x, y, epochs=steps / per_epoch, batch_size=batch_size, lr=lr,
                               generators=[torch.Generator().manual_seed(seed + i) for i in range(len(vectors))])
-    return torch.cat([params[n].detach().reshape(len(vectors), -1) for n, _ in classifiers.param_shapes(spec)], 1)
+    return torch.cat([params[n].detach().reshape(len(vectors), -1).cpu() for n, _ in classifiers.param_shapes(spec)], 1)
 
 
 def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], spec, x: torch.Tensor,
@@ -568,22 +571,25 @@ def finetune_curves(start_vectors: Mapping[str, torch.Tensor], spec, data: Seque
     sequence of mini-batches (seeded by ``seed``) and is trained with Adam at
     learning rate ``lr`` for ``steps`` steps. Returns, per name, a dict with
     ``loss`` (training loss at every step, before its update), ``eval_steps``
-    and ``test_acc`` (% at step 0, every ``eval_every`` steps and at the end).
+    and ``test_acc`` (% at step 0, every ``eval_every`` steps and at the end). The networks
+    train on :func:`helpers.runtime.device`; the batches are drawn on the CPU and moved.
     """
+    dev = runtime.device()
     x_train, y_train, x_test, y_test = data
     g = torch.Generator().manual_seed(seed)
     batches = torch.randint(len(x_train), (steps, batch_size), generator=g)
     eval_at = sorted(set(range(0, steps + 1, max(1, eval_every))) | {steps})
     histories = {}
     for name, vector in start_vectors.items():
-        model = weights.load_into_model(torch.as_tensor(vector).float().flatten(), spec)
+        model = weights.load_into_model(torch.as_tensor(vector).float().flatten(), spec).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         losses, accs = [], []
 
         def test_acc():
             model.eval()
             with torch.no_grad():
-                pred = torch.cat([model(x_test[i:i + 4096]).argmax(-1) for i in range(0, len(x_test), 4096)])
+                pred = torch.cat([model(x_test[i:i + 4096].to(dev)).argmax(-1).cpu()
+                                  for i in range(0, len(x_test), 4096)])
             model.train()
             return ((pred == y_test).float().mean() * 100).item()
 
@@ -595,7 +601,7 @@ def finetune_curves(start_vectors: Mapping[str, torch.Tensor], spec, data: Seque
                 break
             model.train()
             idx = batches[step]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss = F.cross_entropy(model(x_train[idx].to(dev)), y_train[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -30,15 +30,26 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import artifacts, classifiers, diffusion, vae, weights
+from . import artifacts, classifiers, diffusion, runtime, vae, weights
 from .denoisers import MLPDenoiser
 from .plots import new_axes
 
 
-FORMAT = "ldt-weight-diffusion"
-FORMAT_VERSION = 1
+KINDS = {"latent": "latent_weight_denoiser", "direct": "direct_weight_denoiser"}
+"""The artifact kind (:func:`helpers.artifacts.save_model`) of each of the two weight denoisers."""
+
+# The settings that change what is trained: the cache keys. Sampling and display knobs
+# (ddim_steps, eta, clip_x0, guidance, cond_quantiles, n_per_target, n_generated, n_test,
+# gif_fps) are not among them, so changing one reuses the trained denoisers.
+LATENT_TRAIN_KEYS = ("seed", "schedule", "T", "hidden", "n_blocks", "time_dim", "dropout", "conditional",
+                     "p_uncond", "train_steps", "batch_size", "lr", "weight_decay", "warmup_steps",
+                     "lr_schedule", "ema_decay")
+DIRECT_TRAIN_KEYS = ("seed", "schedule", "T", "time_dim", "dropout", "batch_size", "weight_decay",
+                     "warmup_steps", "lr_schedule", "ema_decay", "direct_input_skip", "direct_hidden",
+                     "direct_n_blocks", "direct_train_steps", "direct_lr")
 
 __all__ = [
+    "KINDS", "LATENT_TRAIN_KEYS", "DIRECT_TRAIN_KEYS", "weight_diffusion_key", "direct_diffusion_key",
     "make_denoiser", "save_denoiser", "load_denoiser", "training_latents",
     "standardize_accuracy", "build_or_load_weight_diffusion", "build_or_load_direct_diffusion",
     "sample_latents", "generate_networks", "generate_direct", "decode_trajectory",
@@ -69,39 +80,33 @@ def make_denoiser(dim: int, diffusion_cfg: Mapping[str, Any], direct: bool = Fal
 
 def save_denoiser(model: MLPDenoiser, path, info: Mapping[str, Any],
                   extra_tensors: Mapping[str, torch.Tensor] | None = None):
-    """Weights (``model.*``), extra tensors and JSON-able ``info`` in one safetensors file."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(dict(extra_tensors or {}))
+    """Weights, extra tensors, loss history and JSON-able ``info`` in one safetensors file
+    (:func:`helpers.artifacts.save_model`; ``info["kind"]`` is ``"latent"`` or ``"direct"``)."""
+    tensors = dict(extra_tensors or {})
     tensors["history.loss"] = torch.tensor(info["history"]["loss"], dtype=torch.float32)
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "arch": model.config,
-            **{k: v for k, v in info.items() if k != "history"}}
-    return artifacts.save_tensors(path, tensors, meta)
+    meta = {k: v for k, v in info.items() if k not in ("history", "kind")}
+    return artifacts.save_model(path, model, KINDS[info["kind"]], model.config, tensors, meta)
 
 
-def load_denoiser(path, dim: int | None = None, kind: str | None = None) -> tuple[MLPDenoiser, dict]:
-    """Load a file written by :func:`save_denoiser`: ``(model in eval mode, info)``.
+def load_denoiser(path, dim: int | None = None, kind: str = "latent", device=None) -> tuple[MLPDenoiser, dict]:
+    """Load a file written by :func:`save_denoiser`: ``(model in eval mode on device, info)``.
 
-    ``dim`` (vector length) and ``kind`` (``"latent"`` or ``"direct"``), when given,
+    ``kind`` (``"latent"`` or ``"direct"``) and ``dim`` (vector length, when given)
     are checked; a mismatch raises :class:`helpers.artifacts.ArtifactError`
     saying what was expected and what was found.
     """
-    tensors, meta = artifacts.load_tensors(path, hint="Run notebook 03 to train it again.")
-    if meta.get("format") != FORMAT:
-        raise artifacts.ArtifactError(
-            f"{path}: expected a weight-diffusion file (format {FORMAT!r}), found {meta.get('format')!r}")
-    arch = meta["arch"]
-    if dim is not None and int(arch["dim"]) != int(dim):
-        raise artifacts.ArtifactError(
-            f"{path}: denoiser for vectors of the wrong length: expected {int(dim)}, found {arch['dim']}")
-    if kind is not None and meta.get("kind") != kind:
-        raise artifacts.ArtifactError(f"{path}: expected a {kind!r} denoiser, found {meta.get('kind')!r}")
-    model = MLPDenoiser(**arch)
-    artifacts.load_state(model, tensors, path, prefix="model.", what=f"denoiser {arch}")
-    model.eval()
-    info = {k: v for k, v in meta.items() if k not in ("format", "version", "arch")}
+    def make(arch):
+        if dim is not None and int(arch["dim"]) != int(dim):
+            raise artifacts.ArtifactError(
+                f"{path}: denoiser for vectors of the wrong length: expected {int(dim)}, found {arch['dim']}")
+        return MLPDenoiser(**arch)
+
+    model, tensors, meta = artifacts.load_model(path, KINDS[kind], make, device=device,
+                                                hint="Run notebook 03 to train it again.")
+    info = {k: v for k, v in meta.items() if k != "arch"}
+    info["kind"] = kind
     info["history"] = {"loss": tensors["history.loss"].tolist()}
-    info["tensors"] = {k: v for k, v in tensors.items()
-                       if not k.startswith("model.") and not k.startswith("history.")}
+    info["tensors"] = {k: v for k, v in tensors.items() if not k.startswith("history.")}
     info["path"] = str(path)
     return model, info
 
@@ -110,11 +115,13 @@ def _schedule(info: Mapping[str, Any]) -> diffusion.NoiseSchedule:
     return diffusion.NoiseSchedule.make(info["schedule"], int(info["T"]))
 
 
-def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str):
+def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=None):
+    """Train ``model`` on ``data`` (and ``cond``) on ``device`` (None: :func:`helpers.runtime.device`)."""
+    device = runtime.device(device)
     sched = diffusion.NoiseSchedule.make(diffusion_cfg["schedule"], int(diffusion_cfg["T"]))
     gen = torch.Generator().manual_seed(int(diffusion_cfg["seed"]) + (1 if direct else 0))
     ema, history = diffusion.train_diffusion(
-        model, data, sched,
+        model.to(device), data.to(device), sched,
         steps=int(diffusion_cfg["direct_train_steps"] if direct else diffusion_cfg["train_steps"]),
         batch_size=int(diffusion_cfg["batch_size"]),
         lr=float(diffusion_cfg["direct_lr"] if direct else diffusion_cfg["lr"]),
@@ -140,18 +147,33 @@ def standardize_accuracy(acc, info: Mapping[str, Any]) -> torch.Tensor:
     return (acc - float(info["cond_mean"])) / float(info["cond_std"])
 
 
+def weight_diffusion_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
+                         diffusion_cfg: Mapping[str, Any]) -> dict:
+    """The cache key of the latent denoiser: the VAE's key and the training settings
+    (:data:`LATENT_TRAIN_KEYS`), never a sampling or display knob."""
+    return {"vae": vae.vae_key(zoo_cfg, vae_cfg),
+            "weight_diffusion": artifacts.training_key(diffusion_cfg, LATENT_TRAIN_KEYS)}
+
+
+def direct_diffusion_key(zoo_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any]) -> dict:
+    """The cache key of the direct denoiser: the zoo's key and :data:`DIRECT_TRAIN_KEYS`."""
+    return {"zoo": weights.zoo_key(zoo_cfg),
+            "direct_diffusion": artifacts.training_key(diffusion_cfg, DIRECT_TRAIN_KEYS)}
+
+
 def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
-                                   diffusion_cfg: Mapping[str, Any], rebuild: bool = False):
+                                   diffusion_cfg: Mapping[str, Any], rebuild: bool = False, device=None):
     """The latent denoiser (EMA weights) trained by ``diffusion_cfg`` on the VAE latents: loaded or trained.
 
     Returns ``(ema_denoiser, info)``; ``info`` has ``history`` (per-step ``loss``),
     ``train_seconds``, ``schedule``, ``T``, ``cond_mean``/``cond_std`` (accuracy
     standardisation, % units), ``kind="latent"``, ``path``, and the objects it was
-    built from: ``vae`` (the ParamVAE), ``vae_info`` and ``dataset`` (the zoo).
+    built from: ``vae`` (the ParamVAE), ``vae_info`` and ``dataset`` (the zoo). Keyed by
+    :func:`weight_diffusion_key`; trained and returned on ``device`` (None: the runtime's).
     """
-    vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg)
+    vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg, device=device)
     ds = vae_info["dataset"]
-    key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg), "weight_diffusion": dict(diffusion_cfg)}
+    key = weight_diffusion_key(zoo_cfg, vae_cfg, diffusion_cfg)
     dim = int(vae_model.latent_dim)
 
     def build():
@@ -162,7 +184,7 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
         cond_mean, cond_std = float(acc.mean()), float(acc.std().clamp_min(1e-3))
         cond = (acc - cond_mean) / cond_std if diffusion_cfg["conditional"] else None
         model = make_denoiser(dim, diffusion_cfg)
-        ema, history = _train(model, u, cond, diffusion_cfg, direct=False, desc="latent diffusion")
+        ema, history = _train(model, u, cond, diffusion_cfg, direct=False, desc="latent diffusion", device=device)
         info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
                 "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
                 "cond_std": cond_std, "conditional": bool(diffusion_cfg["conditional"]),
@@ -173,7 +195,7 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
         save_denoiser(obj[0], path, obj[1])
 
     def load(path):
-        return load_denoiser(path, dim=dim, kind="latent")
+        return load_denoiser(path, dim=dim, kind="latent", device=device)
 
     model, info = artifacts.cached("weight_diffusion", key, build=build, save=save, load=load,
                                    rebuild=rebuild)
@@ -191,7 +213,9 @@ def sample_latents(denoiser, info: Mapping[str, Any], n: int, steps: int = 50, e
 
     ``target_acc`` (a number or ``(n,)`` accuracies in %) conditions on the requested
     accuracy with guidance weight ``guidance``; None samples unconditionally.
-    ``seed`` makes a fresh generator when ``generator`` is None.
+    ``seed`` makes a fresh generator when ``generator`` is None. The noise is drawn on
+    the CPU and the sampling runs on the denoiser's device; the latents (and a
+    trajectory) are returned on the CPU.
     """
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
@@ -203,10 +227,12 @@ def sample_latents(denoiser, info: Mapping[str, Any], n: int, steps: int = 50, e
         cond = standardize_accuracy(target_acc, info)
         if cond.ndim == 0:
             cond = cond.expand(n)
+        cond = cond.to(next(denoiser.parameters()).device)
     dim = denoiser.dim
-    return diffusion.ddim_sample(denoiser, _schedule(info), (n, dim), steps=steps, eta=eta, cond=cond,
-                         guidance=guidance, noise=noise, generator=generator,
-                         return_trajectory=return_trajectory, clip_x0=clip_x0)
+    out = diffusion.ddim_sample(denoiser, _schedule(info), (n, dim), steps=steps, eta=eta, cond=cond,
+                                guidance=guidance, noise=noise, generator=generator,
+                                return_trajectory=return_trajectory, clip_x0=clip_x0)
+    return (out[0].cpu(), out[1]) if return_trajectory else out.cpu()
 
 
 def generate_networks(n: int, denoiser, vae_model, info: Mapping[str, Any], steps: int = 50,
@@ -230,16 +256,16 @@ def generate_networks(n: int, denoiser, vae_model, info: Mapping[str, Any], step
 # ---------------------------------------------------------------------------
 
 def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
-                                   rebuild: bool = False):
+                                   rebuild: bool = False, device=None):
     r"""The baseline: the same diffusion on normalised weight vectors :math:`x = (w - m_k)/s_k` (N, D).
 
     Unconditional, ``direct_*`` sizes. Returns ``(ema_denoiser, info)``; ``info``
     has ``history``, ``train_seconds``, ``schedule``, ``T``, ``kind="direct"``,
     ``normalizer`` (the :class:`helpers.weights.Normalizer` to map samples back)
-    and ``dataset``.
+    and ``dataset``. Keyed by :func:`direct_diffusion_key`; on ``device`` (None: the runtime's).
     """
     ds = weights.build_or_load_zoo(zoo_cfg)
-    key = {"zoo": dict(zoo_cfg), "weight_diffusion": dict(diffusion_cfg)}
+    key = direct_diffusion_key(zoo_cfg, diffusion_cfg)
     dim = int(ds.vectors.shape[1])
 
     def build():
@@ -247,7 +273,7 @@ def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], diffusion_cfg: Ma
         normalizer = weights.Normalizer().fit(ds.vectors, ds.spec)
         x = normalizer.normalize(ds.vectors)
         model = make_denoiser(dim, diffusion_cfg, direct=True)
-        ema, history = _train(model, x, None, diffusion_cfg, direct=True, desc="direct diffusion")
+        ema, history = _train(model, x, None, diffusion_cfg, direct=True, desc="direct diffusion", device=device)
         info = {"kind": "direct", "history": history, "train_seconds": history["seconds"],
                 "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "conditional": False,
                 "n_train": int(x.shape[0]), "config": dict(diffusion_cfg)}
@@ -258,7 +284,7 @@ def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], diffusion_cfg: Ma
         save_denoiser(obj[0], path, obj[1], extra_tensors=obj[2])
 
     def load(path):
-        model, info = load_denoiser(path, dim=dim, kind="direct")
+        model, info = load_denoiser(path, dim=dim, kind="direct", device=device)
         return model, info, info.pop("tensors")
 
     model, info, extra = artifacts.cached("direct_diffusion", key, build=build, save=save,
@@ -278,8 +304,8 @@ def generate_direct(n: int, denoiser, info: Mapping[str, Any], steps: int = 50, 
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     x = diffusion.ddim_sample(denoiser, _schedule(info), (n, denoiser.dim), steps=steps, eta=eta,
-                      generator=generator, clip_x0=clip_x0)
-    return info["normalizer"].denormalize(x)
+                              generator=generator, clip_x0=clip_x0)
+    return info["normalizer"].denormalize(x.cpu())
 
 
 # ---------------------------------------------------------------------------

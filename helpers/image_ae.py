@@ -415,7 +415,7 @@ def train_autoencoder(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 
     """
     import time
 
-    device = torch.device(device or "cpu")
+    device = runtime.device(device)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = ImageAutoencoder(channels, latent_dim, int(y.max()) + 1, latent_channels, n_cab).to(device)
@@ -458,14 +458,19 @@ def train_autoencoder(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 
     return model.to(memory_format=torch.contiguous_format), hist
 
 
-def _state_meta(model: ImageAutoencoder) -> dict:
-    return {"channels": model.channels, "latent_dim": model.latent_dim, "n_classes": model.n_classes,
+KIND = "image_autoencoder"
+"""The artifact kind of a saved :class:`ImageAutoencoder` (:func:`helpers.artifacts.save_model`)."""
+
+
+def _arch(model: ImageAutoencoder) -> dict:
+    """The arguments that rebuild ``model`` (stored with it)."""
+    return {"channels": list(model.channels), "latent_dim": model.latent_dim, "n_classes": model.n_classes,
             "latent_channels": model.latent_channels, "n_cab": model.n_cab}
 
 
-def _from_meta(meta: dict) -> ImageAutoencoder:
-    return ImageAutoencoder(meta["channels"], meta["latent_dim"], meta["n_classes"],
-                            meta.get("latent_channels"), meta.get("n_cab", 2))
+def _from_arch(arch: dict) -> ImageAutoencoder:
+    return ImageAutoencoder(arch["channels"], arch["latent_dim"], arch["n_classes"],
+                            arch["latent_channels"], arch["n_cab"])
 
 
 AE_KEYS = ("seed", "n_train", "ae_channels", "latent_dim", "latent_channels", "ae_n_cab", "ae_epochs",
@@ -485,11 +490,11 @@ def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebui
 
     Keyed by the autoencoder settings only (:func:`ae_config_key`), so changing a
     denoiser knob does not retrain it. Returns ``(model, history)`` with the model
-    on ``device``; a loaded model's history holds the loss curve, the snapshots
+    on ``device`` (None: :func:`helpers.runtime.device`); a loaded model's history holds the loss curve, the snapshots
     (pooled codes) and the training seconds saved with it.
     """
     key = ae_config_key(cfg)
-    device = torch.device(device or "cpu")
+    device = runtime.device(device)
 
     def build():
         return train_autoencoder(x_uint8, y, key["ae_channels"], key["latent_dim"], key["ae_epochs"],
@@ -501,25 +506,15 @@ def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebui
 
     def save(obj, path):
         model, hist = obj
-        tensors = {f"model.{k}": v.cpu() for k, v in model.state_dict().items()}
-        tensors["hist.loss"] = torch.tensor(hist["loss"])
-        tensors["hist.rec"] = torch.tensor(hist["rec"])
+        tensors = {"hist.loss": torch.tensor(hist["loss"]), "hist.rec": torch.tensor(hist["rec"])}
         for i, (ep, codes) in enumerate(hist["snapshots"]):
             tensors[f"snap.{i}"] = codes
-        meta = {"kind": "image_autoencoder", **_state_meta(model), "config": key,
-                "snapshot_epochs": [ep for ep, _ in hist["snapshots"]],
-                "seconds": hist.get("seconds")}
-        artifacts.save_tensors(path, tensors, meta)
+        artifacts.save_model(path, model, KIND, _arch(model), tensors, {
+            "config": key, "snapshot_epochs": [ep for ep, _ in hist["snapshots"]],
+            "seconds": hist.get("seconds")})
 
     def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "image_autoencoder":
-            raise artifacts.ArtifactError(f"{path}: expected an image_autoencoder artifact, "
-                                          f"found kind {meta.get('kind')!r}")
-        model = _from_meta(meta)
-        artifacts.load_state(model, tensors, path, prefix="model.",
-                             what=f"image autoencoder {_state_meta(model)}")
-        model.to(device).eval()
+        model, tensors, meta = artifacts.load_model(path, KIND, _from_arch, device=device)
         hist = {"loss": tensors["hist.loss"].tolist(), "rec": tensors["hist.rec"].tolist(),
                 "snapshots": [(ep, tensors[f"snap.{i}"])
                               for i, ep in enumerate(meta.get("snapshot_epochs", []))],
@@ -527,43 +522,3 @@ def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebui
         return model, hist
 
     return artifacts.cached(kind, key, build, save, load, rebuild=rebuild)
-
-
-# ---------------------------------------------------------------------------
-# Latent standardisation (what the diffusion model sees)
-# ---------------------------------------------------------------------------
-
-class LatentScaler:
-    """Per-dimension standardisation of codes: :math:`\\tilde z = (z - \\mu) / s`.
-
-    Spatial codes are standardised per channel (one mean and spread over every
-    sample and position). Diffusion assumes data of about unit scale (the noise is :math:`\\mathcal N(0, I)`);
-    the anchors' users report collapse when latents are not standardised.
-    """
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        self.mean, self.std = mean, std
-
-    @classmethod
-    def fit(cls, z: torch.Tensor, eps: float = 1e-6) -> "LatentScaler":
-        """Flat codes (N, d): one mean and spread per dimension; spatial codes (N, C, H, W):
-        one per *channel* (over samples and positions), shaped (C, 1, 1) to broadcast."""
-        if z.ndim == 4:
-            return cls(z.mean(dim=(0, 2, 3))[:, None, None], z.std(dim=(0, 2, 3))[:, None, None] + eps)
-        return cls(z.mean(0), z.std(0) + eps)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """Tensors to store with the model (``scaler.mean``, ``scaler.std``)."""
-        return {"scaler.mean": self.mean, "scaler.std": self.std}
-
-    @classmethod
-    def from_state(cls, tensors) -> "LatentScaler":
-        return cls(tensors["scaler.mean"], tensors["scaler.std"])
-
-    def transform(self, z: torch.Tensor) -> torch.Tensor:
-        # z~ = (z - mu) / s
-        return (z - self.mean) / self.std
-
-    def inverse(self, z_std: torch.Tensor) -> torch.Tensor:
-        # z = mu + s * z~
-        return z_std * self.std + self.mean

@@ -128,7 +128,7 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    device = torch.device(device or "cpu")
+    device = runtime.device(device)
     model = CatDogCNN(channels, int(y.max()) + 1).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(x_uint8)
@@ -189,7 +189,8 @@ def cached_classifier(kind: str, key: dict, x_uint8: torch.Tensor, y: torch.Tens
                       batch_size: int, lr: float, seed: int, blur: float, device=None,
                       rebuild: bool = False) -> CatDogCNN:
     """A :class:`CatDogCNN` trained with :func:`train_classifier`, cached as artifact ``kind`` keyed
-    by ``key`` (the settings that change what is trained), returned on ``device`` in eval mode.
+    by ``key`` (the settings that change what is trained), returned on ``device`` (None:
+    :func:`helpers.runtime.device`) in eval mode.
     The judge and notebook 04's guidance selector are both made here."""
 
     def build():
@@ -198,17 +199,13 @@ def cached_classifier(kind: str, key: dict, x_uint8: torch.Tensor, y: torch.Tens
         return model
 
     def save(model, path):
-        artifacts.save_tensors(path, {k: v.cpu() for k, v in model.state_dict().items()}, {
-            "kind": kind, "channels": model.channels, "n_classes": model.n_classes, "config": key})
+        artifacts.save_model(path, model, kind, {"channels": list(model.channels), "n_classes": model.n_classes},
+                             metadata={"config": key})
 
     def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != kind:
-            raise artifacts.ArtifactError(f"{path}: expected a {kind} artifact, "
-                                          f"found kind {meta.get('kind')!r}")
-        model = CatDogCNN(meta["channels"], meta["n_classes"])
-        artifacts.load_state(model, tensors, path, what=f"{kind} CatDogCNN(channels={meta['channels']})")
-        return model.to(device or "cpu").eval()
+        model, _, _ = artifacts.load_model(path, kind, lambda arch: CatDogCNN(arch["channels"], arch["n_classes"]),
+                                           device=device)
+        return model
 
     return artifacts.cached(kind, key, build, save, load, rebuild=rebuild)
 

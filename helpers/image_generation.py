@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from . import artifacts, denoisers, diffusion, image_ae, image_eval
+from . import artifacts, denoisers, diffusion, image_ae, image_eval, runtime
 
 __all__ = ["DENOISER_KEYS", "make_denoiser", "build_or_load_latent_denoiser", "ImageGenerator",
            "validation_split", "build_or_load_selector", "Evaluator", "choose_guidance",
@@ -70,11 +70,11 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
     Trained with :func:`helpers.diffusion.train_diffusion` (``den_objective="ddpm"``:
     ε-prediction loss) or :func:`helpers.diffusion.train_flow` (``"flow"``: rectified
     flow, velocity target), EMA, labels dropped with probability ``den_p_uncond`` for
-    classifier-free guidance, on ``device``. Keyed by the denoiser settings plus ``ae_key`` (the
+    classifier-free guidance, on ``device`` (None: :func:`helpers.runtime.device`). Keyed by the denoiser settings plus ``ae_key`` (the
     autoencoder's config hash: new codes, new denoiser). Returns ``(ema_model, history)``
     with ``history["loss"]`` per step and ``history["seconds"]``.
     """
-    device = torch.device(device or "cpu")
+    device = runtime.device(device)
     key = {k: cfg.get(k) for k in DENOISER_KEYS}
     key["autoencoder"] = ae_key
     key["seed"] = cfg["seed"]
@@ -94,24 +94,23 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
         return diffusion.train_diffusion(model, z_std.to(device), sched, cfg["den_steps"], cfg["den_batch_size"],
                                          cfg["den_lr"], desc="latent denoiser", **common)
 
+    arch_keys = ("den_kind", "den_width", "den_mults", "den_res", "den_attention", "den_hidden", "den_blocks",
+                 "den_time_dim")
+
+    def make(arch):
+        if arch["shape"] != list(shape):
+            raise artifacts.ArtifactError(f"latent denoiser: expected codes of shape {list(shape)}, found {arch['shape']}")
+        return make_denoiser(arch, tuple(arch["shape"]), arch["n_classes"])
+
     def save(obj, path):
         ema, hist = obj
-        tensors = {f"model.{k}": v.cpu() for k, v in ema.state_dict().items()}
-        tensors["hist.loss"] = torch.tensor(hist["loss"])
-        artifacts.save_tensors(path, tensors, {"kind": "catdog_latent_denoiser", "shape": list(shape),
-                                               "config": key, "seconds": hist["seconds"]})
+        arch = {"shape": list(shape), "n_classes": n_classes, **{k: cfg.get(k) for k in arch_keys}}
+        artifacts.save_model(path, ema, "catdog_latent_denoiser", arch, {"hist.loss": torch.tensor(hist["loss"])},
+                             {"config": key, "seconds": hist["seconds"]})
 
     def load(path):
-        tensors, meta = artifacts.load_tensors(path)
-        if meta.get("kind") != "catdog_latent_denoiser":
-            raise artifacts.ArtifactError(f"{path}: expected a catdog_latent_denoiser artifact, "
-                                          f"found kind {meta.get('kind')!r}")
-        if meta.get("shape") != list(shape):
-            raise artifacts.ArtifactError(f"{path}: denoiser for codes of shape {meta.get('shape')}, "
-                                          f"expected {list(shape)}")
-        model = make_denoiser(cfg, shape, n_classes)
-        artifacts.load_state(model, tensors, path, prefix="model.", what=f"{cfg.get('den_kind')} denoiser")
-        return model.to(device).eval(), {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds")}
+        model, tensors, meta = artifacts.load_model(path, "catdog_latent_denoiser", make, device=device)
+        return model, {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds")}
 
     return artifacts.cached("catdog_latent_denoiser", key, build, save, load, rebuild=rebuild)
 
@@ -131,7 +130,7 @@ class ImageGenerator:
     """
 
     def __init__(self, ae: image_ae.ImageAutoencoder, denoiser: torch.nn.Module,
-                 sched: diffusion.NoiseSchedule, scaler: image_ae.LatentScaler, eta: float = 0.0,
+                 sched: diffusion.NoiseSchedule, scaler: diffusion.LatentStandardizer, eta: float = 0.0,
                  clip: float | None = 5.0, objective: str = "ddpm", flow_method: str = "euler"):
         if objective not in ("ddpm", "flow"):
             raise ValueError(f"unknown objective {objective!r}: expected 'ddpm' or 'flow'")
@@ -177,7 +176,7 @@ class ImageGenerator:
 
     def decode(self, z_std: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] from standardised codes: :math:`D(\\mu + s \\odot \\tilde z)`."""
-        return image_ae.decode_all(self.ae, self.scaler.inverse(z_std.cpu()))
+        return image_ae.decode_all(self.ae, self.scaler.unstandardize(z_std.cpu()))
 
     def generate(self, labels, steps: int = 50, guidance: float = 3.0, seed: int = 0,
                  trajectory: bool = False):
@@ -299,8 +298,8 @@ def run_frames(gen: ImageGenerator, labels, steps: int, guidance: float, seed: i
     _, traj = gen.sample_latents(labels, steps, guidance, seed, return_trajectory=True)
     decode = lambda z: image_ae.decode_all(gen.ae, z)  # noqa: E731
     if paired:
-        return image_eval.paired_frames(decode, traj, inverse=gen.scaler.inverse, nrow=nrow)
-    return image_eval.trajectory_frames(decode, traj, "x_t", nrow=nrow, inverse=gen.scaler.inverse)
+        return image_eval.paired_frames(decode, traj, inverse=gen.scaler.unstandardize, nrow=nrow)
+    return image_eval.trajectory_frames(decode, traj, "x_t", nrow=nrow, inverse=gen.scaler.unstandardize)
 
 
 def denoising_path(gen: ImageGenerator, labels, steps: int, guidance: float, seed: int,
@@ -380,9 +379,9 @@ def flat_row(flat: dict, cfg, x_train, y_train, x_test, y_test, judge, real_feat
     """
     fcfg, fae = flat["cfg"], flat["ae"]
     z_tr, z_te = image_ae.encode_all(fae, x_train), image_ae.encode_all(fae, x_test)
-    scaler = image_ae.LatentScaler.fit(z_tr)
+    scaler = diffusion.LatentStandardizer.fit(z_tr)
     ae_key = artifacts.config_key(image_ae.ae_config_key(fcfg))
-    den, hist = build_or_load_latent_denoiser(fcfg, scaler.transform(z_tr), y_train, ae_key, device=device)
+    den, hist = build_or_load_latent_denoiser(fcfg, scaler.standardize(z_tr), y_train, ae_key, device=device)
     gen = ImageGenerator(fae, den, diffusion.NoiseSchedule.make(fcfg["schedule"], fcfg["T"]), scaler,
                          eta=fcfg["eta"])
     ev = Evaluator(gen, judge, real_features, fcfg["n_eval_per_class"], seed=fcfg["seed"] + 100)

@@ -3,6 +3,11 @@
 Nothing here runs on import; every notebook calls :func:`setup` once at the top::
 
     device = runtime.setup(seed=cfg.seed)     # seeds, threads, device; prints them
+
+:func:`setup` also records the device it chose; :func:`device` returns it, and every
+helper that trains or samples takes ``device=None`` meaning that one. Models and
+batches live there; random numbers are drawn from seeded CPU generators and then
+moved, so a run draws the same noise on any device.
 """
 
 from __future__ import annotations
@@ -153,11 +158,33 @@ def recheck_threads(min_interval: float = 3.0) -> int:
     return n
 
 
+# The device setup() chose (None before setup: the CPU).
+_DEVICE: dict[str, torch.device | None] = {"device": None}
+
+
+def set_device(dev: str | torch.device | None) -> torch.device | None:
+    """Record ``dev`` as the device helpers use when given ``device=None`` (None: back to the CPU);
+    return the one recorded before. :func:`setup` calls it; tests use it to choose a device."""
+    before = _DEVICE["device"]
+    _DEVICE["device"] = None if dev is None else torch.device(dev)
+    return before
+
+
+def device(dev: str | torch.device | None = None) -> torch.device:
+    """``dev`` as a ``torch.device`` if given, else the device :func:`setup` chose (the CPU before
+    any setup). Every helper that trains or samples resolves its ``device=None`` argument here."""
+    if dev is not None:
+        return torch.device(dev)
+    return _DEVICE["device"] if _DEVICE["device"] is not None else torch.device("cpu")
+
+
 def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> torch.device:
-    """Seed everything, set CPU threads and choose the device; print a one-line summary."""
+    """Seed everything, set CPU threads, choose the device and record it (see :func:`device`);
+    print a one-line summary."""
     seed_everything(seed)
     n = setup_threads(threads)
     device = get_device()
+    set_device(device)
     if verbose:
         print(f"seed {seed} | device {device} | torch threads {n} ({_THREADS['why']}) | torch {torch.__version__}")
     return device

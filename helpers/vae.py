@@ -41,7 +41,7 @@ of accuracy without it. In eval mode both noises are off and ``encode``/``decode
 are deterministic.
 
 **Latent standardisation.** The diffusion model of notebook 03 sees
-:math:`u = (z - \bar z) / s` (:class:`LatentStandardizer`), roughly unit scale:
+:math:`u = (z - \bar z) / s` (:class:`helpers.diffusion.LatentStandardizer`), roughly unit scale:
 users of p-diff saw whole-network generation collapse to 10 % accuracy until
 the latents were scaled to about unit range.
 
@@ -61,16 +61,23 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import artifacts, runtime, weights
+from .diffusion import LatentStandardizer
 from .plots import new_axes
 
 
-FORMAT = "ldt-param-vae"
-FORMAT_VERSION = 1
+KIND = "param_vae"
+"""The artifact kind of a saved :class:`ParamVAE` (:func:`helpers.artifacts.save_model`)."""
 
 
 # ---------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------
+
+def _randn_like(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise like ``x``, drawn by the CPU generator and moved to ``x``'s device,
+    so training draws the same noise on every device."""
+    return torch.randn(x.shape, dtype=x.dtype).to(x.device)
+
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     """Linear -> LayerNorm -> SiLU for every hidden layer, a plain Linear at the end."""
@@ -133,7 +140,7 @@ class ParamVAE(nn.Module):
         self._check(x, self.dim, "encode")
         if self.training and self.sigma_in > 0:
             # \tilde x = x + \sigma_{in} \xi
-            x = x + self.sigma_in * torch.randn_like(x)
+            x = x + self.sigma_in * _randn_like(x)
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
 
@@ -153,10 +160,10 @@ class ParamVAE(nn.Module):
         z = mu
         if self.variational:
             # z = \mu + \exp(\tfrac12 \log\sigma^2) \epsilon
-            z = z + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            z = z + torch.exp(0.5 * logvar) * _randn_like(mu)
         if self.sigma_z > 0:
             # \tilde z = z + \sigma_z \zeta
-            z = z + self.sigma_z * torch.randn_like(z)
+            z = z + self.sigma_z * _randn_like(z)
         return z
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,7 +203,7 @@ def model_from_config(dim: int, cfg: Mapping[str, Any]) -> ParamVAE:
 # ---------------------------------------------------------------------------
 
 def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
-              generator: torch.Generator | None = None) -> dict[str, list[float]]:
+              generator: torch.Generator | None = None, device=None) -> dict[str, list[float]]:
     r"""Train ``model`` on *normalised* vectors :math:`x` (N, D), in memory, in batches.
 
     ``cfg`` keys: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
@@ -207,9 +214,13 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     Returns the history, one entry per epoch: ``loss``, ``recon``, ``kl``
     (training-mode averages, with noise) and ``lr``; plus ``recon_eval``, the
     noiseless reconstruction MSE of the whole set, every ``eval_every`` epochs
-    (key ``eval_epoch`` holds those epochs).
+    (key ``eval_epoch`` holds those epochs). The model and the vectors move to
+    ``device`` (None: :func:`helpers.runtime.device`); the batch order and the
+    training noise are drawn on the CPU, as on every device.
     """
-    x = vectors.detach().to(torch.float32)
+    device = runtime.device(device)
+    model.to(device)
+    x = vectors.detach().to(device=device, dtype=torch.float32)
     model._check(x, model.dim, "train_vae")
     n = x.shape[0]
     batch_size = min(int(cfg["batch_size"]), n)
@@ -223,7 +234,7 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     bar = runtime.progress(range(int(cfg["epochs"])), desc="VAE epochs")
     for epoch in bar:
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(device)
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
@@ -261,58 +272,12 @@ def reconstruction_mse(model: ParamVAE, x: torch.Tensor, batch_size: int = 256) 
 
 
 # ---------------------------------------------------------------------------
-# Latent standardisation
-# ---------------------------------------------------------------------------
-
-class LatentStandardizer:
-    r"""Per-dimension standardisation of latents: :math:`u = (z - \bar z) / s`.
-
-    ``mean`` is :math:`\bar z` (L,), ``scale`` is :math:`s` (L,), the per-dimension
-    standard deviation of the latents it was fitted on (floored at ``eps`` so a
-    dead dimension is not blown up). After :meth:`fit`, the fitted latents have
-    mean 0 and standard deviation 1 in every dimension.
-    """
-
-    def __init__(self, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                 eps: float = 1e-6):
-        self.mean, self.scale, self.eps = mean, scale, float(eps)
-
-    def fit(self, z: torch.Tensor) -> "LatentStandardizer":
-        """Fit :math:`\\bar z` and :math:`s` on latents (N, L); return self."""
-        z = z.detach().to(torch.float32)
-        if z.dim() != 2 or z.shape[0] < 2:
-            raise ValueError(f"fit needs latents of shape (N >= 2, L), found {tuple(z.shape)}")
-        # \bar z = \frac1N \sum_i z_i ,  s = \max(\mathrm{std}(z), \epsilon)
-        self.mean = z.mean(0)
-        self.scale = z.std(0).clamp_min(self.eps)
-        return self
-
-    def _fitted(self) -> None:
-        if self.mean is None or self.scale is None:
-            raise RuntimeError("LatentStandardizer is not fitted: call fit(latents) first")
-
-    def standardize(self, z: torch.Tensor) -> torch.Tensor:
-        """:math:`u = (z - \\bar z) / s`."""
-        self._fitted()
-        return (z - self.mean.to(z)) / self.scale.to(z)
-
-    def unstandardize(self, u: torch.Tensor) -> torch.Tensor:
-        """:math:`z = \\bar z + s\\,u`."""
-        self._fitted()
-        return u * self.scale.to(u) + self.mean.to(u)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        self._fitted()
-        return {"mean": self.mean.clone(), "scale": self.scale.clone()}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, torch.Tensor]) -> "LatentStandardizer":
-        return cls(mean=state["mean"].to(torch.float32), scale=state["scale"].to(torch.float32))
-
-
-# ---------------------------------------------------------------------------
 # From weight vectors to latents and back
 # ---------------------------------------------------------------------------
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
 
 def _raw_vectors(data) -> torch.Tensor:
     """A tensor (N, D) from a tensor or a :class:`helpers.weights.WeightDataset`."""
@@ -344,17 +309,22 @@ def encode_dataset(model: ParamVAE, ds, batch_size: int = 256) -> torch.Tensor:
 
     Deterministic (eval mode). These are *raw* latents; standardise them with
     ``model.latent_standardizer.standardize`` before a diffusion model sees them.
+    Batches run on the model's device; the latents are returned on the CPU.
     """
     x = normalize(model, _raw_vectors(ds))
     model.eval()
-    return torch.cat([model.encode(x[s:s + batch_size])[0] for s in range(0, x.shape[0], batch_size)])
+    dev = _device(model)
+    return torch.cat([model.encode(x[s:s + batch_size].to(dev))[0].cpu()
+                      for s in range(0, x.shape[0], batch_size)])
 
 
 @torch.no_grad()
 def decode_latents(model: ParamVAE, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Raw latents :math:`z` (K, L) -> raw weight vectors (K, D): decode, then denormalise."""
+    """Raw latents :math:`z` (K, L) -> raw weight vectors (K, D) on the CPU: decode (on the
+    model's device), then denormalise."""
     model.eval()
-    x_hat = torch.cat([model.decode(z[s:s + batch_size]) for s in range(0, z.shape[0], batch_size)])
+    dev = _device(model)
+    x_hat = torch.cat([model.decode(z[s:s + batch_size].to(dev)).cpu() for s in range(0, z.shape[0], batch_size)])
     return denormalize(model, x_hat)
 
 
@@ -367,7 +337,7 @@ def decode_to_vectors(model: ParamVAE, latents_std: torch.Tensor) -> torch.Tenso
     """
     if model.latent_standardizer is None:
         raise RuntimeError("this ParamVAE has no latent standardizer; build it with build_vae")
-    z = model.latent_standardizer.unstandardize(latents_std.to(torch.float32))
+    z = model.latent_standardizer.unstandardize(latents_std.detach().cpu().to(torch.float32))
     return decode_latents(model, z)
 
 
@@ -415,48 +385,43 @@ def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dic
 
 def save_vae(model: ParamVAE, path, history: Mapping[str, list[float]] | None = None,
              config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None):
-    """Write weights, normaliser and latent statistics, spec, config and history to one safetensors file."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "arch": model.arch,
-                            "config": dict(config or {}), "spec": model.spec,
-                            "extra": dict(extra or {})}
+    """Write weights, normaliser and latent statistics, spec, config and history to one
+    safetensors file (:func:`helpers.artifacts.save_model`, kind ``"param_vae"``)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"config": dict(config or {}), "spec": model.spec, "extra": dict(extra or {})}
     if model.normalizer is not None:
         t, m = _split_state(model.normalizer.state())
         tensors.update({f"normalizer.{k}": v for k, v in t.items()})
         meta["normalizer"] = m
     if model.latent_standardizer is not None:
         tensors.update({f"latent.{k}": v for k, v in model.latent_standardizer.state().items()})
-    hist_lists = {}
     for k, v in (history or {}).items():
         tensors[f"history.{k}"] = torch.tensor(v, dtype=torch.float64)
-        hist_lists[k] = len(v)
-    meta["history_keys"] = hist_lists
-    return artifacts.save_tensors(path, tensors, meta)
+    meta["history_keys"] = sorted(history or {})
+    return artifacts.save_model(path, model, KIND, model.arch, tensors, meta)
 
 
-def load_vae(path, dim: int | None = None, spec: Any = None) -> tuple[ParamVAE, dict]:
-    """Load a file written by :func:`save_vae`: ``(model in eval mode, info)``.
+def load_vae(path, dim: int | None = None, spec: Any = None, device=None) -> tuple[ParamVAE, dict]:
+    """Load a file written by :func:`save_vae`: ``(model in eval mode on device, info)``.
 
     ``dim`` / ``spec``, when given, are what the caller expects; a file made for
     another vector length or architecture raises :class:`helpers.artifacts.ArtifactError`
     naming what was expected and what was found. ``info`` holds ``history``,
     ``config``, ``extra`` and ``path``.
     """
-    tensors, meta = artifacts.load_tensors(path, hint="Run notebook 02 to train the VAE again.")
-    if meta.get("format") != FORMAT:
-        raise artifacts.ArtifactError(
-            f"{path}: expected a parameter-VAE file (format {FORMAT!r}), found format {meta.get('format')!r}")
-    arch = meta["arch"]
-    if dim is not None and int(dim) != int(arch["dim"]):
-        raise artifacts.ArtifactError(
-            f"{path}: VAE for weight vectors of the wrong length: expected D={int(dim)}, "
-            f"found D={arch['dim']} (a VAE trained on another architecture or zoo)")
+    def make(arch):
+        if dim is not None and int(dim) != int(arch["dim"]):
+            raise artifacts.ArtifactError(
+                f"{path}: VAE for weight vectors of the wrong length: expected D={int(dim)}, "
+                f"found D={arch['dim']} (a VAE trained on another architecture or zoo)")
+        return ParamVAE(**arch)
+
+    model, tensors, meta = artifacts.load_model(path, KIND, make, device=device,
+                                                hint="Run notebook 02 to train the VAE again.")
     if spec is not None and meta.get("spec") is not None and _jsonable(spec) != _jsonable(meta["spec"]):
         raise artifacts.ArtifactError(
             f"{path}: VAE for another network architecture: expected spec {_jsonable(spec)}, "
             f"found {_jsonable(meta['spec'])}")
-    model = ParamVAE(**arch)
-    artifacts.load_state(model, tensors, path, prefix="model.", what=f"VAE {arch}")
     model.spec = meta.get("spec")
     norm_t = {k[len("normalizer."):]: v for k, v in tensors.items() if k.startswith("normalizer.")}
     if norm_t or meta.get("normalizer"):
@@ -464,8 +429,7 @@ def load_vae(path, dim: int | None = None, spec: Any = None) -> tuple[ParamVAE, 
     if "latent.mean" in tensors:
         model.latent_standardizer = LatentStandardizer.from_state(
             {"mean": tensors["latent.mean"], "scale": tensors["latent.scale"]})
-    history = {k: tensors[f"history.{k}"].tolist() for k in meta.get("history_keys", {})}
-    model.eval()
+    history = {k: tensors[f"history.{k}"].tolist() for k in meta.get("history_keys", [])}
     return model, {"history": history, "config": meta.get("config", {}),
                    "extra": meta.get("extra", {}), "path": str(path)}
 
@@ -479,8 +443,8 @@ def _jsonable(obj: Any) -> Any:
 # Build or load, keyed by the zoo's and the VAE's configs
 # ---------------------------------------------------------------------------
 
-def build_vae(ds, vae_cfg: Mapping[str, Any]) -> tuple[ParamVAE, dict]:
-    """Fit the normaliser, train a VAE on a WeightDataset, fit the latent standardizer.
+def build_vae(ds, vae_cfg: Mapping[str, Any], device=None) -> tuple[ParamVAE, dict]:
+    """Fit the normaliser, train a VAE on a WeightDataset (on ``device``), fit the latent standardizer.
 
     Returns ``(model, info)`` with ``info["history"]`` and ``info["extra"]["train_seconds"]``.
     """
@@ -492,26 +456,40 @@ def build_vae(ds, vae_cfg: Mapping[str, Any]) -> tuple[ParamVAE, dict]:
     model = model_from_config(x.shape[1], vae_cfg)
     model.normalizer, model.spec = normalizer, ds.spec
     start = time.perf_counter()
-    history = train_vae(model, x, vae_cfg)
+    history = train_vae(model, x, vae_cfg, device=device)
     seconds = time.perf_counter() - start
-    model.latent_standardizer = LatentStandardizer().fit(encode_dataset(model, vectors))
+    model.latent_standardizer = LatentStandardizer.fit(encode_dataset(model, vectors))
     return model, {"history": history, "config": dict(vae_cfg),
                    "extra": {"train_seconds": seconds, "n_train": int(x.shape[0])}}
 
 
+# The VAE settings that change what is trained: its cache key (with the zoo's). n_eval,
+# n_test and n_prior only choose what notebook 02 shows, so changing them reuses the VAE.
+TRAIN_KEYS = ("seed", "latent_dim", "hidden", "n_layers", "beta", "sigma_in", "sigma_z", "epochs",
+              "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma", "eval_every")
+
+
+def vae_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any]) -> dict:
+    """The cache key of the VAE trained by ``vae_cfg`` on the zoo of ``zoo_cfg``: the zoo's key
+    and the VAE's training settings (:data:`TRAIN_KEYS`), never its display knobs."""
+    return {"zoo": weights.zoo_key(zoo_cfg), "vae": artifacts.training_key(vae_cfg, TRAIN_KEYS)}
+
+
 def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
-                      rebuild: bool = False, ds=None) -> tuple[ParamVAE, dict]:
+                      rebuild: bool = False, ds=None, device=None) -> tuple[ParamVAE, dict]:
     """The VAE trained by ``vae_cfg`` on the zoo made by ``zoo_cfg``: loaded if cached, else trained.
 
-    Keyed by both configs (:func:`helpers.artifacts.cached`), so notebooks 03 and
-    05 get exactly the VAE notebook 02 trained with the same settings. ``info``
+    Keyed by the settings that change what is trained (:func:`vae_key`), so notebooks
+    03 and 05 get exactly the VAE notebook 02 trained with the same settings, and a
+    display knob (``n_eval``, ``n_prior``) does not retrain it. Returned in eval mode
+    on ``device`` (None: :func:`helpers.runtime.device`). ``info``
     has ``history``, ``config``, ``extra`` (``train_seconds``), ``path``, and
     ``dataset`` (the WeightDataset it was trained on). Pass ``ds``, the result of
     ``weights.build_or_load_zoo(zoo_cfg)``, if you already have it, to skip loading it again.
     """
     if ds is None:
         ds = weights.build_or_load_zoo(zoo_cfg)
-    key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg)}
+    key = vae_key(zoo_cfg, vae_cfg)
     dim = int(_raw_vectors(ds).shape[1])
 
     def save(obj, path):
@@ -519,9 +497,9 @@ def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
         save_vae(model, path, history=info["history"], config=vae_cfg, extra=info["extra"])
 
     def load(path):
-        return load_vae(path, dim=dim, spec=ds.spec)
+        return load_vae(path, dim=dim, spec=ds.spec, device=device)
 
-    model, info = artifacts.cached("vae", key, build=lambda: build_vae(ds, vae_cfg),
+    model, info = artifacts.cached("vae", key, build=lambda: build_vae(ds, vae_cfg, device=device),
                                    save=save, load=load, rebuild=rebuild)
     info = dict(info)
     info["path"] = str(artifacts.artifact_path("vae", key))

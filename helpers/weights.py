@@ -526,8 +526,8 @@ def zoo_spec(cfg: Mapping) -> dict:
 
 
 def _vectors(params: Mapping[str, torch.Tensor], spec: Mapping) -> torch.Tensor:
-    """Stacked parameters name -> (K, ...) as flat vectors (K, D)."""
-    return torch.cat([params[n].detach().reshape(params[n].shape[0], -1) for n, _ in param_shapes(spec)], 1)
+    """Stacked parameters name -> (K, ...) as flat vectors (K, D) on the CPU."""
+    return torch.cat([params[n].detach().reshape(params[n].shape[0], -1) for n, _ in param_shapes(spec)], 1).cpu()
 
 
 def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
@@ -766,13 +766,20 @@ def train_fresh_networks(cfg: Mapping, n: int, seed_offset: int = 100_000) -> to
     return _vectors(params, spec).clone()
 
 
-def _zoo_key(cfg: Mapping) -> dict:
-    return {**dict(cfg), "spec": zoo_spec(cfg)}
+# Zoo settings that change nothing that is stored: interp_points (points of notebook 01's
+# interpolation curves) and threads (how many cores train it).
+_NOT_TRAINING = ("interp_points", "threads")
+
+
+def zoo_key(cfg: Mapping) -> dict:
+    """The cache key of the zoo of ``cfg``: every setting that changes what is trained (all but
+    the display and thread knobs), and the resolved architecture."""
+    return {**{k: v for k, v in dict(cfg).items() if k not in _NOT_TRAINING}, "spec": zoo_spec(cfg)}
 
 
 def zoo_path(cfg: Mapping) -> Path:
     """Where the weight dataset of ``cfg`` is stored: ``<artifacts>/zoo-<config hash>.safetensors``."""
-    return artifacts.artifact_path("zoo", _zoo_key(cfg))
+    return artifacts.artifact_path("zoo", zoo_key(cfg))
 
 
 def build_or_load_zoo(cfg: Mapping, rebuild: bool = False, verbose: bool = True) -> WeightDataset:
@@ -781,7 +788,7 @@ def build_or_load_zoo(cfg: Mapping, rebuild: bool = False, verbose: bool = True)
     Later notebooks call ``weights.build_or_load_zoo(config.get_config("zoo", PRESET))``.
     The hash covers the config and the resolved architecture.
     """
-    key = _zoo_key(cfg)
+    key = zoo_key(cfg)
     return artifacts.cached("zoo", key, build=lambda: build_zoo(cfg, verbose=verbose),
                             save=lambda ds, path: ds.save(path),
                             load=lambda path: WeightDataset.load(path, spec=key["spec"]),

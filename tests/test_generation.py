@@ -40,7 +40,7 @@ def test_save_load_round_trip_and_errors(tmp_path):
         assert torch.equal(model(x, t, cond=torch.zeros(3)), loaded(x, t, cond=torch.zeros(3)))
     with pytest.raises(artifacts.ArtifactError, match="expected 8, found 4"):
         generation.load_denoiser(path, dim=8)
-    with pytest.raises(artifacts.ArtifactError, match="'direct'"):
+    with pytest.raises(artifacts.ArtifactError, match="expected an artifact of kind 'direct_weight_denoiser', found kind 'latent_weight_denoiser'"):
         generation.load_denoiser(path, kind="direct")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import artifacts, image_ae
+from helpers import artifacts, diffusion, image_ae
 
 
 def test_encoder_decoder_shapes():
@@ -65,10 +65,10 @@ def test_pixel_scaling_round_trip():
 
 def test_latent_scaler_round_trip():
     z = torch.randn(100, 5) * 3 + 2
-    s = image_ae.LatentScaler.fit(z)
-    zs = s.transform(z)
+    s = diffusion.LatentStandardizer.fit(z)
+    zs = s.standardize(z)
     assert torch.allclose(zs.mean(0), torch.zeros(5), atol=1e-5)
-    assert torch.allclose(s.inverse(zs), z, atol=1e-5)
+    assert torch.allclose(s.unstandardize(zs), z, atol=1e-5)
 
 
 def test_build_or_load_caches_by_config(tmp_path, monkeypatch):
@@ -153,13 +153,13 @@ def test_spatial_center_term_is_relative_to_the_code_scale():
 def test_latent_scaler_per_channel_on_maps():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(200, 3, 8, 8, generator=g) * torch.tensor([1.0, 5.0, 0.2])[:, None, None] + 3
-    s = image_ae.LatentScaler.fit(z)
-    assert s.mean.shape == (3, 1, 1) and s.std.shape == (3, 1, 1)
-    zs = s.transform(z)
+    s = diffusion.LatentStandardizer.fit(z)
+    assert s.mean.shape == (3, 1, 1) and s.scale.shape == (3, 1, 1)
+    zs = s.standardize(z)
     assert torch.allclose(zs.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
-    assert torch.allclose(s.inverse(zs), z, atol=1e-4)
-    back = image_ae.LatentScaler.from_state(s.state())
-    assert torch.equal(back.std, s.std)
+    assert torch.allclose(s.unstandardize(zs), z, atol=1e-4)
+    back = diffusion.LatentStandardizer.from_state(s.state())
+    assert torch.equal(back.scale, s.scale)
 
 
 def test_psnr_values_and_error():
@@ -181,7 +181,7 @@ def test_cached_builder_rebuilds_a_file_of_another_kind(tmp_path, monkeypatch, c
     artifacts.save_tensors(path, {"w": torch.zeros(1)}, {"kind": "vae"})
     capsys.readouterr()
     m2, _ = image_ae.build_or_load_autoencoder(cfg, x, y)
-    assert "expected an image_autoencoder artifact, found kind 'vae'" in capsys.readouterr().out
+    assert "expected an artifact of kind 'image_autoencoder', found kind 'vae'" in capsys.readouterr().out
     assert m2.latent_shape == (8, 8, 8)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)

@@ -90,7 +90,7 @@ def _tiny_generator(seed=0):
     torch.manual_seed(seed)
     ae = image_ae.ImageAutoencoder((4, 8, 8), latent_channels=4, n_cab=1).eval()
     den = _perturb(_unet(width=8, time_dim=8), seed).eval()
-    scaler = image_ae.LatentScaler(torch.zeros(4, 1, 1), torch.ones(4, 1, 1))
+    scaler = diffusion.LatentStandardizer(torch.zeros(4, 1, 1), torch.ones(4, 1, 1))
     return image_generation.ImageGenerator(ae, den, diffusion.NoiseSchedule.make("cosine", 50), scaler)
 
 
