@@ -279,10 +279,12 @@ def adam(params, lr: float) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where PyTorch supports it (measured ~25 % faster per
     step for these small networks on CPU), else the default implementation."""
     params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+    if all(p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr)
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
