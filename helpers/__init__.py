@@ -9,10 +9,10 @@ plot styles until a function is called). Import what a notebook needs::
 |-----------------|---------------------------------------------------------------------|
 | **shared core** | *the maths and tools every story uses*                              |
 | `config`        | presets (`smoke`, `default`, `full`) as data; paths                 |
-| `runtime`       | seeds, device, CPU threads, progress bars, timers                   |
+| `runtime`       | seeds, the device every helper uses, CPU threads, progress, timers  |
 | `data`          | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as checked tensors   |
-| `artifacts`     | atomic, safe (safetensors) saving; a cache keyed by config          |
-| `diffusion`     | schedules, DDPM and DDIM samplers, flow matching, EMA, trainer      |
+| `artifacts`     | atomic, safe saving; one model save/load; cache keyed on training   |
+| `diffusion`     | schedules, samplers, flow matching, EMA, trainer, latent standardiser |
 | `denoisers`     | networks that predict the noise (residual MLP, small U-Net)         |
 | `plots`         | the one figure-export function and shared plot helpers              |
 | `animation`     | denoising frames as slider, GIF and static grid                     |
