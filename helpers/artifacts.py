@@ -1,6 +1,6 @@
 """Saving and loading what the notebooks make: atomically, safely, keyed by config.
 
-Three rules, because a tutorial's artifacts outlive the kernel that made them:
+Five rules, because a tutorial's artifacts outlive the kernel that made them:
 
 1. **Atomic writes.** Everything is written to a temporary file in the same
    folder and renamed into place (:func:`atomic_write`), so an interrupted run
