@@ -332,7 +332,7 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
     augmented on the CPU, then moved to the model's device.
     """
     lr_factor(0, 1, lr_schedule)                      # checks the name
-    dev = next(model.parameters()).device
+    dev = runtime.device_of(model)
     opt = optimizer or adam(model.parameters(), lr)
     base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
     n = x.shape[0]
@@ -480,7 +480,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Accuracy of ``model`` on normalised images ``x`` with labels ``y``, in % (batches run on
     the model's device)."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = runtime.device_of(model)
     correct = 0
     for i in range(0, x.shape[0], batch_size):
         pred = model(x[i:i + batch_size].to(dev)).argmax(1).cpu()

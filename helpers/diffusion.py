@@ -102,7 +102,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .runtime import progress as _progress
+from .runtime import device_of as _device_of, progress as _progress
 
 __all__ = [
     "extract", "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",
@@ -311,11 +311,6 @@ def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, con
 # ---------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
 
 @torch.no_grad()
 def ddpm_sample(model: nn.Module, sched: NoiseSchedule, shape, cond=None, guidance: float = 1.0,

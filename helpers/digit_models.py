@@ -158,7 +158,7 @@ def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), ep
 @torch.no_grad()
 def encode_all(model: DigitVAE, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """The posterior means :math:`\\mu(x)` (N, latent_dim) of images (uint8 or [0, 1]), on the CPU."""
-    dev = next(model.parameters()).device
+    dev = runtime.device_of(model)
     return torch.cat([model.encode(_as_float(x[i:i + batch_size]).to(dev))[0].cpu()
                       for i in range(0, len(x), batch_size)])
 
@@ -166,7 +166,7 @@ def encode_all(model: DigitVAE, x: torch.Tensor, batch_size: int = 2000) -> torc
 @torch.no_grad()
 def decode_all(model: DigitVAE, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """Images in [0, 1] (N, 1, 28, 28), on the CPU, from codes (N, latent_dim)."""
-    dev = next(model.parameters()).device
+    dev = runtime.device_of(model)
     if z.ndim != 2 or z.shape[1] != model.latent_dim:
         raise ValueError(f"expected codes of shape (N, {model.latent_dim}); got {tuple(z.shape)}")
     return torch.cat([model.decode(z[i:i + batch_size].to(dev)).cpu() for i in range(0, len(z), batch_size)])
@@ -294,7 +294,7 @@ def sample_latents(model: nn.Module, kind: str, labels: torch.Tensor, dim: int, 
     model's device, where the samples are returned.
     """
     gen = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(labels).to(next(model.parameters()).device)
+    labels = torch.as_tensor(labels).to(runtime.device_of(model))
     cond = None if guidance == 0 else labels
     w = float(guidance) if cond is not None else 1.0
     shape = (len(labels), dim)

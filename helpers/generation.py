@@ -227,7 +227,7 @@ def sample_latents(denoiser, info: Mapping[str, Any], n: int, steps: int = 50, e
         cond = standardize_accuracy(target_acc, info)
         if cond.ndim == 0:
             cond = cond.expand(n)
-        cond = cond.to(next(denoiser.parameters()).device)
+        cond = cond.to(runtime.device_of(denoiser))
     dim = denoiser.dim
     out = diffusion.ddim_sample(denoiser, _schedule(info), (n, dim), steps=steps, eta=eta, cond=cond,
                                 guidance=guidance, noise=noise, generator=generator,

@@ -348,15 +348,11 @@ def ae_loss(model: ImageAutoencoder, x: torch.Tensor, y: torch.Tensor, w_cls: fl
 # Training, encoding, caching
 # ---------------------------------------------------------------------------
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def encode_all(model: ImageAutoencoder, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Codes of a whole uint8 image tensor, in batches, on the CPU: (N, d) or (N, C, 8, 8)."""
     model.eval()
-    dev = _device(model)
+    dev = runtime.device_of(model)
     return torch.cat([model.encode(to_model(x_uint8[i:i + batch_size]).to(dev)).cpu()
                       for i in range(0, len(x_uint8), batch_size)])
 
@@ -365,7 +361,7 @@ def encode_all(model: ImageAutoencoder, x_uint8: torch.Tensor, batch_size: int =
 def decode_all(model: ImageAutoencoder, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Images in [0, 1] decoded from codes, in batches, on the CPU: (N, 3, 32, 32)."""
     model.eval()
-    dev = _device(model)
+    dev = runtime.device_of(model)
     return torch.cat([to_unit(model.decode(z[i:i + batch_size].to(dev))).cpu()
                       for i in range(0, len(z), batch_size)])
 

@@ -158,7 +158,7 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
 def predict(model: CatDogCNN, x: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """``(probabilities (N, K), features (N, F))`` of images x (uint8 or [0, 1] floats), on the CPU."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = runtime.device_of(model)
     probs, feats = [], []
     for i in range(0, len(x), batch_size):
         f = model.features(x[i:i + batch_size].to(dev))

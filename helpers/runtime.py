@@ -178,6 +178,12 @@ def device(dev: str | torch.device | None = None) -> torch.device:
     return _DEVICE["device"] if _DEVICE["device"] is not None else torch.device("cpu")
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device a model lives on (its first parameter's; the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> torch.device:
     """Seed everything, set CPU threads, choose the device and record it (see :func:`device`);
     print a one-line summary."""

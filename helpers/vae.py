@@ -275,10 +275,6 @@ def reconstruction_mse(model: ParamVAE, x: torch.Tensor, batch_size: int = 256) 
 # From weight vectors to latents and back
 # ---------------------------------------------------------------------------
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _raw_vectors(data) -> torch.Tensor:
     """A tensor (N, D) from a tensor or a :class:`helpers.weights.WeightDataset`."""
     vectors = data.vectors if hasattr(data, "vectors") else data
@@ -313,7 +309,7 @@ def encode_dataset(model: ParamVAE, ds, batch_size: int = 256) -> torch.Tensor:
     """
     x = normalize(model, _raw_vectors(ds))
     model.eval()
-    dev = _device(model)
+    dev = runtime.device_of(model)
     return torch.cat([model.encode(x[s:s + batch_size].to(dev))[0].cpu()
                       for s in range(0, x.shape[0], batch_size)])
 
@@ -323,7 +319,7 @@ def decode_latents(model: ParamVAE, z: torch.Tensor, batch_size: int = 256) -> t
     """Raw latents :math:`z` (K, L) -> raw weight vectors (K, D) on the CPU: decode (on the
     model's device), then denormalise."""
     model.eval()
-    dev = _device(model)
+    dev = runtime.device_of(model)
     x_hat = torch.cat([model.decode(z[s:s + batch_size].to(dev)).cpu() for s in range(0, z.shape[0], batch_size)])
     return denormalize(model, x_hat)
 
