@@ -115,7 +115,8 @@ def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), ep
     With ``w_cls > 0`` and labels ``y_train`` the VAE also gets a linear class head on
     :math:`\mu`, trained with weight ``w_cls`` (the latent is then sorted by class).
 
-    Returns the model (eval mode, on ``device``) and ``{"loss", "rec", "kl", "seconds"}`` per step.
+    Returns the model (eval mode, on ``device``; None: :func:`helpers.runtime.device`) and
+    ``{"loss", "rec", "kl", "seconds"}`` per step.
     """
     device = runtime.device(device)
     gen = torch.Generator().manual_seed(seed)

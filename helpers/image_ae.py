@@ -402,7 +402,7 @@ def train_autoencoder(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 
 
     Adam with a one-cycle learning rate; ``flip`` adds left-right flips;
     ``latent_channels`` (None = flat), ``w_l1``, ``w_grad`` and ``n_cab`` as in
-    :class:`ImageAutoencoder` and :func:`ae_loss`; ``device`` where to train
+    :class:`ImageAutoencoder` and :func:`ae_loss`; ``device`` where to train (None: the runtime's)
     (batches are sliced on the CPU and moved there; noise comes from a seeded CPU generator).
     If ``snapshot_x`` is given, its codes are recorded after every
     ``snapshot_every``-th epoch (for a latent-space film). Returns the model (in

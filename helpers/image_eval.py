@@ -121,7 +121,7 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
     """Train :class:`CatDogCNN` on real images with flips, shifts and (``blur`` > 0) random blur.
 
     AdamW with a one-cycle learning rate; ``blur`` is the fraction of each batch
-    blurred by :func:`random_blur`; ``device`` where to train (batches are
+    blurred by :func:`random_blur`; ``device`` where to train (None: the runtime's; batches are
     augmented on the CPU with a seeded generator, then moved there).
 
     Returns the model in eval mode and ``{"loss": [...]}`` per step.
@@ -179,7 +179,7 @@ CLS_KEYS = ("seed", "n_train", "clf_channels", "clf_epochs", "clf_batch_size", "
 def build_or_load_classifier(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuild: bool = False,
                              device=None):
     """The independent classifier for the ``catdog`` settings ``cfg``, cached by its own settings,
-    on ``device``."""
+    on ``device`` (None: :func:`helpers.runtime.device`)."""
     return cached_classifier("catdog_classifier", {k: cfg[k] for k in CLS_KEYS}, x_uint8, y,
                              cfg["clf_channels"], cfg["clf_epochs"], cfg["clf_batch_size"], cfg["clf_lr"],
                              seed=cfg["seed"], blur=cfg["clf_blur"], device=device, rebuild=rebuild)
