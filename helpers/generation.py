@@ -24,7 +24,6 @@ configs that made them (zoo, VAE and this notebook's ``weight_diffusion`` sectio
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
 import numpy as np
