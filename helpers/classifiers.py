@@ -385,7 +385,9 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                   generators: list[torch.Generator] | None = None, augment_shift: int = 0,
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
                   progress: bool = False, lr_schedule: str = "constant",
-                  warmup: float = 0.0, chunk: int | None = 16) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+                  warmup: float = 0.0, chunk: int | None = 16,
+                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.optim.Optimizer]:
     """Train K networks at once (stacked parameters, each with its own data order).
 
     ``params``: name -> (K, ...) leaf tensors, updated in place (see
@@ -401,6 +403,10 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     k here follows, up to float rounding, the single run
     ``train_epochs(model_k, ..., generator=generators[k])`` with the same
     ``lr_schedule`` (tested in ``tests/test_classifiers.py``).
+
+    ``augment(images, generator)``: a batched augmentation applied to each network's
+    minibatch with that network's generator (after the shifts), e.g.
+    :func:`helpers.data.augment_images` for CIFAR-10's flips, crops and colour jitter.
 
     ``chunk``: the forward and backward passes run ``chunk`` networks at a time
     (each chunk one grouped computation; their gradients fill disjoint rows),
@@ -433,6 +439,8 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
             xb = x[idx]                                                               # (K, B, C, H, W)
             if augment_shift:
                 xb = torch.stack([random_shift(xb[j], augment_shift, g) for j, g in enumerate(generators)])
+            if augment is not None:
+                xb = torch.stack([augment(xb[j], g) for j, g in enumerate(generators)])
             if lr_schedule != "constant" or warmup:
                 _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))
             opt.zero_grad(set_to_none=True)
