@@ -313,7 +313,8 @@ DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation")
 # ZOO_MULTISEED by weights.zoo_config) per preset the settings that differ from the presets
 # above. MNIST has none: its settings, numbers and artifact keys are the presets' own.
 # Fashion-MNIST: the MNIST CNN and recipe; only the accuracy thresholds follow the data
-# (its networks reach ~88 % where MNIST's reach ~98.5 %).
+# (validation accuracy of default's checkpoints, min_val_acc 0: trajectory zoo 87.8-89.4 %,
+# many-seed zoo 82.3-85.5 %, median 84.0 %; MNIST's: about 98.5 % and 97.6 %).
 # CIFAR-10: the seed's recipe (a tiny CNN, random flips, 4-px padded crops and colour jitter on
 # tensors, helpers.data.augment_images), sized for this CPU: conv 5x5/2 (3 -> 8), conv 3x3/2
 # (8 -> 16), fc 576 -> 16 -> 10, 11,178 weights (the MNIST CNN has 11,250), about 168k
@@ -328,13 +329,17 @@ WEIGHT_DATASETS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {
         "label": "Fashion-MNIST", "acc_bar": 85.0,
         "setup": {"smoke": {"datasets": ["mnist", "fashion_mnist", "cifar10"]}},
-        "zoo": {"default": {"min_val_acc": 87.0}, "full": {"min_val_acc": 87.0}},
-        "zoo_multiseed": {"default": {"min_val_acc": 84.0}, "full": {"min_val_acc": 86.0}},
+        "zoo": {"default": {"min_val_acc": 87.5}, "full": {"min_val_acc": 87.5}},
+        "zoo_multiseed": {"default": {"min_val_acc": 83.0}, "full": {"min_val_acc": 84.0}},
     },
     "cifar10": {
         "label": "CIFAR-10", "acc_bar": 50.0,
-        "zoo": {p: {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT} for p in PRESET_NAMES},
-        "zoo_multiseed": {"default": {"min_val_acc": 40.0}, "full": {"min_val_acc": 45.0}},
+        "zoo": {"smoke": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "train_subset": 4000},
+                "default": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "epochs": 8, "min_val_acc": 50.0},
+                "full": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "epochs": 20, "min_val_acc": 55.0}},
+        # the many-seed zoo: 16 networks x 1 epoch (a CIFAR-10 network-epoch costs ~3x MNIST's here)
+        "zoo_multiseed": {"default": {"n_runs": 16, "epochs": 1, "min_val_acc": 40.0, "barrier_pairs": 32},
+                          "full": {"n_runs": 64, "epochs": 4, "min_val_acc": 45.0}},
     },
 }
 
