@@ -26,6 +26,7 @@ parameter tensors :math:`W_1, b_1, \\dots` with a fixed order
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Mapping
 
 import torch
 
-from . import artifacts, classifiers, plots
+from . import artifacts, classifiers, data, plots
 from . import config as _config
 from .classifiers import param_shapes, unflatten  # the architecture's layout of a flat vector; part of this API
 
@@ -533,9 +534,6 @@ def zoo_augment(cfg: Mapping):
     :func:`helpers.data.augment_images` on the dataset's normalised images), or None."""
     if not cfg.get("augment"):
         return None
-    import functools
-
-    from . import data
     return functools.partial(data.augment_images, dataset=cfg.get("dataset", "mnist"), **dict(cfg["augment"]))
 
 
