@@ -1,5 +1,6 @@
 # Latent Diffusion Tutorials. Two commands do everything on a fresh machine:
-#   make run    set up, prepare the data, execute every notebook (default preset)
+#   make run    set up, prepare the data, execute every notebook (default preset;
+#               DATASET=fashion_mnist or cifar10 runs the weight story, 01-03 and 05, on it)
 #   make test   set up, prepare the data, run the whole test suite (smoke preset)
 # Also: make lab (JupyterLab), make data, make bench, make strip, make clean.
 
@@ -7,12 +8,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= default
+DATASET ?=
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help setup data run test lab bench strip clean browser
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +30,7 @@ data: setup
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
 run: data
-	$(PY) -m helpers.series --preset $(PRESET) --run-dir $(RUN_DIR)
+	$(if $(DATASET),LDT_DATASET=$(DATASET) )$(PY) -m helpers.series --preset $(PRESET) --run-dir $(RUN_DIR)
 	LDT_RUN_DIR=$(CURDIR)/$(RUN_DIR) LDT_PRESET=$(PRESET) $(MAKE) --no-print-directory bench
 
 test: data browser

@@ -65,7 +65,8 @@ def default_spec(dataset: str = "mnist", arch: str = "cnn") -> dict:
 
     CIFAR-10: a tiny LeNet-style CNN, the one of the PyTorch CIFAR-10 tutorial
     (conv 5x5 3 -> 6, pool, conv 5x5 6 -> 16, pool, fc 400 -> 120 -> 84 -> 10;
-    62,006 parameters).
+    62,006 parameters). The weight story's CIFAR-10 zoo uses a smaller one (11,178
+    parameters), set as its ``spec`` in ``config.WEIGHT_DATASETS``.
 
     MLP: one hidden layer of 16 units (12,730 parameters on MNIST).
     """
@@ -390,6 +391,7 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                   on_step: Callable[[int, torch.Tensor], None] | None = None,
                   progress: bool = False, lr_schedule: str = "constant",
                   warmup: float = 0.0, chunk: int | None = 16,
+                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                   device=None) -> tuple[torch.Tensor, torch.optim.Optimizer]:
     """Train K networks at once (stacked parameters, each with its own data order).
 
@@ -406,6 +408,10 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     k here follows, up to float rounding, the single run
     ``train_epochs(model_k, ..., generator=generators[k])`` with the same
     ``lr_schedule`` (tested in ``tests/test_classifiers.py``).
+
+    ``augment(images, generator)``: a batched augmentation applied to each network's
+    minibatch with that network's generator (after the shifts), e.g.
+    :func:`helpers.data.augment_images` for CIFAR-10's flips, crops and colour jitter.
 
     ``chunk``: the forward and backward passes run ``chunk`` networks at a time
     (each chunk one grouped computation; their gradients fill disjoint rows),
@@ -447,6 +453,8 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
             xb = x[idx]                                                               # (K, B, C, H, W)
             if augment_shift:
                 xb = torch.stack([random_shift(xb[j], augment_shift, g) for j, g in enumerate(generators)])
+            if augment is not None:
+                xb = torch.stack([augment(xb[j], g) for j, g in enumerate(generators)])
             xb, yb = xb.to(device), y[idx].to(device)
             if lr_schedule != "constant" or warmup:
                 _set_lr(opt, base_lr * lr_factor(step, total, lr_schedule, warmup))

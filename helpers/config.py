@@ -11,6 +11,12 @@ A *preset* is a named set of settings for every notebook:
 The preset is chosen by, in this order: the `preset=` argument (a notebook's
 `parameters` cell), the environment variable `LDT_PRESET`, then `"default"`.
 
+The weight story (notebooks 01, 02, 03, 05) runs on one of three datasets,
+chosen the same way: the ``dataset=`` argument (a notebook's ``DATASET``), the
+environment variable ``LDT_DATASET``, then ``"mnist"``. Everything that differs
+between datasets (architecture, thresholds, epochs, augmentation, labels, bars)
+is data in :data:`WEIGHT_DATASETS`, laid over the presets by :func:`get_config`.
+
 Each notebook reads one *section* (``zoo``, ``vae``, ...) with
 :func:`get_config`, which returns a :class:`Config` (a dict with attribute
 access) that a reader may override by keyword::
@@ -295,6 +301,79 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # ---------------------------------------------------------------------------
+# The weight story's datasets: per-dataset settings laid over the presets above.
+# ---------------------------------------------------------------------------
+
+DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
+# Sections whose settings depend on the dataset (get_config lays WEIGHT_DATASETS over them).
+DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation")
+
+# One entry per dataset: label (plots, tables), acc_bar (the "> X %" bar of the summaries,
+# metric generated_frac_above_<bar>), then per section (and "zoo_multiseed", laid over
+# ZOO_MULTISEED by weights.zoo_config) per preset the settings that differ from the presets
+# above. MNIST has none: its settings, numbers and artifact keys are the presets' own.
+# Fashion-MNIST: the MNIST CNN and recipe; only the accuracy thresholds follow the data
+# (validation accuracy of default's checkpoints, min_val_acc 0: trajectory zoo 87.8-89.4 %,
+# many-seed zoo 82.3-85.5 %, median 84.0 %; MNIST's: about 98.5 % and 97.6 %).
+# CIFAR-10: the seed's recipe (a tiny CNN, random flips, 4-px padded crops and colour jitter on
+# tensors, helpers.data.augment_images), sized for this CPU: conv 5x5/2 (3 -> 8), conv 3x3/2
+# (8 -> 16), fc 576 -> 16 -> 10, 11,178 weights (the MNIST CNN has 11,250), about 168k
+# multiply-adds per image (a 15,170-weight variant with 16/32 channels was ~3x slower per epoch
+# and no better on validation). Thresholds from validation accuracies: 4 networks after 8
+# epochs 52.3-55.5 % (10 epochs: 53.4-57.0 %), so min_val_acc 50 keeps every trajectory
+# checkpoint; the many-seed recipe (1 epoch, one-cycle) gave 41.8-46.3 %, so 40.
+_CIFAR_SPEC: dict[str, Any] = {"arch": "cnn", "in_channels": 3, "image_size": 32, "channels": [8, 16],
+                               "kernel_size": [5, 3], "stride": 2, "pool": False, "hidden": [16],
+                               "n_classes": 10}
+_CIFAR_AUGMENT: dict[str, Any] = {"flip": True, "crop_padding": 4, "brightness": 0.2,
+                                  "contrast": 0.2, "saturation": 0.2}
+WEIGHT_DATASETS: dict[str, dict[str, Any]] = {
+    "mnist": {"label": "MNIST", "acc_bar": 95.0},
+    "fashion_mnist": {
+        "label": "Fashion-MNIST", "acc_bar": 85.0,
+        "setup": {"smoke": {"datasets": ["mnist", "fashion_mnist", "cifar10"]}},
+        "zoo": {"default": {"min_val_acc": 87.5}, "full": {"min_val_acc": 87.5}},
+        "zoo_multiseed": {"default": {"min_val_acc": 83.0}, "full": {"min_val_acc": 84.0}},
+    },
+    "cifar10": {
+        "label": "CIFAR-10", "acc_bar": 50.0,
+        "zoo": {"smoke": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "train_subset": 4000},
+                "default": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "epochs": 8, "min_val_acc": 50.0},
+                "full": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "epochs": 20, "min_val_acc": 55.0}},
+        # the many-seed zoo: 16 networks x 1 epoch (a CIFAR-10 network-epoch costs ~3x MNIST's here)
+        "zoo_multiseed": {"default": {"n_runs": 16, "epochs": 1, "min_val_acc": 40.0, "barrier_pairs": 32},
+                          "full": {"n_runs": 64, "epochs": 4, "min_val_acc": 45.0}},
+    },
+}
+
+
+def current_dataset(dataset: str | None = None) -> str:
+    """Resolve the weight story's dataset: argument, then ``$LDT_DATASET``, then ``"mnist"``."""
+    if dataset:
+        if dataset not in DATASET_NAMES:
+            raise SettingError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASET_NAMES)}")
+        return dataset
+    return env_choice("LDT_DATASET", DATASET_NAMES, default="mnist")
+
+
+def dataset_overrides(section: str, preset: str, dataset: str | None = None) -> dict[str, Any]:
+    """The settings ``dataset`` changes in ``section`` (or "zoo_multiseed") of ``preset`` (a copy)."""
+    entry = WEIGHT_DATASETS[current_dataset(dataset)]
+    return copy.deepcopy(entry.get(section, {}).get(preset, {}))
+
+
+def dataset_info(dataset: str | None = None) -> Config:
+    """What notebooks show about a dataset: ``name``, ``label`` ("CIFAR-10"), ``acc_label``
+    (the accuracy axis), ``acc_bar`` (the "> X %" bar) and ``tag``, the suffix of its metric
+    and figure names ("" for MNIST, else ``_<dataset>``; see :func:`helpers.runs.metric_tag`)."""
+    name = current_dataset(dataset)
+    entry = WEIGHT_DATASETS[name]
+    return Config({"name": name, "label": entry["label"], "acc_label": f"{entry['label']} test accuracy (%)",
+                   "acc_bar": float(entry["acc_bar"]), "tag": "" if name == "mnist" else f"_{name}"},
+                  preset="-", section="dataset")
+
+
+# ---------------------------------------------------------------------------
 # Checking settings: environment variables and config values, where they are read.
 # ---------------------------------------------------------------------------
 
@@ -361,9 +440,12 @@ def check_setting(section: str, key: str, value: Any) -> None:
     checked one level deep (``[16, "32"]`` is refused where channels go).
     """
     presets = SECTIONS[section]
-    if not any(key in presets[p] for p in presets):
-        raise KeyError(f"section {section!r} has no setting {key!r}")
+    added = [d[section][p] for d in WEIGHT_DATASETS.values() for p in d.get(section, {})]
     examples = [presets[p][key] for p in presets if key in presets[p]]
+    if not examples:
+        examples = [a[key] for a in added if key in a]   # a key only some datasets have
+    if not examples:
+        raise KeyError(f"section {section!r} has no setting {key!r}")
     known = [v for v in examples if v is not None]
     if not known or (value is None and len(known) < len(examples)):
         return
@@ -467,12 +549,20 @@ def get_config(section: str, preset: str | None = None, **overrides: Any) -> Con
     """Settings of one notebook section in one preset, with keyword overrides.
 
     An override of a key the section does not have is an error (a typo would
-    otherwise be silently ignored).
+    otherwise be silently ignored). For the weight story's sections
+    (:data:`DATASET_SECTIONS`), ``dataset=`` (else ``$LDT_DATASET``, else "mnist")
+    lays that dataset's :data:`WEIGHT_DATASETS` settings over the preset's and
+    sets the section's ``dataset`` key, if it has one.
     """
     if section not in SECTIONS:
         raise KeyError(f"unknown config section {section!r}: expected one of {', '.join(SECTIONS)}")
     name = current_preset(preset)
     values = copy.deepcopy(SECTIONS[section][name])
+    if section in DATASET_SECTIONS:
+        dataset = current_dataset(overrides.pop("dataset", None))
+        values.update(dataset_overrides(section, name, dataset))
+        if "dataset" in values:
+            values["dataset"] = dataset
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise KeyError(

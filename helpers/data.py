@@ -57,7 +57,7 @@ from . import artifacts
 
 __all__ = [
     "DATASETS", "ALL_NAMES", "MEAN", "STD", "DataError", "data_dir", "class_names",
-    "load_tensors", "normalize", "torchvision_dataset", "prepare", "verify",
+    "load_tensors", "normalize", "augment_images", "torchvision_dataset", "prepare", "verify",
 ]
 
 # --------------------------------------------------------------------------
@@ -360,6 +360,64 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
     std = torch.tensor(STD[name], dtype=torch.float32, device=x.device)
     # (x/255 - m)/s  ==  (x - 255 m) / (255 s): one subtract, one divide
     return (x.to(torch.float32) - 255.0 * mean[:, None, None]) / (255.0 * std[:, None, None])
+
+
+def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True,
+                   crop_padding: int = 4, brightness: float = 0.2, contrast: float = 0.2,
+                   saturation: float = 0.2, dataset: str | None = None) -> torch.Tensor:
+    r"""The seed's CIFAR-10 augmentation, batched on tensors: flip, padded crop, colour jitter.
+
+    ``x``: float images (N, C, H, W) in [0, 1], or, with ``dataset``, normalised with that
+    dataset's statistics (:func:`normalize`; the result is then normalised too). Every
+    random number comes from ``generator``, so the same generator state gives the same batch.
+    Per image, in this order (torchvision's ``RandomHorizontalFlip``, ``RandomCrop(32, padding=4)``
+    and ``ColorJitter(b, c, s)``, with the jitter applied in a fixed order):
+
+    - flip: with probability 1/2, :math:`x[..., w] \to x[..., W-1-w]`;
+    - crop: pad with ``crop_padding`` black pixels on every side, then take the H x W window at
+      a uniform offset :math:`(d_y, d_x) \in \{0..2p\}^2` (one gather for the whole batch);
+    - brightness: :math:`x \to \mathrm{clip}(b\,x)`, :math:`b \sim U[1-\beta_b, 1+\beta_b]`;
+    - contrast: :math:`x \to \mathrm{clip}(c\,x + (1-c)\,\bar g)`, :math:`\bar g` the image's mean grey level;
+    - saturation: :math:`x \to \mathrm{clip}(s\,x + (1-s)\,g)`, :math:`g` each pixel's grey level
+      :math:`0.299R + 0.587G + 0.114B` (skipped for one-channel images);
+
+    clip = clamp to [0, 1], so the pixels stay in range.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"augment_images expects images (N, C, H, W), found shape {tuple(x.shape)}")
+    if dataset is not None:
+        mean = torch.tensor(MEAN[check_name(dataset)], dtype=x.dtype)[:, None, None]
+        std = torch.tensor(STD[dataset], dtype=x.dtype)[:, None, None]
+        x = x * std + mean                              # back to [0, 1]
+    n, c, h, w = x.shape
+
+    def uniform(amount: float) -> torch.Tensor:         # factors U[1-a, 1+a], shape (N, 1, 1, 1)
+        return (1 - amount + 2 * amount * torch.rand(n, generator=generator, dtype=x.dtype)).view(n, 1, 1, 1)
+
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
+        x = torch.where(mask, x.flip(-1), x)
+    p = int(crop_padding)
+    if p > 0:
+        padded = torch.nn.functional.pad(x, (p, p, p, p), value=0.0)
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]        # (n, 1, h, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]        # (n, 1, 1, w)
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if brightness > 0:
+        x = (x * uniform(brightness)).clamp(0, 1)
+    grey_weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+    if contrast > 0:
+        grey = (x * grey_weights).sum(1, keepdim=True) if c == 3 else x
+        f = uniform(contrast)
+        x = (f * x + (1 - f) * grey.mean((1, 2, 3), keepdim=True)).clamp(0, 1)
+    if saturation > 0 and c == 3:
+        f = uniform(saturation)
+        x = (f * x + (1 - f) * (x * grey_weights).sum(1, keepdim=True)).clamp(0, 1)
+    if dataset is not None:
+        x = (x - mean) / std
+    return x
 
 
 # --------------------------------------------------------------------------

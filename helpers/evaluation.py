@@ -100,8 +100,9 @@ def accuracies(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (preds == y.unsqueeze(0)).float().mean(dim=1) * 100.0
 
 
-def summarize_accuracies(acc) -> dict[str, float]:
-    """Median, mean, min, max (in %), the fraction above 95 % and the count of a set of accuracies.
+def summarize_accuracies(acc, bar: float = 95.0) -> dict[str, float]:
+    """Median, mean, min, max (in %), the fraction above 95 % and above ``bar`` % (the dataset's
+    bar, ``config.dataset_info(...).acc_bar``), and the count of a set of accuracies.
 
     The one accuracy summary of the weight story (notebooks 03 and 05). The median
     is the true median: the mean of the two middle values for an even count
@@ -111,7 +112,8 @@ def summarize_accuracies(acc) -> dict[str, float]:
     if a.size == 0:
         raise ValueError("summarize_accuracies: expected at least one accuracy, found none")
     return {"median": float(np.median(a)), "mean": float(a.mean()), "min": float(a.min()),
-            "max": float(a.max()), "frac_above_95": float((a > 95.0).mean()), "n": int(a.size)}
+            "max": float(a.max()), "frac_above_95": float((a > 95.0).mean()),
+            "frac_above_bar": float((a > bar).mean()), "n": int(a.size)}
 
 
 # ---------------------------------------------------------------------------

@@ -490,8 +490,10 @@ def loss_curve_figure(histories: Mapping[str, Mapping[str, list]], ax=None, wind
     return fig
 
 
-def plot_accuracy_hists(accuracies: Mapping[str, Any], ax=None, bins: int = 30):
-    """Histograms of test accuracies (%) of several sets of networks, on shared bins."""
+def plot_accuracy_hists(accuracies: Mapping[str, Any], ax=None, bins: int = 30,
+                        xlabel: str = "MNIST test accuracy (%)"):
+    """Histograms of test accuracies (%) of several sets of networks, on shared bins
+    (``xlabel``: the dataset's accuracy label, ``config.dataset_info(...).acc_label``)."""
     fig, ax = new_axes(ax, figsize=(6.4, 3.6))
     arrays = {k: np.asarray(torch.as_tensor(v, dtype=torch.float32)) for k, v in accuracies.items()}
     allv = np.concatenate(list(arrays.values()))
@@ -499,7 +501,7 @@ def plot_accuracy_hists(accuracies: Mapping[str, Any], ax=None, bins: int = 30):
     for i, (name, a) in enumerate(arrays.items()):
         ax.hist(a, bins=edges, alpha=0.5, color=f"C{i}", density=True,
                 label=f"{name} (n={len(a)}, median {np.median(a):.2f} %)")
-    ax.set_xlabel("MNIST test accuracy (%)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     return fig

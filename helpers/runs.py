@@ -52,6 +52,17 @@ def run_dir() -> Path:
     return _RUN_DIR
 
 
+def metric_tag(dataset: str | None = None, zoo: str = "trajectory") -> str:
+    """The suffix of a weight-story notebook's metric and figure names.
+
+    MNIST's trajectory zoo keeps the plain names; another zoo adds ``_<zoo>``, another
+    dataset ``_<dataset>`` (``dataset`` None: ``$LDT_DATASET``, else "mnist"), so
+    ``"generated_median_acc" + metric_tag("cifar10")`` is ``generated_median_acc_cifar10``.
+    """
+    name = _config.current_dataset(dataset)
+    return ("" if zoo == "trajectory" else f"_{zoo}") + ("" if name == "mnist" else f"_{name}")
+
+
 def log_metric(notebook: str, name: str, value: float, preset: str | None = None,
                verbose: bool = True) -> None:
     """Record one headline number in ``<run>/metrics.csv``.

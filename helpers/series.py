@@ -2,6 +2,7 @@
 
     python -m helpers.series                     # every notebook, preset from $LDT_PRESET or "default"
     python -m helpers.series --preset smoke --only 01 02
+    python -m helpers.series --dataset cifar10   # the weight story on CIFAR-10 (else $LDT_DATASET or "mnist")
 
 Each run gets a folder ``runs/<timestamp>/`` holding the executed notebooks,
 ``metrics.csv`` (every headline number, long format ``notebook,name,value,preset``)
@@ -67,13 +68,17 @@ def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None
 
 
 def run_series(preset: str | None = None, only: list[str] | None = None,
-               run_dir: Path | None = None, stop_on_error: bool = True) -> Path:
-    """Execute the notebooks in order into a run folder; print a summary; return the folder."""
+               run_dir: Path | None = None, stop_on_error: bool = True, dataset: str | None = None) -> Path:
+    """Execute the notebooks in order into a run folder; print a summary; return the folder.
+
+    ``dataset`` (else ``$LDT_DATASET``, else "mnist") is the weight story's dataset, passed
+    to the notebooks as ``LDT_DATASET``."""
     preset = _config.current_preset(preset)
+    dataset = _config.current_dataset(dataset)
     run_dir = Path(run_dir) if run_dir else _runs.new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {"LDT_PRESET": preset, "LDT_RUN_DIR": str(run_dir.resolve())}
-    print(f"preset {preset} | run folder {run_dir}")
+    env = {"LDT_PRESET": preset, "LDT_DATASET": dataset, "LDT_RUN_DIR": str(run_dir.resolve())}
+    print(f"preset {preset} | dataset {dataset} | run folder {run_dir}")
     timings, failed = [], None
     total_start = time.perf_counter()
     for path in notebook_paths(only):
@@ -125,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="preset (default: $LDT_PRESET or 'default')")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 02")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<timestamp>)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"the weight story's dataset, one of {', '.join(_config.DATASET_NAMES)} "
+                             "(default: $LDT_DATASET or 'mnist')")
     args = parser.parse_args(argv)
     try:
-        run_series(args.preset, args.only, args.run_dir)
+        run_series(args.preset, args.only, args.run_dir, dataset=args.dataset)
     except _config.SettingError as exc:  # a bad LDT_* variable: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ parameter tensors :math:`W_1, b_1, \\dots` with a fixed order
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Mapping
 
 import torch
 
-from . import artifacts, classifiers, plots
+from . import artifacts, classifiers, data, plots
 from . import config as _config
 from .classifiers import param_shapes, unflatten  # the architecture's layout of a flat vector; part of this API
 
@@ -498,21 +499,24 @@ def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: M
 ZOO_KINDS = ("trajectory", "multiseed")
 
 
-def zoo_config(preset: str | None = None, kind: str = "trajectory", **overrides):
-    """The zoo settings of a preset and a kind of zoo (notebooks 02, 03, 05: ``ZOO = ...``).
+def zoo_config(preset: str | None = None, kind: str = "trajectory", dataset: str | None = None, **overrides):
+    """The zoo settings of a preset, a kind of zoo and a dataset (notebooks 02, 03, 05: ``ZOO = ...``).
 
     ``"trajectory"``: ``config.ZOO[preset]`` (a few runs, many checkpoints each);
     ``"multiseed"``: the same with ``config.ZOO_MULTISEED[preset]`` laid over it (many
-    independent networks, a few checkpoints each). Keyword overrides must name existing keys.
+    independent networks, a few checkpoints each). ``dataset`` (None: ``$LDT_DATASET``, else
+    "mnist") lays that dataset's settings (``config.WEIGHT_DATASETS``) over both.
+    Keyword overrides must name existing keys.
     """
     import copy
 
     if kind not in ZOO_KINDS:
         raise ValueError(f"unknown zoo kind {kind!r}; expected one of {', '.join(ZOO_KINDS)}")
     if kind == "trajectory":
-        return _config.get_config("zoo", preset, **overrides)
-    base = _config.get_config("zoo", preset)
-    values = {**dict(base), **copy.deepcopy(_config.ZOO_MULTISEED[base.preset])}
+        return _config.get_config("zoo", preset, dataset=dataset, **overrides)
+    base = _config.get_config("zoo", preset, dataset=dataset)
+    values = {**dict(base), **copy.deepcopy(_config.ZOO_MULTISEED[base.preset]),
+              **_config.dataset_overrides("zoo_multiseed", base.preset, base.dataset)}
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise KeyError(f"unknown setting(s) {unknown} for the {kind} zoo; it has: {', '.join(sorted(values))}")
@@ -523,6 +527,14 @@ def zoo_config(preset: str | None = None, kind: str = "trajectory", **overrides)
 def zoo_spec(cfg: Mapping) -> dict:
     """The architecture a zoo config asks for: ``cfg["spec"]`` if given, else the default."""
     return dict(cfg.get("spec") or classifiers.default_spec(cfg.get("dataset", "mnist"), cfg.get("arch", "cnn")))
+
+
+def zoo_augment(cfg: Mapping):
+    """The batched augmentation a zoo config asks for (``cfg["augment"]``, keyword arguments of
+    :func:`helpers.data.augment_images` on the dataset's normalised images), or None."""
+    if not cfg.get("augment"):
+        return None
+    return functools.partial(data.augment_images, dataset=cfg.get("dataset", "mnist"), **dict(cfg["augment"]))
 
 
 def _vectors(params: Mapping[str, torch.Tensor], spec: Mapping) -> torch.Tensor:
@@ -585,7 +597,8 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     params = classifiers.init_stacked(spec, seeds)
     pre_losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"],
                                        batch_size=cfg["batch_size"], lr=cfg["lr"], generators=gens,
-                                       augment_shift=cfg.get("augment_shift", 0), progress=verbose)
+                                       augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg),
+                                       progress=verbose)
     run_vectors = _vectors(params, spec).clone()
     if verbose:
         acc = classifiers.evaluate_vectors(run_vectors, spec, x_test, y_test)
@@ -618,8 +631,8 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
 
     traj_losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["trajectory_epochs"],
                                         batch_size=cfg["batch_size"], optimizer=opt, generators=gens,
-                                        augment_shift=cfg.get("augment_shift", 0), on_step=on_step,
-                                        progress=verbose)
+                                        augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg),
+                                        on_step=on_step, progress=verbose)
     # (checkpoints, runs, D) -> run-major (runs * checkpoints, D)
     traj = torch.stack(snaps).transpose(0, 1)
     if cfg.get("align", True):
@@ -703,7 +716,7 @@ def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
             window.clear()
 
     losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
-                                   generators=gens, augment_shift=cfg.get("augment_shift", 0),
+                                   generators=gens, augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg),
                                    on_step=on_step, progress=verbose, lr_schedule=cfg["lr_schedule"],
                                    warmup=cfg["warmup"])
     run_vectors = _vectors(params, spec).clone()
@@ -761,7 +774,7 @@ def train_fresh_networks(cfg: Mapping, n: int, seed_offset: int = 100_000) -> to
     params = classifiers.init_stacked(spec, seeds)
     classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=int(cfg["batch_size"]),
                        lr=cfg["lr"], generators=[torch.Generator().manual_seed(1000 + s) for s in seeds],
-                       augment_shift=cfg.get("augment_shift", 0), lr_schedule=cfg["lr_schedule"],
+                       augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg), lr_schedule=cfg["lr_schedule"],
                        warmup=cfg["warmup"])
     return _vectors(params, spec).clone()
 
