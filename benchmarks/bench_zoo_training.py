@@ -8,7 +8,7 @@ Trains the same CNN (``classifiers.default_spec("mnist")``) for the same number
 of epochs on the 60,000 MNIST training images, then measures MNIST test
 accuracy:
 
-- **naive**: the seed's pipeline: ``torchvision.datasets.MNIST`` with
+- **naive**: the original project's pipeline: ``torchvision.datasets.MNIST`` with
   ``Compose([ToTensor(), Normalize(...)])`` and a ``DataLoader`` of batch 64
   (one PIL image and two transforms per sample, per epoch), Adam 1e-3;
 - **in-memory, same hyper-parameters**: tensors normalised once, index
@@ -21,7 +21,7 @@ accuracy:
   by one batched computation, with a one-cycle recipe (``FAST_RECIPE``: linear
   warm-up then linear decay of Adam's rate, peak 1e-2, batch 64, 0.75 epoch),
   chosen on a validation split (the last 5,000 training images; not the test
-  set), 8 networks per recipe, against the seed's hyper-parameters (batch 64,
+  set), 8 networks per recipe, against the original project's hyper-parameters (batch 64,
   Adam 1e-3, 2 epochs: mean validation accuracy 97.60 %). Half an epoch reached
   97.74 % on validation but fell 0.1-0.2 points *below* the naive network on the
   test set in a first benchmark, so the recipe with a clear margin was kept:
@@ -55,7 +55,7 @@ from helpers import classifiers, data, runtime  # noqa: E402
 
 
 def train_naive(spec, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
-    """The seed's way: torchvision dataset + per-sample transforms + DataLoader(batch 64)."""
+    """The original project's way: torchvision dataset + per-sample transforms + DataLoader(batch 64)."""
     from torchvision import transforms
 
     torch.manual_seed(seed)

@@ -6,7 +6,7 @@ A *preset* is a named set of settings for every notebook:
 |-----------|-----------------------------------------------------------------------|
 | `smoke`   | tests: every notebook finishes in at most 60 s on a 2-core CPU        |
 | `default` | `make run`: the whole series in at most 25 min on a 2-core CPU        |
-| `full`    | the seeds' own settings (10 CNNs x 10 epochs, latent 512, ...)        |
+| `full`    | the original projects' own settings (10 CNNs x 10 epochs, latent 512, ...)        |
 
 The preset is chosen by, in this order: the `preset=` argument (a notebook's
 `parameters` cell), the environment variable `LDT_PRESET`, then `"default"`.
@@ -315,7 +315,7 @@ DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation")
 # Fashion-MNIST: the MNIST CNN and recipe; only the accuracy thresholds follow the data
 # (validation accuracy of default's checkpoints, min_val_acc 0: trajectory zoo 87.8-89.4 %,
 # many-seed zoo 82.3-85.5 %, median 84.0 %; MNIST's: about 98.5 % and 97.6 %).
-# CIFAR-10: the seed's recipe (a tiny CNN, random flips, 4-px padded crops and colour jitter on
+# CIFAR-10: the original project's recipe (a tiny CNN, random flips, 4-px padded crops and colour jitter on
 # tensors, helpers.data.augment_images), sized for this CPU: conv 5x5/2 (3 -> 8), conv 3x3/2
 # (8 -> 16), fc 576 -> 16 -> 10, 11,178 weights (the MNIST CNN has 11,250), about 168k
 # multiply-adds per image (a 15,170-weight variant with 16/32 channels was ~3x slower per epoch

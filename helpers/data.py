@@ -365,7 +365,7 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
 def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True,
                    crop_padding: int = 4, brightness: float = 0.2, contrast: float = 0.2,
                    saturation: float = 0.2, dataset: str | None = None) -> torch.Tensor:
-    r"""The seed's CIFAR-10 augmentation, batched on tensors: flip, padded crop, colour jitter.
+    r"""The original project's CIFAR-10 augmentation, batched on tensors: flip, padded crop, colour jitter.
 
     ``x``: float images (N, C, H, W) in [0, 1], or, with ``dataset``, normalised with that
     dataset's statistics (:func:`normalize`; the result is then normalised too). Every
