@@ -45,6 +45,8 @@ __all__ = [
     "accuracy_targets_run", "NetworkFrameRenderer", "plot_achieved_vs_requested",
     "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
     "plot_accuracy_hists", "plot_schedules",
+    "r2_identity", "wide_conditioning_configs", "build_or_load_conditioned_diffusion", "wide_targets",
+    "wide_conditioning_run", "plot_wide_conditioning",
 ]
 
 
@@ -487,5 +489,174 @@ def plot_schedules(schedules: Mapping[str, diffusion.NoiseSchedule], ax=None):
         ax.plot(np.arange(s.T) / s.T, s.sqrt_alphas_cumprod.numpy(), label=f"{name} (T={s.T})")
     ax.set_xlabel("t / T")
     ax.set_ylabel(r"signal kept $\sqrt{\bar\alpha_t}$")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Accuracy conditioning over a wide range (notebook 03's last section)
+# ---------------------------------------------------------------------------
+
+def r2_identity(requested, achieved) -> float:
+    r"""How well achieved follows requested, judged against the identity line (not a fitted one).
+
+    .. math::  R^2_{id} = 1 - \frac{\sum_i (a_i - r_i)^2}{\sum_i (a_i - \bar a)^2}
+
+    with :math:`a` the achieved and :math:`r` the requested accuracies. 1 means every
+    network hits its request; an offset or a slope other than 1 lowers it (a fitted
+    line's :math:`R^2` would forgive both); it is negative when predicting every
+    network by the mean achieved accuracy beats predicting it by its request.
+    """
+    r = np.asarray(requested, dtype=np.float64).ravel()
+    a = np.asarray(achieved, dtype=np.float64).ravel()
+    if r.shape != a.shape or r.size < 2:
+        raise ValueError(f"expected requested and achieved of equal length >= 2, found {r.size} and {a.size}")
+    ss_tot = float(((a - a.mean()) ** 2).sum())
+    if ss_tot == 0.0:
+        raise ValueError("achieved accuracies are all equal: R^2 about the identity line is undefined")
+    return 1.0 - float(((a - r) ** 2).sum()) / ss_tot
+
+
+def wide_conditioning_configs(preset: str | None = None, **overrides):
+    """``(cfg, zoo_cfg, vae_cfg, diffusion_cfg)`` of the wide-accuracy conditioning study.
+
+    ``cfg``: the ``wide_conditioning`` section (keyword overrides must name its keys);
+    ``zoo_cfg``: :func:`helpers.weights.zoo_config` ``(preset, "wide")``; ``vae_cfg`` and
+    ``diffusion_cfg``: the ``vae`` and ``weight_diffusion`` sections of the preset with
+    ``cfg["vae"]`` and ``cfg["diffusion"]`` laid over them (unknown keys are refused there).
+    """
+    from . import config as _config
+
+    cfg = _config.get_config("wide_conditioning", preset, **overrides)
+    zoo_cfg = weights.zoo_config(cfg.preset, "wide", **dict(cfg["zoo"]))
+    vae_cfg = _config.get_config("vae", cfg.preset, **dict(cfg["vae"]))
+    diffusion_cfg = _config.get_config("weight_diffusion", cfg.preset, **dict(cfg["diffusion"]))
+    return cfg, zoo_cfg, vae_cfg, diffusion_cfg
+
+
+def build_or_load_conditioned_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
+                                        diffusion_cfg: Mapping[str, Any], condition: str = "val_acc",
+                                        rebuild: bool = False):
+    """:func:`build_or_load_weight_diffusion` with the condition taken from the zoo's column ``condition``.
+
+    ``"val_acc"`` (accuracy on the validation split, so that achieved *test* accuracy
+    is an honest check) or ``"test_acc"``. Returns ``(ema_denoiser, info)`` like
+    :func:`build_or_load_weight_diffusion` (``info["condition"]`` names the column).
+    """
+    if condition not in ("val_acc", "test_acc"):
+        raise ValueError(f"unknown condition {condition!r}; expected 'val_acc' or 'test_acc'")
+    if not diffusion_cfg["conditional"]:
+        raise ValueError("expected a conditional weight_diffusion config (conditional=True), found False")
+    vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg)
+    ds = vae_info["dataset"]
+    key = {"zoo": dict(zoo_cfg), "vae": dict(vae_cfg), "weight_diffusion": dict(diffusion_cfg),
+           "condition": condition}
+    dim = int(vae_model.latent_dim)
+
+    def build():
+        torch.manual_seed(int(diffusion_cfg["seed"]))
+        u = training_latents(vae_model, ds)
+        acc = ds.column(condition).to(torch.float32)
+        cond_mean, cond_std = float(acc.mean()), float(acc.std().clamp_min(1e-3))
+        model = make_denoiser(dim, diffusion_cfg)
+        ema, history = _train(model, u, (acc - cond_mean) / cond_std, diffusion_cfg, direct=False,
+                              desc="conditioned latent diffusion")
+        info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
+                "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
+                "cond_std": cond_std, "conditional": True, "condition": condition,
+                "n_train": int(u.shape[0]), "config": dict(diffusion_cfg)}
+        return ema, info
+
+    model, info = artifacts.cached("conditioned_diffusion", key, build=build,
+                                   save=lambda obj, path: save_denoiser(obj[0], path, obj[1]),
+                                   load=lambda path: load_denoiser(path, dim=dim, kind="latent"),
+                                   rebuild=rebuild)
+    info = dict(info)
+    info.update(path=str(artifacts.artifact_path("conditioned_diffusion", key)), vae=vae_model,
+                vae_info=vae_info, dataset=ds)
+    return model, info
+
+
+def wide_targets(accuracies, n_targets: int, q_lo: float, q_hi: float) -> np.ndarray:
+    """``n_targets`` requested accuracies evenly spaced between the ``q_lo`` and ``q_hi`` quantiles."""
+    lo, hi = np.quantile(np.asarray(accuracies, dtype=np.float64), [q_lo, q_hi])
+    return np.round(np.linspace(lo, hi, int(n_targets)), 2)
+
+
+def wide_conditioning_run(preset: str | None = None, verbose: bool = True, **overrides) -> dict[str, Any]:
+    """The whole wide-accuracy conditioning study: zoo, VAE, conditioned diffusion, requests, measurement.
+
+    1. the wide zoo (:func:`helpers.weights.zoo_config` ``(preset, "wide")``), its VAE and a latent
+       denoiser conditioned on ``cfg.condition`` (validation accuracy), each loaded or built;
+    2. ``n_targets`` requested accuracies evenly spaced between the ``target_quantiles`` of the
+       zoo's condition column, ``n_per_target`` networks each (DDIM, ``ddim_steps``);
+    3. the guidance weight: each of ``guidance_sweep`` is scored by :func:`r2_identity` with the
+       generated networks measured on the *validation* split (other sampling seeds); the best is kept;
+    4. with that weight, fresh networks measured on the *test* set (``n_test`` images): the result.
+
+    Returns a dict: ``requested``, ``achieved`` (per network, %), ``targets``, ``zoo_condition``
+    and ``zoo_test_acc`` (the zoo's accuracies), ``guidance``, ``sweep`` (w -> validation R^2),
+    ``r2_identity``, ``span_pp`` (last minus first target), ``pearson``, ``mae``, ``seconds``,
+    and the configs.
+    """
+    t0 = time.perf_counter()
+    cfg, zoo_cfg, vae_cfg, diffusion_cfg = wide_conditioning_configs(preset, **overrides)
+    denoiser, info = build_or_load_conditioned_diffusion(zoo_cfg, vae_cfg, diffusion_cfg, cfg.condition)
+    ds, vae_model = info["dataset"], info["vae"]
+    spec = ds.spec
+    (_, _), (x_val, y_val), _ = weights._zoo_data(zoo_cfg)
+    x_test, y_test = classifiers.load_split(zoo_cfg.get("dataset", "mnist"), "test", cfg.n_test)
+    zoo_cond = ds.column(cfg.condition).numpy()
+    targets = wide_targets(zoo_cond, cfg.n_targets, *cfg.target_quantiles)
+
+    def run(w: float, seed: int, x, y) -> dict[str, np.ndarray]:
+        return accuracy_targets_run(denoiser, vae_model, info, targets, cfg.n_per_target,
+                                    lambda v: classifiers.evaluate_vectors(v, spec, x, y),
+                                    steps=cfg.ddim_steps, eta=0.0, guidance=float(w), seed=seed,
+                                    clip_x0=diffusion_cfg["clip_x0"])
+
+    sweep = {}
+    for i, w in enumerate(cfg.guidance_sweep):
+        out = run(w, int(cfg.seed) + 100 + i, x_val, y_val)
+        sweep[float(w)] = r2_identity(out["requested"], out["achieved"])
+        if verbose:
+            print(f"guidance w = {w:g}: R^2 about the identity on the validation split {sweep[float(w)]:.3f}")
+    guidance = max(sweep, key=sweep.get) if sweep else float(cfg.guidance_sweep[0])
+    out = run(guidance, int(cfg.seed) + 1, x_test, y_test)
+    req, ach = out["requested"].astype(np.float64), out["achieved"].astype(np.float64)
+    result = {"requested": req, "achieved": ach, "targets": targets, "zoo_condition": zoo_cond,
+              "zoo_test_acc": ds.test_acc.numpy(), "condition": cfg.condition, "guidance": guidance,
+              "sweep": sweep, "r2_identity": r2_identity(req, ach), "span_pp": float(targets[-1] - targets[0]),
+              "pearson": float(np.corrcoef(req, ach)[0, 1]), "mae": float(np.abs(ach - req).mean()),
+              "n_zoo": len(ds), "seconds": time.perf_counter() - t0, "config": cfg, "zoo_config": zoo_cfg,
+              "vae_config": vae_cfg, "diffusion_config": diffusion_cfg, "denoiser_info": info}
+    if verbose:
+        print(f"{len(ds)} checkpoints, {cfg.condition} {zoo_cond.min():.1f}-{zoo_cond.max():.1f} %; "
+              f"{len(targets)} requests {targets[0]:.1f}-{targets[-1]:.1f} % x {cfg.n_per_target} networks, "
+              f"w = {guidance:g} (chosen on validation): R^2 about the identity {result['r2_identity']:.3f}, "
+              f"span {result['span_pp']:.1f} pt, Pearson {result['pearson']:.3f}, "
+              f"mean |achieved - requested| {result['mae']:.2f} pt ({result['seconds']:.0f} s)")
+    return result
+
+
+def plot_wide_conditioning(result: Mapping[str, Any], ax=None, title: str | None = None):
+    """Requested against achieved test accuracy over the wide zoo: dots, medians, the identity line."""
+    fig, ax = new_axes(ax, figsize=(5.0, 4.4))
+    req, ach = np.asarray(result["requested"], float), np.asarray(result["achieved"], float)
+    span = float(req.max() - req.min()) or 1.0
+    jitter = (np.arange(len(req)) % 7 - 3) * 0.004 * span
+    ax.scatter(req + jitter, ach, s=12, alpha=0.5, label="generated network")
+    targets = np.unique(req)
+    ax.plot(targets, [np.median(ach[req == t]) for t in targets], "o-", color="C3", label="median per request")
+    lo = min(req.min(), ach.min()) - 2
+    hi = max(req.max(), ach.max()) + 2
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="achieved = requested")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    cond = "validation" if result.get("condition", "val_acc") == "val_acc" else "test"
+    ax.set_xlabel(f"requested accuracy (%; trained on {cond} accuracy)")
+    ax.set_ylabel("achieved test accuracy (%)")
+    ax.set_title(title or f"wide zoo: R² about identity {result['r2_identity']:.2f}, "
+                          f"w = {result['guidance']:g}", fontsize=10)
     ax.legend(fontsize=8)
     return fig
