@@ -90,22 +90,24 @@ ZOO_MULTISEED: dict[str, dict[str, Any]] = {
 }
 # The wide-accuracy zoo (weights.zoo_config(preset, "wide"); notebook 03's last section): laid
 # over the preset's ZOO settings like ZOO_MULTISEED. n_runs networks trained together for `epochs`
-# epochs (lr, lr_schedule, warmup as above); a checkpoint of each at checkpoints_per_run steps
-# spaced geometrically from step first_checkpoint (dense early, where accuracy rises fast);
-# aligned to run 0 (align); then at most per_bin checkpoints kept in each of n_bins equal bins
-# of VALIDATION accuracy (on its first select_val_size images; None = all) over
-# [acc_lo, acc_hi] % (weights.even_selection), so the accuracies are spread evenly;
-# min_val_acc is not used.
+# epochs (lr, lr_schedule, warmup as above), all from one initialisation if shared_init (they
+# then differ only in their data order; align: weight-match each run to run 0, not needed then);
+# a checkpoint of each at checkpoints_per_run steps spaced geometrically from step
+# first_checkpoint (dense early, where accuracy rises fast); then at most per_bin checkpoints kept
+# in each of n_bins equal bins of VALIDATION accuracy (on its first select_val_size images;
+# None = all) over [acc_lo, acc_hi] % (weights.even_selection), so the accuracies are spread
+# evenly; min_val_acc is not used.
 _ZOO_WIDE_COMMON: dict[str, Any] = {
-    "kind": "wide", "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear", "warmup": 0.0,
-    "first_checkpoint": 2, "acc_lo": 50.0, "acc_hi": 99.5, "select_val_size": 1000,
+    "kind": "wide", "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear", "warmup": 0.05,
+    "first_checkpoint": 2, "acc_lo": 30.0, "acc_hi": 99.5, "select_val_size": 1000,
+    "shared_init": True, "align": False,
 }
 ZOO_WIDE: dict[str, dict[str, Any]] = {
     "smoke": {**_ZOO_WIDE_COMMON, "n_runs": 2, "epochs": 0.5, "checkpoints_per_run": 24,
               "acc_lo": 20.0, "n_bins": 8, "per_bin": 4},
-    "default": {**_ZOO_WIDE_COMMON, "n_runs": 8, "epochs": 1.5, "checkpoints_per_run": 80,
+    "default": {**_ZOO_WIDE_COMMON, "n_runs": 8, "epochs": 1.5, "checkpoints_per_run": 200,
                 "n_bins": 20, "per_bin": 16},
-    "full": {**_ZOO_WIDE_COMMON, "n_runs": 16, "epochs": 3, "checkpoints_per_run": 120,
+    "full": {**_ZOO_WIDE_COMMON, "n_runs": 16, "epochs": 3, "checkpoints_per_run": 300,
              "n_bins": 25, "per_bin": 32},
 }
 
@@ -172,19 +174,20 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
 
 # Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).
 # zoo/vae/diffusion: overrides laid over weights.zoo_config(preset, "wide") and the preset's VAE
-# and WEIGHT_DIFFUSION sections (generation.wide_conditioning_configs); condition: the zoo column
-# the denoiser is conditioned on ("val_acc": validation accuracy, so achieved test accuracy is an
-# honest check; "test_acc"); n_targets requested accuracies evenly spaced between the
+# and WEIGHT_DIFFUSION sections (generation.wide_conditioning_configs); condition: what the
+# denoiser is conditioned on ("decoded_val_acc": validation accuracy of each checkpoint as the VAE
+# reconstructs it; "val_acc": of the checkpoint itself; validation, so that achieved test accuracy
+# is an honest check; "test_acc"); n_targets requested accuracies evenly spaced between the
 # target_quantiles of that column, n_per_target networks each, DDIM with ddim_steps; the guidance
 # weight is the one of guidance_sweep with the best R^2 about the identity line measured on the
 # validation split; n_test: test images for the achieved accuracy (None = all 10,000).
 _WIDE_CONDITIONING_COMMON: dict[str, Any] = {
-    "seed": 0, "zoo": {}, "vae": {}, "diffusion": {}, "condition": "val_acc",
+    "seed": 0, "zoo": {}, "vae": {}, "diffusion": {}, "condition": "decoded_val_acc",
     "n_targets": 10, "target_quantiles": [0.05, 0.95], "n_per_target": 8, "ddim_steps": 50,
-    "guidance_sweep": [1.0, 2.0, 3.0], "n_test": None,
+    "guidance_sweep": [1.0, 2.0, 3.0, 4.0], "n_test": None,
 }
 WIDE_CONDITIONING: dict[str, dict[str, Any]] = {
-    "smoke": {**_WIDE_CONDITIONING_COMMON, "vae": {"epochs": 20}, "diffusion": {"train_steps": 200},
+    "smoke": {**_WIDE_CONDITIONING_COMMON, "diffusion": {"train_steps": 200},
               "n_targets": 4, "n_per_target": 2, "ddim_steps": 10, "guidance_sweep": [1.0, 2.0],
               "n_test": 2000},
     "default": dict(_WIDE_CONDITIONING_COMMON),

@@ -45,7 +45,7 @@ __all__ = [
     "accuracy_targets_run", "NetworkFrameRenderer", "plot_achieved_vs_requested",
     "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
     "plot_accuracy_hists", "plot_schedules",
-    "r2_identity", "wide_conditioning_configs", "build_or_load_conditioned_diffusion", "wide_targets",
+    "CONDITIONS", "r2_identity", "wide_conditioning_configs", "build_or_load_conditioned_diffusion", "wide_targets",
     "wide_conditioning_run", "plot_wide_conditioning",
 ]
 
@@ -497,6 +497,10 @@ def plot_schedules(schedules: Mapping[str, diffusion.NoiseSchedule], ax=None):
 # Accuracy conditioning over a wide range (notebook 03's last section)
 # ---------------------------------------------------------------------------
 
+CONDITIONS = ("val_acc", "decoded_val_acc", "test_acc")
+"""What the accuracy-conditioned denoiser of the wide study can be conditioned on."""
+
+
 def r2_identity(requested, achieved) -> float:
     r"""How well achieved follows requested, judged against the identity line (not a fitted one).
 
@@ -537,14 +541,18 @@ def wide_conditioning_configs(preset: str | None = None, **overrides):
 def build_or_load_conditioned_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
                                         diffusion_cfg: Mapping[str, Any], condition: str = "val_acc",
                                         rebuild: bool = False):
-    """:func:`build_or_load_weight_diffusion` with the condition taken from the zoo's column ``condition``.
+    """:func:`build_or_load_weight_diffusion` with another accuracy as the condition.
 
-    ``"val_acc"`` (accuracy on the validation split, so that achieved *test* accuracy
-    is an honest check) or ``"test_acc"``. Returns ``(ema_denoiser, info)`` like
-    :func:`build_or_load_weight_diffusion` (``info["condition"]`` names the column).
+    ``condition``: ``"val_acc"``, the checkpoint's accuracy on the zoo's validation split
+    (so that achieved *test* accuracy is an honest check); ``"decoded_val_acc"``, the
+    validation accuracy of the checkpoint *as the VAE reconstructs it* (what the decoder
+    really makes of that latent, so the VAE's reconstruction error is not asked of the
+    denoiser); or ``"test_acc"``. Returns ``(ema_denoiser, info)`` like
+    :func:`build_or_load_weight_diffusion`, with ``info["condition"]`` and
+    ``info["condition_values"]`` (the condition of every checkpoint, %, a numpy array).
     """
-    if condition not in ("val_acc", "test_acc"):
-        raise ValueError(f"unknown condition {condition!r}; expected 'val_acc' or 'test_acc'")
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; expected one of {', '.join(CONDITIONS)}")
     if not diffusion_cfg["conditional"]:
         raise ValueError("expected a conditional weight_diffusion config (conditional=True), found False")
     vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg)
@@ -556,7 +564,12 @@ def build_or_load_conditioned_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Map
     def build():
         torch.manual_seed(int(diffusion_cfg["seed"]))
         u = training_latents(vae_model, ds)
-        acc = ds.column(condition).to(torch.float32)
+        if condition == "decoded_val_acc":
+            _, (x_val, y_val), _ = weights._zoo_data(zoo_cfg)
+            acc = classifiers.evaluate_vectors(vae.reconstruct(vae_model, ds), ds.spec, x_val, y_val)
+        else:
+            acc = ds.column(condition)
+        acc = acc.to(torch.float32)
         cond_mean, cond_std = float(acc.mean()), float(acc.std().clamp_min(1e-3))
         model = make_denoiser(dim, diffusion_cfg)
         ema, history = _train(model, u, (acc - cond_mean) / cond_std, diffusion_cfg, direct=False,
@@ -565,15 +578,19 @@ def build_or_load_conditioned_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Map
                 "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
                 "cond_std": cond_std, "conditional": True, "condition": condition,
                 "n_train": int(u.shape[0]), "config": dict(diffusion_cfg)}
-        return ema, info
+        return ema, info, {"condition_values": acc}
 
-    model, info = artifacts.cached("conditioned_diffusion", key, build=build,
-                                   save=lambda obj, path: save_denoiser(obj[0], path, obj[1]),
-                                   load=lambda path: load_denoiser(path, dim=dim, kind="latent"),
-                                   rebuild=rebuild)
+    def load(path):
+        model, info = load_denoiser(path, dim=dim, kind="latent")
+        return model, info, info.pop("tensors")
+
+    model, info, extra = artifacts.cached("conditioned_diffusion", key, build=build,
+                                          save=lambda obj, path: save_denoiser(obj[0], path, obj[1], obj[2]),
+                                          load=load, rebuild=rebuild)
     info = dict(info)
+    info.pop("tensors", None)
     info.update(path=str(artifacts.artifact_path("conditioned_diffusion", key)), vae=vae_model,
-                vae_info=vae_info, dataset=ds)
+                vae_info=vae_info, dataset=ds, condition_values=extra["condition_values"].numpy())
     return model, info
 
 
@@ -587,15 +604,16 @@ def wide_conditioning_run(preset: str | None = None, verbose: bool = True, **ove
     """The whole wide-accuracy conditioning study: zoo, VAE, conditioned diffusion, requests, measurement.
 
     1. the wide zoo (:func:`helpers.weights.zoo_config` ``(preset, "wide")``), its VAE and a latent
-       denoiser conditioned on ``cfg.condition`` (validation accuracy), each loaded or built;
+       denoiser conditioned on ``cfg.condition`` (a validation accuracy, see
+       :func:`build_or_load_conditioned_diffusion`), each loaded or built;
     2. ``n_targets`` requested accuracies evenly spaced between the ``target_quantiles`` of the
-       zoo's condition column, ``n_per_target`` networks each (DDIM, ``ddim_steps``);
+       condition over the zoo, ``n_per_target`` networks each (DDIM, ``ddim_steps``);
     3. the guidance weight: each of ``guidance_sweep`` is scored by :func:`r2_identity` with the
        generated networks measured on the *validation* split (other sampling seeds); the best is kept;
     4. with that weight, fresh networks measured on the *test* set (``n_test`` images): the result.
 
     Returns a dict: ``requested``, ``achieved`` (per network, %), ``targets``, ``zoo_condition``
-    and ``zoo_test_acc`` (the zoo's accuracies), ``guidance``, ``sweep`` (w -> validation R^2),
+    (the condition of every checkpoint) and ``zoo_test_acc`` (their test accuracies), ``guidance``, ``sweep`` (w -> validation R^2),
     ``r2_identity``, ``span_pp`` (last minus first target), ``pearson``, ``mae``, ``seconds``,
     and the configs.
     """
@@ -606,7 +624,7 @@ def wide_conditioning_run(preset: str | None = None, verbose: bool = True, **ove
     spec = ds.spec
     (_, _), (x_val, y_val), _ = weights._zoo_data(zoo_cfg)
     x_test, y_test = classifiers.load_split(zoo_cfg.get("dataset", "mnist"), "test", cfg.n_test)
-    zoo_cond = ds.column(cfg.condition).numpy()
+    zoo_cond = info["condition_values"]
     targets = wide_targets(zoo_cond, cfg.n_targets, *cfg.target_quantiles)
 
     def run(w: float, seed: int, x, y) -> dict[str, np.ndarray]:
@@ -653,7 +671,7 @@ def plot_wide_conditioning(result: Mapping[str, Any], ax=None, title: str | None
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="achieved = requested")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    cond = "validation" if result.get("condition", "val_acc") == "val_acc" else "test"
+    cond = "test" if result.get("condition") == "test_acc" else "validation"
     ax.set_xlabel(f"requested accuracy (%; trained on {cond} accuracy)")
     ax.set_ylabel("achieved test accuracy (%)")
     ax.set_title(title or f"wide zoo: R² about identity {result['r2_identity']:.2f}, "

@@ -926,7 +926,9 @@ def even_selection(values, lo: float, hi: float, n_bins: int, per_bin: int) -> t
 def _build_wide_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     """Checkpoints from early training on, selected for an even spread of validation accuracy.
 
-    1. ``n_runs`` networks (seeds ``seed, seed+1, ...``) trained together by
+    1. ``n_runs`` networks (seeds ``seed, seed+1, ...``; with ``shared_init`` all start from
+       the initialisation of seed ``seed`` and differ only in their data order, so the early
+       checkpoints differ by what training changed, not by their random starts) trained together by
        :func:`helpers.classifiers.train_stacked` for ``epochs`` epochs (rate ``lr``,
        ``lr_schedule``, ``warmup``); a checkpoint of every run at each of the
        :func:`checkpoint_steps` (``checkpoints_per_run`` steps, geometric from
@@ -951,7 +953,8 @@ def _build_wide_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     save_at = set(checkpoint_steps(total, int(cfg["checkpoints_per_run"]), int(cfg["first_checkpoint"])))
     snaps, snap_steps, snap_losses, window = [], [], [], []
     t0 = time.perf_counter()
-    params = classifiers.init_stacked(spec, seeds)
+    # shared_init: every run starts from run 0's initialisation (and differs only in its data order)
+    params = classifiers.init_stacked(spec, [seeds[0]] * k if cfg["shared_init"] else seeds)
 
     def on_step(step: int, losses: torch.Tensor) -> None:
         window.append(losses)
