@@ -46,7 +46,7 @@ __all__ = [
     "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
     "plot_accuracy_hists", "plot_schedules",
     "CONDITIONS", "r2_identity", "wide_conditioning_configs", "build_or_load_conditioned_diffusion", "wide_targets",
-    "wide_conditioning_run", "plot_wide_conditioning",
+    "wide_conditioning_run", "plot_wide_conditioning", "plot_wide_zoo_accuracies",
 ]
 
 
@@ -672,9 +672,29 @@ def plot_wide_conditioning(result: Mapping[str, Any], ax=None, title: str | None
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     cond = "test" if result.get("condition") == "test_acc" else "validation"
-    ax.set_xlabel(f"requested accuracy (%; trained on {cond} accuracy)")
+    ax.set_xlabel(f"requested accuracy (%, a {cond} accuracy)")
     ax.set_ylabel("achieved test accuracy (%)")
     ax.set_title(title or f"wide zoo: R² about identity {result['r2_identity']:.2f}, "
                           f"w = {result['guidance']:g}", fontsize=10)
     ax.legend(fontsize=8)
+    return fig
+
+
+def plot_wide_zoo_accuracies(result: Mapping[str, Any], main_acc=None, ax=None, bins: int = 30):
+    """Histogram of the wide zoo: the condition (decoded validation accuracy) and the checkpoints'
+    test accuracy, with the range of the main zoo's accuracies (``main_acc``) shaded."""
+    fig, ax = new_axes(ax, figsize=(6.0, 3.4))
+    cond = np.asarray(result["zoo_condition"], float)
+    test = np.asarray(result["zoo_test_acc"], float)
+    edges = np.linspace(min(cond.min(), test.min()), max(cond.max(), test.max()), bins + 1)
+    name = {"decoded_val_acc": "condition: decoded, validation", "val_acc": "condition: validation",
+            "test_acc": "condition: test"}.get(result.get("condition"), "condition")
+    ax.hist(cond, bins=edges, alpha=0.6, label=f"{name} (n={len(cond)})")
+    ax.hist(test, bins=edges, histtype="step", lw=1.5, color="k", label="checkpoints, test")
+    if main_acc is not None:
+        main = np.asarray(main_acc, float)
+        ax.axvspan(main.min(), main.max(), color="C3", alpha=0.3, label="main zoo (section 6)")
+    ax.set_xlabel("accuracy (%)")
+    ax.set_ylabel("checkpoints")
+    ax.legend(fontsize=8, loc="upper left")
     return fig

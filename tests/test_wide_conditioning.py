@@ -128,6 +128,9 @@ def test_wide_conditioning_smoke_run_shapes():
     assert res["zoo_condition"].shape == res["zoo_test_acc"].shape == (res["n_zoo"],)
     fig = generation.plot_wide_conditioning(res)
     assert fig.axes[0].get_ylabel() == "achieved test accuracy (%)"
+    assert fig.axes[0].get_xlabel() == "requested accuracy (%, a validation accuracy)"
+    fig = generation.plot_wide_zoo_accuracies(res, main_acc=[98.4, 98.8])
+    assert len(fig.axes[0].patches) > cfg["n_targets"]
     # loaded from artifacts the second time: same denoiser, same networks
     again = generation.wide_conditioning_run("smoke", verbose=False, n_test=500)
     np.testing.assert_array_equal(again["achieved"], res["achieved"])
