@@ -94,6 +94,28 @@ ZOO_MULTISEED: dict[str, dict[str, Any]] = {
              "checkpoints_per_run": 4, "checkpoint_every": 50, "min_val_acc": 97.5,
              "barrier_pairs": 64},
 }
+# The wide-accuracy zoo (weights.zoo_config(preset, "wide"); notebook 03's last section): laid
+# over the preset's ZOO settings like ZOO_MULTISEED. n_runs networks trained together for `epochs`
+# epochs (lr, lr_schedule, warmup as above), all from one initialisation if shared_init (they
+# then differ only in their data order; align: weight-match each run to run 0, not needed then);
+# a checkpoint of each at checkpoints_per_run steps spaced geometrically from step
+# first_checkpoint (dense early, where accuracy rises fast); then at most per_bin checkpoints kept
+# in each of n_bins equal bins of VALIDATION accuracy (on its first select_val_size images;
+# None = all) over [acc_lo, acc_hi] % (weights.even_selection), so the accuracies are spread
+# evenly; min_val_acc is not used.
+_ZOO_WIDE_COMMON: dict[str, Any] = {
+    "kind": "wide", "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear", "warmup": 0.05,
+    "first_checkpoint": 2, "acc_lo": 30.0, "acc_hi": 99.5, "select_val_size": 1000,
+    "shared_init": True, "align": False,
+}
+ZOO_WIDE: dict[str, dict[str, Any]] = {
+    "smoke": {**_ZOO_WIDE_COMMON, "n_runs": 2, "epochs": 0.5, "checkpoints_per_run": 24,
+              "acc_lo": 20.0, "n_bins": 8, "per_bin": 4},
+    "default": {**_ZOO_WIDE_COMMON, "n_runs": 8, "epochs": 1.5, "checkpoints_per_run": 200,
+                "n_bins": 20, "per_bin": 16},
+    "full": {**_ZOO_WIDE_COMMON, "n_runs": 16, "epochs": 3, "checkpoints_per_run": 300,
+             "n_bins": 25, "per_bin": 32},
+}
 
 # Notebook 02: the parameter autoencoder / VAE (owned by notebook 02).
 # latent_dim/hidden/n_layers: MLP encoder and decoder sizes; beta: KL weight (0 = plain AE);
@@ -154,6 +176,29 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
              "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
              "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
              "guidance": 2.0, "gif_fps": 8},
+}
+
+# Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).
+# zoo/vae/diffusion: overrides laid over weights.zoo_config(preset, "wide") and the preset's VAE
+# and WEIGHT_DIFFUSION sections (generation.wide_conditioning_configs); condition: what the
+# denoiser is conditioned on ("decoded_val_acc": validation accuracy of each checkpoint as the VAE
+# reconstructs it; "val_acc": of the checkpoint itself; validation, so that achieved test accuracy
+# is an honest check; "test_acc"); n_targets requested accuracies evenly spaced between the
+# target_quantiles of that column, n_per_target networks each, DDIM with ddim_steps; the guidance
+# weight is the one of guidance_sweep with the best R^2 about the identity line measured on the
+# validation split; n_test: test images for the achieved accuracy (None = all 10,000);
+# run: False skips the study (per dataset in WEIGHT_DATASETS: CIFAR-10's budget in default and full).
+_WIDE_CONDITIONING_COMMON: dict[str, Any] = {
+    "seed": 0, "run": True, "zoo": {}, "vae": {}, "diffusion": {}, "condition": "decoded_val_acc",
+    "n_targets": 10, "target_quantiles": [0.05, 0.95], "n_per_target": 8, "ddim_steps": 50,
+    "guidance_sweep": [1.0, 2.0, 3.0, 4.0], "n_test": None,
+}
+WIDE_CONDITIONING: dict[str, dict[str, Any]] = {
+    "smoke": {**_WIDE_CONDITIONING_COMMON, "diffusion": {"train_steps": 200},
+              "n_targets": 4, "n_per_target": 2, "ddim_steps": 10, "guidance_sweep": [1.0, 2.0],
+              "n_test": 2000},
+    "default": dict(_WIDE_CONDITIONING_COMMON),
+    "full": dict(_WIDE_CONDITIONING_COMMON),
 }
 
 # Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
@@ -297,6 +342,7 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "catdog": CATDOG,
     "evaluation": EVALUATION,
     "digits": DIGITS,
+    "wide_conditioning": WIDE_CONDITIONING,
 }
 
 
@@ -306,7 +352,7 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
 # Sections whose settings depend on the dataset (get_config lays WEIGHT_DATASETS over them).
-DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation")
+DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation", "wide_conditioning")
 
 # One entry per dataset: label (plots, tables), acc_bar (the "> X %" bar of the summaries,
 # metric generated_frac_above_<bar>), then per section (and "zoo_multiseed", laid over
@@ -343,6 +389,9 @@ WEIGHT_DATASETS: dict[str, dict[str, Any]] = {
         # the many-seed zoo: 16 networks x 1 epoch (a CIFAR-10 network-epoch costs ~3x MNIST's here)
         "zoo_multiseed": {"default": {"n_runs": 16, "epochs": 1, "min_val_acc": 40.0, "barrier_pairs": 32},
                           "full": {"n_runs": 64, "epochs": 4, "min_val_acc": 45.0}},
+        # notebook 03's wide-accuracy study is skipped: its zoo would cost ~3x MNIST's in default, and
+        # smoke's few steps leave CIFAR-10 networks at 10-18 %, below the study's accuracy bins
+        "wide_conditioning": {"smoke": {"run": False}, "default": {"run": False}, "full": {"run": False}},
     },
 }
 

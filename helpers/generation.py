@@ -24,12 +24,14 @@ configs that made them (zoo, VAE and this notebook's ``weight_diffusion`` sectio
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from . import artifacts, classifiers, diffusion, runtime, vae, weights
+from . import config as _config
 from .denoisers import MLPDenoiser
 from .plots import new_axes
 
@@ -55,6 +57,8 @@ __all__ = [
     "accuracy_targets_run", "NetworkFrameRenderer", "plot_achieved_vs_requested",
     "slider_frames", "checkpoint_accuracies", "loss_curve_figure",
     "plot_accuracy_hists", "plot_schedules",
+    "CONDITIONS", "r2_identity", "wide_conditioning_configs", "build_or_load_conditioned_diffusion", "wide_targets",
+    "wide_conditioning_run", "plot_wide_conditioning", "plot_wide_zoo_accuracies",
 ]
 
 
@@ -515,4 +519,211 @@ def plot_schedules(schedules: Mapping[str, diffusion.NoiseSchedule], ax=None):
     ax.set_xlabel("t / T")
     ax.set_ylabel(r"signal kept $\sqrt{\bar\alpha_t}$")
     ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Accuracy conditioning over a wide range (notebook 03's last section)
+# ---------------------------------------------------------------------------
+
+CONDITIONS = ("val_acc", "decoded_val_acc", "test_acc")
+"""What the accuracy-conditioned denoiser of the wide study can be conditioned on."""
+
+
+def r2_identity(requested, achieved) -> float:
+    r"""How well achieved follows requested, judged against the identity line (not a fitted one).
+
+    .. math::  R^2_{id} = 1 - \frac{\sum_i (a_i - r_i)^2}{\sum_i (a_i - \bar a)^2}
+
+    with :math:`a` the achieved and :math:`r` the requested accuracies. 1 means every
+    network hits its request; an offset or a slope other than 1 lowers it (a fitted
+    line's :math:`R^2` would forgive both); it is negative when predicting every
+    network by the mean achieved accuracy beats predicting it by its request.
+    """
+    r = np.asarray(requested, dtype=np.float64).ravel()
+    a = np.asarray(achieved, dtype=np.float64).ravel()
+    if r.shape != a.shape or r.size < 2:
+        raise ValueError(f"expected requested and achieved of equal length >= 2, found {r.size} and {a.size}")
+    ss_tot = float(((a - a.mean()) ** 2).sum())
+    if ss_tot == 0.0:
+        raise ValueError("achieved accuracies are all equal: R^2 about the identity line is undefined")
+    return 1.0 - float(((a - r) ** 2).sum()) / ss_tot
+
+
+def wide_conditioning_configs(preset: str | None = None, dataset: str | None = None, **overrides):
+    """``(cfg, zoo_cfg, vae_cfg, diffusion_cfg)`` of the wide-accuracy conditioning study.
+
+    ``cfg``: the ``wide_conditioning`` section (keyword overrides must name its keys);
+    ``zoo_cfg``: :func:`helpers.weights.zoo_config` ``(preset, "wide")``; ``vae_cfg`` and
+    ``diffusion_cfg``: the ``vae`` and ``weight_diffusion`` sections of the preset with
+    ``cfg["vae"]`` and ``cfg["diffusion"]`` laid over them (unknown keys are refused there).
+    ``dataset`` (None: ``$LDT_DATASET``, else "mnist") lays that dataset's settings
+    (``config.WEIGHT_DATASETS``) over every one of them.
+    """
+    cfg = _config.get_config("wide_conditioning", preset, dataset=dataset, **overrides)
+    zoo_cfg = weights.zoo_config(cfg.preset, "wide", dataset=dataset, **dict(cfg["zoo"]))
+    vae_cfg = _config.get_config("vae", cfg.preset, dataset=dataset, **dict(cfg["vae"]))
+    diffusion_cfg = _config.get_config("weight_diffusion", cfg.preset, dataset=dataset, **dict(cfg["diffusion"]))
+    return cfg, zoo_cfg, vae_cfg, diffusion_cfg
+
+
+def build_or_load_conditioned_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
+                                        diffusion_cfg: Mapping[str, Any], condition: str = "val_acc",
+                                        rebuild: bool = False):
+    """:func:`build_or_load_weight_diffusion` with another accuracy as the condition.
+
+    ``condition``: ``"val_acc"``, the checkpoint's accuracy on the zoo's validation split
+    (so that achieved *test* accuracy is an honest check); ``"decoded_val_acc"``, the
+    validation accuracy of the checkpoint *as the VAE reconstructs it* (what the decoder
+    really makes of that latent, so the VAE's reconstruction error is not asked of the
+    denoiser); or ``"test_acc"``. Returns ``(ema_denoiser, info)`` like
+    :func:`build_or_load_weight_diffusion`, with ``info["condition"]`` and
+    ``info["condition_values"]`` (the condition of every checkpoint, %, a numpy array).
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; expected one of {', '.join(CONDITIONS)}")
+    if not diffusion_cfg["conditional"]:
+        raise ValueError("expected a conditional weight_diffusion config (conditional=True), found False")
+    vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg)
+    ds = vae_info["dataset"]
+    key = {**weight_diffusion_key(zoo_cfg, vae_cfg, diffusion_cfg), "condition": condition}
+    dim = int(vae_model.latent_dim)
+
+    def build():
+        torch.manual_seed(int(diffusion_cfg["seed"]))
+        u = training_latents(vae_model, ds)
+        if condition == "decoded_val_acc":
+            _, (x_val, y_val), _ = weights._zoo_data(zoo_cfg)
+            acc = classifiers.evaluate_vectors(vae.reconstruct(vae_model, ds), ds.spec, x_val, y_val)
+        else:
+            acc = ds.column(condition)
+        acc = acc.to(torch.float32)
+        cond_mean, cond_std = float(acc.mean()), float(acc.std().clamp_min(1e-3))
+        model = make_denoiser(dim, diffusion_cfg)
+        ema, history = _train(model, u, (acc - cond_mean) / cond_std, diffusion_cfg, direct=False,
+                              desc="conditioned latent diffusion")
+        info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
+                "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
+                "cond_std": cond_std, "conditional": True, "condition": condition,
+                "n_train": int(u.shape[0]), "config": dict(diffusion_cfg)}
+        return ema, info, {"condition_values": acc}
+
+    def load(path):
+        model, info = load_denoiser(path, dim=dim, kind="latent")
+        return model, info, info.pop("tensors")
+
+    model, info, extra = artifacts.cached("conditioned_diffusion", key, build=build,
+                                          save=lambda obj, path: save_denoiser(obj[0], path, obj[1], obj[2]),
+                                          load=load, rebuild=rebuild)
+    info = dict(info)
+    info.pop("tensors", None)
+    info.update(path=str(artifacts.artifact_path("conditioned_diffusion", key)), vae=vae_model,
+                vae_info=vae_info, dataset=ds, condition_values=extra["condition_values"].numpy())
+    return model, info
+
+
+def wide_targets(accuracies, n_targets: int, q_lo: float, q_hi: float) -> np.ndarray:
+    """``n_targets`` requested accuracies evenly spaced between the ``q_lo`` and ``q_hi`` quantiles."""
+    lo, hi = np.quantile(np.asarray(accuracies, dtype=np.float64), [q_lo, q_hi])
+    return np.round(np.linspace(lo, hi, int(n_targets)), 2)
+
+
+def wide_conditioning_run(preset: str | None = None, dataset: str | None = None, verbose: bool = True,
+                          **overrides) -> dict[str, Any]:
+    """The whole wide-accuracy conditioning study: zoo, VAE, conditioned diffusion, requests, measurement.
+
+    1. the wide zoo (:func:`helpers.weights.zoo_config` ``(preset, "wide")``), its VAE and a latent
+       denoiser conditioned on ``cfg.condition`` (a validation accuracy, see
+       :func:`build_or_load_conditioned_diffusion`), each loaded or built;
+    2. ``n_targets`` requested accuracies evenly spaced between the ``target_quantiles`` of the
+       condition over the zoo, ``n_per_target`` networks each (DDIM, ``ddim_steps``);
+    3. the guidance weight: each of ``guidance_sweep`` is scored by :func:`r2_identity` with the
+       generated networks measured on the *validation* split (other sampling seeds); the best is kept;
+    4. with that weight, fresh networks measured on the *test* set (``n_test`` images): the result.
+
+    Returns a dict: ``requested``, ``achieved`` (per network, %), ``targets``, ``zoo_condition``
+    (the condition of every checkpoint) and ``zoo_test_acc`` (their test accuracies), ``guidance``, ``sweep`` (w -> validation R^2),
+    ``r2_identity``, ``span_pp`` (last minus first target), ``pearson``, ``mae``, ``seconds``,
+    and the configs.
+    """
+    t0 = time.perf_counter()
+    cfg, zoo_cfg, vae_cfg, diffusion_cfg = wide_conditioning_configs(preset, dataset, **overrides)
+    denoiser, info = build_or_load_conditioned_diffusion(zoo_cfg, vae_cfg, diffusion_cfg, cfg.condition)
+    ds, vae_model = info["dataset"], info["vae"]
+    spec = ds.spec
+    (_, _), (x_val, y_val), _ = weights._zoo_data(zoo_cfg)
+    x_test, y_test = classifiers.load_split(zoo_cfg.get("dataset", "mnist"), "test", cfg.n_test)
+    zoo_cond = info["condition_values"]
+    targets = wide_targets(zoo_cond, cfg.n_targets, *cfg.target_quantiles)
+
+    def run(w: float, seed: int, x, y) -> dict[str, np.ndarray]:
+        return accuracy_targets_run(denoiser, vae_model, info, targets, cfg.n_per_target,
+                                    lambda v: classifiers.evaluate_vectors(v, spec, x, y),
+                                    steps=cfg.ddim_steps, eta=0.0, guidance=float(w), seed=seed,
+                                    clip_x0=diffusion_cfg["clip_x0"])
+
+    sweep = {}
+    for i, w in enumerate(cfg.guidance_sweep):
+        out = run(w, int(cfg.seed) + 100 + i, x_val, y_val)
+        sweep[float(w)] = r2_identity(out["requested"], out["achieved"])
+        if verbose:
+            print(f"guidance w = {w:g}: R^2 about the identity on the validation split {sweep[float(w)]:.3f}")
+    guidance = max(sweep, key=sweep.get) if sweep else float(cfg.guidance_sweep[0])
+    out = run(guidance, int(cfg.seed) + 1, x_test, y_test)
+    req, ach = out["requested"].astype(np.float64), out["achieved"].astype(np.float64)
+    result = {"requested": req, "achieved": ach, "targets": targets, "zoo_condition": zoo_cond,
+              "zoo_test_acc": ds.test_acc.numpy(), "condition": cfg.condition, "guidance": guidance,
+              "sweep": sweep, "r2_identity": r2_identity(req, ach), "span_pp": float(targets[-1] - targets[0]),
+              "pearson": float(np.corrcoef(req, ach)[0, 1]), "mae": float(np.abs(ach - req).mean()),
+              "n_zoo": len(ds), "seconds": time.perf_counter() - t0, "config": cfg, "zoo_config": zoo_cfg,
+              "vae_config": vae_cfg, "diffusion_config": diffusion_cfg, "denoiser_info": info}
+    if verbose:
+        print(f"{len(ds)} checkpoints, {cfg.condition} {zoo_cond.min():.1f}-{zoo_cond.max():.1f} %; "
+              f"{len(targets)} requests {targets[0]:.1f}-{targets[-1]:.1f} % x {cfg.n_per_target} networks, "
+              f"w = {guidance:g} (chosen on validation): R^2 about the identity {result['r2_identity']:.3f}, "
+              f"span {result['span_pp']:.1f} pt, Pearson {result['pearson']:.3f}, "
+              f"mean |achieved - requested| {result['mae']:.2f} pt ({result['seconds']:.0f} s)")
+    return result
+
+
+def plot_wide_conditioning(result: Mapping[str, Any], ax=None, title: str | None = None):
+    """Requested against achieved test accuracy over the wide zoo: dots, medians, the identity line."""
+    fig, ax = new_axes(ax, figsize=(5.0, 4.4))
+    req, ach = np.asarray(result["requested"], float), np.asarray(result["achieved"], float)
+    span = float(req.max() - req.min()) or 1.0
+    jitter = (np.arange(len(req)) % 7 - 3) * 0.004 * span
+    ax.scatter(req + jitter, ach, s=12, alpha=0.5, label="generated network")
+    targets = np.unique(req)
+    ax.plot(targets, [np.median(ach[req == t]) for t in targets], "o-", color="C3", label="median per request")
+    lo = min(req.min(), ach.min()) - 2
+    hi = max(req.max(), ach.max()) + 2
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="achieved = requested")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    cond = "test" if result.get("condition") == "test_acc" else "validation"
+    ax.set_xlabel(f"requested accuracy (%, a {cond} accuracy)")
+    ax.set_ylabel("achieved test accuracy (%)")
+    ax.set_title(title or f"wide zoo: R² about identity {result['r2_identity']:.2f}, "
+                          f"w = {result['guidance']:g}", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_wide_zoo_accuracies(result: Mapping[str, Any], main_acc=None, ax=None, bins: int = 30):
+    """Histogram of the wide zoo: the condition (decoded validation accuracy) and the checkpoints'
+    test accuracy, with the range of the main zoo's accuracies (``main_acc``) shaded."""
+    fig, ax = new_axes(ax, figsize=(6.0, 3.4))
+    cond = np.asarray(result["zoo_condition"], float)
+    test = np.asarray(result["zoo_test_acc"], float)
+    edges = np.linspace(min(cond.min(), test.min()), max(cond.max(), test.max()), bins + 1)
+    name = {"decoded_val_acc": "condition: decoded, validation", "val_acc": "condition: validation",
+            "test_acc": "condition: test"}.get(result.get("condition"), "condition")
+    ax.hist(cond, bins=edges, alpha=0.6, label=f"{name} (n={len(cond)})")
+    ax.hist(test, bins=edges, histtype="step", lw=1.5, color="k", label="checkpoints, test")
+    if main_acc is not None:
+        main = np.asarray(main_acc, float)
+        ax.axvspan(main.min(), main.max(), color="C3", alpha=0.3, label="main zoo (section 6)")
+    ax.set_xlabel("accuracy (%)")
+    ax.set_ylabel("checkpoints")
+    ax.legend(fontsize=8, loc="upper left")
     return fig

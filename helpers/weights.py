@@ -496,7 +496,7 @@ def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: M
 # Building the zoo
 # ---------------------------------------------------------------------------
 
-ZOO_KINDS = ("trajectory", "multiseed")
+ZOO_KINDS = ("trajectory", "multiseed", "wide")
 
 
 def zoo_config(preset: str | None = None, kind: str = "trajectory", dataset: str | None = None, **overrides):
@@ -504,9 +504,11 @@ def zoo_config(preset: str | None = None, kind: str = "trajectory", dataset: str
 
     ``"trajectory"``: ``config.ZOO[preset]`` (a few runs, many checkpoints each);
     ``"multiseed"``: the same with ``config.ZOO_MULTISEED[preset]`` laid over it (many
-    independent networks, a few checkpoints each). ``dataset`` (None: ``$LDT_DATASET``, else
-    "mnist") lays that dataset's settings (``config.WEIGHT_DATASETS``) over both.
-    Keyword overrides must name existing keys.
+    independent networks, a few checkpoints each); ``"wide"``: ``config.ZOO_WIDE[preset]``
+    laid over it (checkpoints from early training on, a wide range of accuracies, for
+    accuracy conditioning). ``dataset`` (None: ``$LDT_DATASET``, else "mnist") lays that
+    dataset's settings (``config.WEIGHT_DATASETS``, sections ``zoo`` and ``zoo_<kind>``) over
+    them. Keyword overrides must name existing keys.
     """
     import copy
 
@@ -515,13 +517,14 @@ def zoo_config(preset: str | None = None, kind: str = "trajectory", dataset: str
     if kind == "trajectory":
         return _config.get_config("zoo", preset, dataset=dataset, **overrides)
     base = _config.get_config("zoo", preset, dataset=dataset)
-    values = {**dict(base), **copy.deepcopy(_config.ZOO_MULTISEED[base.preset]),
-              **_config.dataset_overrides("zoo_multiseed", base.preset, base.dataset)}
+    extra = _config.ZOO_WIDE if kind == "wide" else _config.ZOO_MULTISEED
+    values = {**dict(base), **copy.deepcopy(extra[base.preset]),
+              **_config.dataset_overrides(f"zoo_{kind}", base.preset, base.dataset)}
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise KeyError(f"unknown setting(s) {unknown} for the {kind} zoo; it has: {', '.join(sorted(values))}")
     values.update(overrides)
-    return _config.Config(values, preset=base.preset, section="zoo (multiseed)")
+    return _config.Config(values, preset=base.preset, section=f"zoo ({kind})")
 
 
 def zoo_spec(cfg: Mapping) -> dict:
@@ -573,6 +576,8 @@ def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
     if kind not in ZOO_KINDS:
         raise ValueError(f"unknown zoo kind {kind!r}; expected one of {', '.join(ZOO_KINDS)}")
     try:
+        if kind == "wide":
+            return _build_wide_zoo(cfg, verbose)
         return _build_multiseed_zoo(cfg, verbose) if kind == "multiseed" else _build_zoo(cfg, verbose)
     finally:
         torch.set_num_threads(threads)
@@ -889,3 +894,133 @@ def distance_summary(dataset: WeightDataset) -> dict[str, float]:
         r = torch.cdist(dataset.run_vectors, dataset.run_vectors)
         out["between runs (unaligned end points)"] = float(r[~torch.eye(len(r), dtype=torch.bool)].mean())
     return out
+
+
+# ---------------------------------------------------------------------------
+# The wide-accuracy zoo (accuracy conditioning over a wide range)
+# ---------------------------------------------------------------------------
+
+def checkpoint_steps(total: int, n: int, first: int = 1) -> list[int]:
+    r"""About ``n`` distinct training steps from ``first`` to ``total``, spaced geometrically.
+
+    :math:`s_i = \mathrm{round}(s_0 (T/s_0)^{i/(n-1)})`, duplicates dropped: dense early,
+    where accuracy rises fast, sparse late, where it creeps.
+    """
+    total, n, first = int(total), int(n), int(first)
+    if total < 1 or n < 1 or not 1 <= first <= total:
+        raise ValueError(f"expected total >= 1, n >= 1 and 1 <= first <= total, "
+                         f"found total={total}, n={n}, first={first}")
+    if n == 1:
+        return [total]
+    ratio = (total / first) ** (1.0 / (n - 1))
+    return sorted({min(total, int(round(first * ratio ** i))) for i in range(n)})
+
+
+def even_selection(values, lo: float, hi: float, n_bins: int, per_bin: int) -> torch.Tensor:
+    """Indices of a subset of ``values`` whose histogram over [lo, hi] is as flat as possible.
+
+    [lo, hi] is cut into ``n_bins`` equal bins; from each bin at most ``per_bin``
+    values are kept, evenly spaced in rank within the bin (so a crowded bin keeps
+    a spread of its values, a sparse one keeps all). Values outside [lo, hi] are
+    dropped. Returns the sorted indices (LongTensor). Deterministic.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if not hi > lo or int(n_bins) < 1 or int(per_bin) < 1:
+        raise ValueError(f"expected lo < hi, n_bins >= 1 and per_bin >= 1, "
+                         f"found lo={lo}, hi={hi}, n_bins={n_bins}, per_bin={per_bin}")
+    edges = torch.linspace(float(lo), float(hi), int(n_bins) + 1, dtype=torch.float64)
+    inside = (v >= lo) & (v <= hi)
+    bins = torch.bucketize(v, edges[1:-1], right=True)
+    keep = []
+    for b in range(int(n_bins)):
+        idx = torch.nonzero(inside & (bins == b)).flatten()
+        if len(idx) == 0:
+            continue
+        idx = idx[torch.argsort(v[idx], stable=True)]
+        if len(idx) > per_bin:
+            idx = idx[torch.linspace(0, len(idx) - 1, int(per_bin)).round().long()]
+        keep.append(idx)
+    return torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
+
+
+def _build_wide_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
+    """Checkpoints from early training on, selected for an even spread of validation accuracy.
+
+    1. ``n_runs`` networks (seeds ``seed, seed+1, ...``; with ``shared_init`` all start from
+       the initialisation of seed ``seed`` and differ only in their data order, so the early
+       checkpoints differ by what training changed, not by their random starts) trained together by
+       :func:`helpers.classifiers.train_stacked` for ``epochs`` epochs (rate ``lr``,
+       ``lr_schedule``, ``warmup``); a checkpoint of every run at each of the
+       :func:`checkpoint_steps` (``checkpoints_per_run`` steps, geometric from
+       ``first_checkpoint``), so the early, fast-rising part is well covered.
+    2. If ``align``, every run's end point is aligned to run 0's by weight matching and
+       the permutation is applied to the run's whole trajectory (as the trajectory zoo).
+    3. Every checkpoint's accuracy on the first ``select_val_size`` images of the
+       validation split (the last ``val_size`` training images, never trained on; None:
+       all of them); :func:`even_selection` keeps at most ``per_bin`` checkpoints in each
+       of ``n_bins`` bins over [``acc_lo``, ``acc_hi``] %. The kept ones are then measured
+       on the whole validation split (``val_acc``, the condition of notebook 03's study)
+       and on the test set (``test_acc``), which is never used to choose.
+    """
+    spec = zoo_spec(cfg)
+    (x, y), (x_val, y_val), (x_test, y_test) = _zoo_data(cfg)
+    k = int(cfg["n_runs"])
+    seeds = [int(cfg["seed"]) + r for r in range(k)]
+    gens = [torch.Generator().manual_seed(1000 + s) for s in seeds]
+    bs = int(cfg["batch_size"])
+    per_epoch = x.shape[0] // bs
+    total = int(round(cfg["epochs"] * per_epoch))
+    save_at = set(checkpoint_steps(total, int(cfg["checkpoints_per_run"]), int(cfg["first_checkpoint"])))
+    snaps, snap_steps, snap_losses, window = [], [], [], []
+    t0 = time.perf_counter()
+    # shared_init: every run starts from run 0's initialisation (and differs only in its data order)
+    params = classifiers.init_stacked(spec, [seeds[0]] * k if cfg["shared_init"] else seeds)
+
+    def on_step(step: int, losses: torch.Tensor) -> None:
+        window.append(losses)
+        if step in save_at:
+            snaps.append(_vectors(params, spec).clone())
+            snap_steps.append(step)
+            snap_losses.append(torch.stack(window).mean(0))
+            window.clear()
+
+    losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
+                                          generators=gens, augment_shift=cfg.get("augment_shift", 0),
+                                          augment=zoo_augment(cfg), on_step=on_step, progress=verbose,
+                                          lr_schedule=cfg["lr_schedule"],
+                                          warmup=cfg["warmup"])
+    run_vectors = _vectors(params, spec).clone()
+    train_seconds = time.perf_counter() - t0
+    traj = torch.stack(snaps).transpose(0, 1).contiguous()          # (runs, checkpoints, D)
+    if cfg.get("align", True):
+        ref = unflatten(run_vectors[0], spec)
+        for r in range(1, k):
+            perm = weight_matching(ref, unflatten(run_vectors[r], spec), spec)
+            traj[r] = torch.stack([flatten(permute(unflatten(v, spec), perm, spec), spec) for v in traj[r]])
+    flat = traj.reshape(-1, traj.shape[-1]).contiguous()
+    n_sel = int(cfg["select_val_size"] or x_val.shape[0])
+    sel_acc = classifiers.evaluate_vectors(flat, spec, x_val[:n_sel], y_val[:n_sel])
+    keep = even_selection(sel_acc, cfg["acc_lo"], cfg["acc_hi"], cfg["n_bins"], cfg["per_bin"])
+    if len(keep) == 0:
+        raise RuntimeError(f"no checkpoint has a validation accuracy in [{cfg['acc_lo']}, {cfg['acc_hi']}] %; "
+                           f"found {float(sel_acc.min()):.1f}-{float(sel_acc.max()):.1f} %")
+    val_acc = classifiers.evaluate_vectors(flat[keep], spec, x_val, y_val)
+    test_acc = classifiers.evaluate_vectors(flat[keep], spec, x_test, y_test)
+    metrics = []
+    for j, i in enumerate(keep.tolist()):
+        r, c = divmod(i, len(snaps))
+        metrics.append({"run": r, "run_seed": seeds[r], "phase": "wide",
+                        "epoch": round(snap_steps[c] / per_epoch, 3), "step": snap_steps[c],
+                        "train_loss": float(snap_losses[c][r]), "val_acc": float(val_acc[j]),
+                        "test_acc": float(test_acc[j])})
+    seconds = time.perf_counter() - t0
+    if verbose:
+        kept = val_acc
+        print(f"{k} runs x {total} steps, {len(snaps)} checkpoints each ({train_seconds:.0f} s); kept {len(keep)} "
+              f"of {flat.shape[0]} for an even spread of val acc over [{cfg['acc_lo']}, {cfg['acc_hi']}] %: "
+              f"{float(kept.min()):.1f}-{float(kept.max()):.1f} %; {seconds:.0f} s")
+    config = {**dict(cfg), "spec": spec, "build_seconds": round(seconds, 1),
+              "train_seconds": round(train_seconds, 1), "threads": torch.get_num_threads(),
+              "pretrain_steps": 0, "steps_per_epoch": per_epoch}
+    return WeightDataset(flat[keep].clone(), spec, metrics, config, run_vectors=run_vectors,
+                         loss_curves=losses.T.contiguous())

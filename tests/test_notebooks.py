@@ -24,7 +24,7 @@ EXPECTED_METRICS = {
     "01": ["zoo_mean_test_acc", "multiseed_n_networks", "multiseed_zoo_mean_test_acc",
            "multiseed_barrier_unaligned", "multiseed_barrier_aligned"],
     "02": ["recon_acc_drop_pp"],
-    "03": ["train_median_acc", "generated_median_acc", "generated_frac_above_95"],
+    "03": ["train_median_acc", "generated_median_acc", "generated_frac_above_95", "cond_r2_identity", "cond_span_pp"],
     "04": ["catdog_recon_psnr_test", "catdog_guidance_chosen", "catdog_real_test_acc",
            "catdog_class_consistency_guided", "catdog_feature_fd_generated", "catdog_feature_fd_real_floor",
            "catdog_feature_fd_recon", "catdog_nn_dist_mean", "catdog_nn_dist_test_ref_mean"],
