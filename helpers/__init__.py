@@ -8,7 +8,7 @@ plot styles until a function is called). Import what a notebook needs::
 | module          | what it holds                                                       |
 |-----------------|---------------------------------------------------------------------|
 | **shared core** | *the maths and tools every story uses*                              |
-| `config`        | presets (`smoke`, `default`, `full`) as data; paths                 |
+| `config`        | presets (`smoke`, `default`, `full`) and per-dataset settings; paths |
 | `runtime`       | seeds, the device every helper uses, CPU threads, progress, timers  |
 | `data`          | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as checked tensors   |
 | `artifacts`     | atomic, safe saving; one model save/load; cache keyed on training   |
@@ -20,7 +20,8 @@ plot styles until a function is called). Import what a notebook needs::
 | `classifiers`   | small CNN/MLP classifiers, fast training, flat-vector layout        |
 | `weights`       | flatten/unflatten, normalisation, weight datasets, alignment        |
 | `vae`           | the parameter autoencoder / VAE                                     |
-| `generation`    | the weight generator: diffusion on VAE latents, direct baseline     |
+| `generation`    | the weight generator: diffusion on VAE latents, direct baseline,    |
+|                 | accuracy conditioning over the wide zoo                             |
 | `evaluation`    | accuracy summary, novelty (IoU), baselines, ensembles, fine-tuning  |
 | **image story** | *notebooks 04 (cats/dogs) and 06 (digits)*                          |
 | `image_ae`      | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
