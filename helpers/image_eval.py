@@ -272,15 +272,6 @@ def linear_probe_accuracy(z_train, y_train, z_test, y_test, max_iter: int = 500)
     return 100.0 * float(clf.score(np.asarray(z_test), np.asarray(y_test)))
 
 
-def tsne_2d(z, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """A 2-D t-SNE embedding (N, 2) of codes z (N, d) (PCA initialisation, fixed seed)."""
-    from sklearn.manifold import TSNE
-
-    z = np.asarray(z, dtype=np.float32)
-    perplexity = min(perplexity, max(2.0, (len(z) - 1) / 3))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
-
-
 # ---------------------------------------------------------------------------
 # Frames and figures of notebook 04 (helpers return figures; the notebook shows them)
 # ---------------------------------------------------------------------------

@@ -137,3 +137,23 @@ def line_plot(series: dict[str, Sequence[float]], xlabel: str = "step", ylabel: 
     if len(series) > 1:
         ax.legend()
     return fig
+
+
+def project_2d(points, method: str = "pca", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """Points (N, d) (a tensor or an array) -> an array (N, 2) to scatter: ``"pca"`` (the first two
+    principal components) or ``"tsne"`` (t-SNE with PCA initialisation, ``perplexity`` capped at
+    (N - 1) / 3 so that small sets work), both from scikit-learn with a fixed ``seed``.
+
+    The one 2-D projection of the series: notebook 02's latents of networks, notebook 04's codes
+    of images.
+    """
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"unknown projection {method!r}: expected 'pca' or 'tsne'")
+    z = points.detach().cpu().numpy() if hasattr(points, "detach") else np.asarray(points)
+    z = z.reshape(len(z), -1).astype(np.float64)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+        return PCA(n_components=2, random_state=seed).fit_transform(z)
+    from sklearn.manifold import TSNE
+    perplexity = float(min(perplexity, max(2.0, (len(z) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)

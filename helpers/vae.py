@@ -507,21 +507,6 @@ def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
 # Latent-space pictures
 # ---------------------------------------------------------------------------
 
-def project_2d(latents: torch.Tensor, method: str = "pca", seed: int = 0):
-    """Latents (N, L) -> a NumPy array (N, 2): ``"pca"`` or ``"tsne"`` (scikit-learn)."""
-    import numpy as np
-
-    z = latents.detach().cpu().numpy().astype(np.float64)
-    if method == "pca":
-        from sklearn.decomposition import PCA
-        return PCA(n_components=2, random_state=seed).fit_transform(z)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-        perplexity = float(min(30.0, max(2.0, (len(z) - 1) / 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
-    raise ValueError(f"unknown projection {method!r}: expected 'pca' or 'tsne'")
-
-
 def plot_latents(points, color, ax=None, title: str | None = None, label: str = "",
                  categorical: bool = False):
     """Scatter of 2-D points coloured by ``color`` (run seed: categorical; accuracy: continuous)."""

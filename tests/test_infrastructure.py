@@ -442,3 +442,18 @@ def test_median_seconds_warms_up_once_and_takes_the_median():
     t = runtime.median_seconds(fn, repeats=3)
     assert len(calls) == 4
     assert t < 0.05  # the median of (0.2, 0, 0) s; the mean would be 0.067 s, the warm-up 0.3 s
+
+
+def test_project_2d_is_deterministic_and_checks_its_method():
+    """The one 2-D projection: (N, d) tensor or array -> (N, 2), same seed same picture,
+    PCA recovers the two directions that carry the spread, an unknown method is refused."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(60, 5, generator=g) * torch.tensor([10.0, 3.0, 0.01, 0.01, 0.01])
+    pca = plots.project_2d(z, "pca")
+    assert pca.shape == (60, 2)
+    assert np.allclose(np.abs(np.corrcoef(pca[:, 0], z[:, 0].numpy())[0, 1]), 1.0, atol=1e-3)
+    a, b = plots.project_2d(z.numpy(), "tsne", seed=1), plots.project_2d(z, "tsne", seed=1)
+    assert a.shape == (60, 2) and np.allclose(a, b)
+    assert plots.project_2d(z[:5].reshape(5, 5, 1), "tsne").shape == (5, 2)   # small set, extra dims flattened
+    with pytest.raises(ValueError, match="unknown projection 'umap': expected 'pca' or 'tsne'"):
+        plots.project_2d(z, "umap")
