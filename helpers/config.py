@@ -172,7 +172,7 @@ _CATDOG_DEFAULT: dict[str, Any] = {
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
     "den_objective": "flow", "flow_method": "euler", "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
     "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 2000,
-    "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1,
+    "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1, "den_flip": False,
     "T": 1000, "schedule": "cosine",
     "ddim_steps": 25, "eta": 1.0, "n_eval_per_class": 250,
     "sweep_steps": [10, 25], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
