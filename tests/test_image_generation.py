@@ -173,7 +173,7 @@ def test_validation_split_is_disjoint_and_seeded():
 
 def test_latent_denoiser_is_cached_by_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
-    cfg = config.get_config("catdog", "smoke", den_width=8, den_time_dim=8, den_steps=5, T=20)
+    cfg = config.get_config("catdog", "smoke", den_width=8, den_time_dim=8, den_steps=5, T=20, den_flip=False)
     z = torch.randn(16, 4, 8, 8)
     y = torch.tensor([0, 1] * 8)
     m1, h1 = image_generation.build_or_load_latent_denoiser(cfg, z, y, "aekey")
@@ -220,7 +220,8 @@ def test_flat_config_is_the_first_version():
     flat = image_generation.flat_config(cfg)
     assert flat["latent_channels"] is None and flat["latent_dim"] == 128 and flat["den_kind"] == "mlp"
     assert flat["ae_epochs"] == cfg["flat_ae_epochs"] and flat["ae_w_l1"] == 0.0
-    assert cfg["latent_channels"] == 4  # the original is not changed
+    assert cfg["latent_channels"] == 8 and cfg["den_flip"] is True  # the original is not changed
+    assert flat["den_flip"] is False  # mirrored codes are for spatial maps
     assert image_ae.ae_config_key(flat) != image_ae.ae_config_key(cfg)
 
 
