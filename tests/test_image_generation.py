@@ -221,7 +221,7 @@ def test_flat_config_is_the_first_version():
     assert flat["latent_channels"] is None and flat["latent_dim"] == 128 and flat["den_kind"] == "mlp"
     assert flat["ae_epochs"] == cfg["flat_ae_epochs"] and flat["ae_w_l1"] == 0.0
     assert cfg["latent_channels"] == 8 and cfg["den_flip"] is True  # the original is not changed
-    assert flat["den_flip"] is False  # mirrored codes are for spatial maps
+    assert flat["den_flip"] is False  # the first version had no mirrored codes
     assert image_ae.ae_config_key(flat) != image_ae.ae_config_key(cfg)
 
 
