@@ -34,7 +34,7 @@ import torch
 
 from . import artifacts, denoisers, diffusion, image_ae, image_eval, runtime
 
-__all__ = ["DENOISER_KEYS", "make_denoiser", "build_or_load_latent_denoiser", "ImageGenerator",
+__all__ = ["DENOISER_KEYS", "make_denoiser", "build_or_load_latent_denoiser", "mirrored_codes", "ImageGenerator",
            "validation_split", "build_or_load_selector", "Evaluator", "choose_guidance",
            "run_frames", "denoising_path"]
 
@@ -45,7 +45,7 @@ __all__ = ["DENOISER_KEYS", "make_denoiser", "build_or_load_latent_denoiser", "I
 
 DENOISER_KEYS = ("den_objective", "den_kind", "den_width", "den_mults", "den_res", "den_attention", "den_hidden",
                  "den_blocks", "den_time_dim", "den_steps", "den_batch_size", "den_lr", "den_ema",
-                 "den_p_uncond", "T", "schedule")
+                 "den_p_uncond", "T", "schedule", "den_flip")
 
 
 def make_denoiser(cfg, latent_shape: tuple[int, ...], n_classes: int = 2) -> torch.nn.Module:
@@ -64,18 +64,26 @@ def make_denoiser(cfg, latent_shape: tuple[int, ...], n_classes: int = 2) -> tor
 
 
 def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_key: str,
-                                  device=None, rebuild: bool = False):
+                                  device=None, rebuild: bool = False, z_std_mirrored: torch.Tensor | None = None):
     """The class-conditional denoiser over standardised codes ``z_std`` (N, ...) with labels ``y``.
 
     Trained with :func:`helpers.diffusion.train_diffusion` (``den_objective="ddpm"``:
     ε-prediction loss) or :func:`helpers.diffusion.train_flow` (``"flow"``: rectified
     flow, velocity target), EMA, labels dropped with probability ``den_p_uncond`` for
     classifier-free guidance, on ``device`` (None: :func:`helpers.runtime.device`). Keyed by the denoiser settings plus ``ae_key`` (the
-    autoencoder's config hash: new codes, new denoiser). Returns ``(ema_model, history)``
+    autoencoder's config hash: new codes, new denoiser). With ``den_flip`` the denoiser also
+    learns ``z_std_mirrored``, the standardised codes of the same images mirrored left-right
+    (:func:`mirrored_codes`; a mirrored code map is not the code of the mirrored image, so the
+    images are mirrored, not the codes). Returns ``(ema_model, history)``
     with ``history["loss"]`` per step and ``history["seconds"]``.
     """
     device = runtime.device(device)
+    if cfg.get("den_flip") and (z_std_mirrored is None or z_std_mirrored.shape != z_std.shape):
+        found = None if z_std_mirrored is None else tuple(z_std_mirrored.shape)
+        raise ValueError(f"den_flip needs z_std_mirrored of shape {tuple(z_std.shape)}; found {found}")
     key = {k: cfg.get(k) for k in DENOISER_KEYS}
+    if not key["den_flip"]:
+        del key["den_flip"]  # off: the key (and cached artifacts) of the version without the option
     key["autoencoder"] = ae_key
     key["seed"] = cfg["seed"]
     shape = tuple(int(s) for s in z_std.shape[1:])
@@ -86,12 +94,17 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
         model = make_denoiser(cfg, shape, n_classes).to(device)
         sched = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["T"])
         gen = torch.Generator().manual_seed(cfg["seed"])
-        common = dict(ema_decay=cfg["den_ema"], cond=y.to(device), p_uncond=cfg["den_p_uncond"], generator=gen,
+        common = dict(ema_decay=cfg["den_ema"], p_uncond=cfg["den_p_uncond"], generator=gen,
                       warmup_steps=min(200, cfg["den_steps"] // 10), lr_schedule="cosine", progress=True)
+        data, cond = z_std, y
+        if cfg.get("den_flip"):
+            # the codes of the left-right mirrored images too: twice the training set
+            data, cond = torch.cat([z_std, z_std_mirrored]), torch.cat([y, y])
+        common["cond"] = cond.to(device)
         if cfg.get("den_objective", "ddpm") == "flow":
-            return diffusion.train_flow(model, z_std.to(device), cfg["den_steps"], cfg["den_batch_size"],
+            return diffusion.train_flow(model, data.to(device), cfg["den_steps"], cfg["den_batch_size"],
                                         cfg["den_lr"], desc="latent flow", **common)
-        return diffusion.train_diffusion(model, z_std.to(device), sched, cfg["den_steps"], cfg["den_batch_size"],
+        return diffusion.train_diffusion(model, data.to(device), sched, cfg["den_steps"], cfg["den_batch_size"],
                                          cfg["den_lr"], desc="latent denoiser", **common)
 
     arch_keys = ("den_kind", "den_width", "den_mults", "den_res", "den_attention", "den_hidden", "den_blocks",
@@ -113,6 +126,12 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
         return model, {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds")}
 
     return artifacts.cached("catdog_latent_denoiser", key, build, save, load, rebuild=rebuild)
+
+
+def mirrored_codes(ae: image_ae.ImageAutoencoder, x_uint8: torch.Tensor,
+                   scaler: diffusion.LatentStandardizer) -> torch.Tensor:
+    """Standardised codes of the images mirrored left-right, :math:`(E(x_{:,:,::-1}) - \\mu)/s` (``den_flip``)."""
+    return scaler.standardize(image_ae.encode_all(ae, x_uint8.flip(-1)))
 
 
 # ---------------------------------------------------------------------------
@@ -349,7 +368,7 @@ def flat_config(cfg):
                 "ae_batch_size": cfg["flat_ae_batch_size"], "ae_w_l1": 0.0, "ae_w_grad": 0.0,
                 "ae_n_cab": 2, "den_objective": "ddpm", "den_kind": "mlp", "den_hidden": 512, "den_blocks": 3,
                 "den_steps": cfg["flat_den_steps"], "den_batch_size": 256, "den_lr": 1e-3,
-                "den_p_uncond": 0.15})
+                "den_p_uncond": 0.15, "den_flip": False})
     return out
 
 

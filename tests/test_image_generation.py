@@ -173,7 +173,7 @@ def test_validation_split_is_disjoint_and_seeded():
 
 def test_latent_denoiser_is_cached_by_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
-    cfg = config.get_config("catdog", "smoke", den_width=8, den_time_dim=8, den_steps=5, T=20)
+    cfg = config.get_config("catdog", "smoke", den_width=8, den_time_dim=8, den_steps=5, T=20, den_flip=False)
     z = torch.randn(16, 4, 8, 8)
     y = torch.tensor([0, 1] * 8)
     m1, h1 = image_generation.build_or_load_latent_denoiser(cfg, z, y, "aekey")
@@ -187,12 +187,41 @@ def test_latent_denoiser_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("catdog_latent_denoiser-*.safetensors"))) == 2
 
 
+def test_den_flip_needs_mirrored_codes_and_is_its_own_artifact(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
+    cfg = config.get_config("catdog", "smoke", den_width=8, den_time_dim=8, den_steps=5, T=20, den_flip=True)
+    z = torch.randn(16, 4, 8, 8)
+    y = torch.tensor([0, 1] * 8)
+    with pytest.raises(ValueError, match=r"den_flip needs z_std_mirrored of shape \(16, 4, 8, 8\); found None"):
+        image_generation.build_or_load_latent_denoiser(cfg, z, y, "aekey")
+    with pytest.raises(ValueError, match=r"found \(8, 4, 8, 8\)"):
+        image_generation.build_or_load_latent_denoiser(cfg, z, y, "aekey", z_std_mirrored=z[:8])
+    _, h_flip = image_generation.build_or_load_latent_denoiser(cfg, z, y, "aekey", z_std_mirrored=z.flip(-1))
+    cfg.den_flip = False
+    _, h_plain = image_generation.build_or_load_latent_denoiser(cfg, z, y, "aekey")
+    # two artifacts, two different trainings (the flipped one draws from twice the codes)
+    assert len(list(tmp_path.glob("catdog_latent_denoiser-*.safetensors"))) == 2
+    assert h_flip["loss"] != pytest.approx(h_plain["loss"])
+
+
+def test_mirrored_codes_are_the_codes_of_mirrored_images():
+    torch.manual_seed(0)
+    ae = image_ae.ImageAutoencoder((8, 8, 8), latent_channels=4, n_cab=1).eval()
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    scaler = diffusion.LatentStandardizer.fit(image_ae.encode_all(ae, x))
+    got = image_generation.mirrored_codes(ae, x, scaler)
+    assert got.shape == (6, 4, 8, 8)
+    assert torch.allclose(got, scaler.standardize(image_ae.encode_all(ae, x.flip(-1))))
+    assert not torch.allclose(got, scaler.standardize(image_ae.encode_all(ae, x)))
+
+
 def test_flat_config_is_the_first_version():
     cfg = config.get_config("catdog", "default")
     flat = image_generation.flat_config(cfg)
     assert flat["latent_channels"] is None and flat["latent_dim"] == 128 and flat["den_kind"] == "mlp"
     assert flat["ae_epochs"] == cfg["flat_ae_epochs"] and flat["ae_w_l1"] == 0.0
-    assert cfg["latent_channels"] == 4  # the original is not changed
+    assert cfg["latent_channels"] == 8 and cfg["den_flip"] is True  # the original is not changed
+    assert flat["den_flip"] is False  # the first version had no mirrored codes
     assert image_ae.ae_config_key(flat) != image_ae.ae_config_key(cfg)
 
 
