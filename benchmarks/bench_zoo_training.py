@@ -30,7 +30,10 @@ accuracy:
   97.92 / 97.74 (0.68 s)**; batch 128, 2e-2, 1 epoch 98.24 / 97.94 (0.90 s); batch 256,
   2e-2, 1 epoch 97.89 / 97.62 (0.89 s); batch 256, 3e-2, 1 epoch 97.95 / 97.44 (0.83 s).
   The bold one is kept: every network above the naive mean on validation, at two thirds
-  of the time. (The many-seed *zoo* of notebook 01 keeps its own recipe, batch 64,
+  of the time on one thread. On the idle machine with 2 threads the gain was much smaller:
+  K = 64 took 0.41 s per network against 0.44 s with batch 64 in the previous run (the
+  batched step is already compute-bound there), so the 20x bar stayed out of reach
+  (17.5x in the final run). (The many-seed *zoo* of notebook 01 keeps its own recipe, batch 64,
   peak 1e-2, half an epoch: see ``config.ZOO_MULTISEED``.) "Equal accuracy" is checked
   on the test set and printed beside each ratio.
 
