@@ -545,6 +545,32 @@ def _vectors(params: Mapping[str, torch.Tensor], spec: Mapping) -> torch.Tensor:
     return torch.cat([params[n].detach().reshape(params[n].shape[0], -1) for n, _ in param_shapes(spec)], 1).cpu()
 
 
+def _train_with_snapshots(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tensor, y: torch.Tensor,
+                          cfg: Mapping, save_at, verbose: bool, **train_kwargs):
+    """Train the stacked networks ``params`` (:func:`helpers.classifiers.train_stacked`, with the
+    zoo's augmentation) and keep every network's weights after each step in ``save_at``.
+
+    Returns ``(snapshots, steps, snapshot_losses, losses)``: one (K, D) CPU tensor per kept step,
+    those steps, the mean training loss of each network since the previous kept step (K,), and
+    the per-step losses of the whole run. The one checkpointing loop of every kind of zoo.
+    """
+    save_at = set(save_at)
+    snaps, snap_steps, snap_losses, window = [], [], [], []
+
+    def on_step(step: int, losses: torch.Tensor) -> None:
+        window.append(losses)
+        if step in save_at:
+            snaps.append(_vectors(params, spec).clone())
+            snap_steps.append(step)
+            snap_losses.append(torch.stack(window).mean(0))
+            window.clear()
+
+    losses, _ = classifiers.train_stacked(params, spec, x, y, augment_shift=cfg.get("augment_shift", 0),
+                                          augment=zoo_augment(cfg), on_step=on_step, progress=verbose,
+                                          **train_kwargs)
+    return snaps, snap_steps, snap_losses, losses
+
+
 def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
     """Train the zoo that ``cfg`` describes (a ``zoo`` config section) and return it.
 
@@ -623,21 +649,10 @@ def _build_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     n_keep = int(cfg["checkpoints_per_run"])
     save_every = max(1, total // n_keep)
     first_saved = total - save_every * (min(n_keep, total) - 1)
-    snaps, snap_steps, snap_losses, window = [], [], [], []
     opt = classifiers.adam(params.values(), cfg["trajectory_lr"])
-
-    def on_step(step: int, losses: torch.Tensor) -> None:
-        window.append(losses)
-        if step >= first_saved and (step - first_saved) % save_every == 0:
-            snaps.append(_vectors(params, spec).clone())
-            snap_steps.append(step)
-            snap_losses.append(torch.stack(window).mean(0))
-            window.clear()
-
-    traj_losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["trajectory_epochs"],
-                                        batch_size=cfg["batch_size"], optimizer=opt, generators=gens,
-                                        augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg),
-                                        on_step=on_step, progress=verbose)
+    snaps, snap_steps, snap_losses, traj_losses = _train_with_snapshots(
+        params, spec, x, y, cfg, range(first_saved, total + 1, save_every), verbose,
+        epochs=cfg["trajectory_epochs"], batch_size=cfg["batch_size"], optimizer=opt, generators=gens)
     # (checkpoints, runs, D) -> run-major (runs * checkpoints, D)
     traj = torch.stack(snaps).transpose(0, 1)
     if cfg.get("align", True):
@@ -708,22 +723,11 @@ def _build_multiseed_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     total = int(round(cfg["epochs"] * per_epoch))
     n_keep, every = int(cfg["checkpoints_per_run"]), int(cfg["checkpoint_every"])
     save_at = sorted({total - every * c for c in range(n_keep) if total - every * c > 0})
-    snaps, snap_steps, snap_losses, window = [], [], [], []
     t0 = time.perf_counter()
     params = classifiers.init_stacked(spec, seeds)
-
-    def on_step(step: int, losses: torch.Tensor) -> None:
-        window.append(losses)
-        if step in save_at:
-            snaps.append(_vectors(params, spec).clone())
-            snap_steps.append(step)
-            snap_losses.append(torch.stack(window).mean(0))
-            window.clear()
-
-    losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
-                                   generators=gens, augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg),
-                                   on_step=on_step, progress=verbose, lr_schedule=cfg["lr_schedule"],
-                                   warmup=cfg["warmup"])
+    snaps, snap_steps, snap_losses, losses = _train_with_snapshots(
+        params, spec, x, y, cfg, save_at, verbose, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
+        generators=gens, lr_schedule=cfg["lr_schedule"], warmup=cfg["warmup"])
     run_vectors = _vectors(params, spec).clone()
     train_seconds = time.perf_counter() - t0
     if verbose:
@@ -971,24 +975,12 @@ def _build_wide_zoo(cfg: Mapping, verbose: bool) -> WeightDataset:
     per_epoch = x.shape[0] // bs
     total = int(round(cfg["epochs"] * per_epoch))
     save_at = set(checkpoint_steps(total, int(cfg["checkpoints_per_run"]), int(cfg["first_checkpoint"])))
-    snaps, snap_steps, snap_losses, window = [], [], [], []
     t0 = time.perf_counter()
     # shared_init: every run starts from run 0's initialisation (and differs only in its data order)
     params = classifiers.init_stacked(spec, [seeds[0]] * k if cfg["shared_init"] else seeds)
-
-    def on_step(step: int, losses: torch.Tensor) -> None:
-        window.append(losses)
-        if step in save_at:
-            snaps.append(_vectors(params, spec).clone())
-            snap_steps.append(step)
-            snap_losses.append(torch.stack(window).mean(0))
-            window.clear()
-
-    losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
-                                          generators=gens, augment_shift=cfg.get("augment_shift", 0),
-                                          augment=zoo_augment(cfg), on_step=on_step, progress=verbose,
-                                          lr_schedule=cfg["lr_schedule"],
-                                          warmup=cfg["warmup"])
+    snaps, snap_steps, snap_losses, losses = _train_with_snapshots(
+        params, spec, x, y, cfg, save_at, verbose, epochs=cfg["epochs"], batch_size=bs, lr=cfg["lr"],
+        generators=gens, lr_schedule=cfg["lr_schedule"], warmup=cfg["warmup"])
     run_vectors = _vectors(params, spec).clone()
     train_seconds = time.perf_counter() - t0
     traj = torch.stack(snaps).transpose(0, 1).contiguous()          # (runs, checkpoints, D)
