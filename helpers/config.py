@@ -401,11 +401,7 @@ WEIGHT_DATASETS: dict[str, dict[str, Any]] = {
 
 def current_dataset(dataset: str | None = None) -> str:
     """Resolve the weight story's dataset: argument, then ``$LDT_DATASET``, then ``"mnist"``."""
-    if dataset:
-        if dataset not in DATASET_NAMES:
-            raise SettingError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASET_NAMES)}")
-        return dataset
-    return env_choice("LDT_DATASET", DATASET_NAMES, default="mnist")
+    return _resolve("dataset", dataset, DATASET_NAMES, "LDT_DATASET", "mnist")
 
 
 def dataset_overrides(section: str, preset: str, dataset: str | None = None) -> dict[str, Any]:
@@ -588,13 +584,18 @@ def _config_from(values: dict, preset: str, section: str) -> Config:
     return Config(values, preset=preset, section=section)
 
 
+def _resolve(what: str, value: str | None, names, env: str, default: str) -> str:
+    """``value`` if given (it must be one of ``names``), else ``$env`` (checked), else ``default``."""
+    if value:
+        if value not in names:
+            raise SettingError(f"unknown {what} {value!r}: expected one of {', '.join(names)}")
+        return value
+    return env_choice(env, names, default=default)
+
+
 def current_preset(preset: str | None = None) -> str:
     """Resolve the preset name: argument, then ``$LDT_PRESET``, then ``"default"``."""
-    if preset:
-        if preset not in PRESET_NAMES:
-            raise SettingError(f"unknown preset {preset!r}: expected one of {', '.join(PRESET_NAMES)}")
-        return preset
-    return env_choice("LDT_PRESET", PRESET_NAMES, default="default")
+    return _resolve("preset", preset, PRESET_NAMES, "LDT_PRESET", "default")
 
 
 def get_config(section: str, preset: str | None = None, **overrides: Any) -> Config:
