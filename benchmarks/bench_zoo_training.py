@@ -14,7 +14,7 @@ accuracy:
 - **in-memory, same hyper-parameters**: tensors normalised once, index
   batches, batch 64, Adam 1e-3 (isolates the data-pipeline saving);
 - **zoo way**: what ``weights.build_zoo`` does for the trajectory zoo: in-memory,
-  batch 128, Adam 3e-3, ``--models`` networks trained together with ``torch.vmap``
+  batch 128, Adam 3e-3, ``--models`` networks trained together (``classifiers.train_stacked``)
   (per-network time = wall time / models);
 - **many-seed way, K = 16 and K = 64** (``--many``): K networks, each with its own
   initialisation and data order, stepped together by one batched computation, with a
@@ -31,10 +31,13 @@ accuracy:
   2e-2, 1 epoch 97.89 / 97.62 (0.89 s); batch 256, 3e-2, 1 epoch 97.95 / 97.44 (0.83 s).
   The bold one is kept: every network above the naive mean on validation, at two thirds
   of the time on one thread. On the idle machine with 2 threads the gain was much smaller:
-  K = 64 took 0.41 s per network against 0.44 s with batch 64 in the previous run (the
-  batched step is already compute-bound there), so the 20x bar stayed out of reach
-  (17.5x in the final run). (The many-seed *zoo* of notebook 01 keeps its own recipe, batch 64,
-  peak 1e-2, half an epoch: see ``config.ZOO_MULTISEED``.) "Equal accuracy" is checked
+  K = 64 took 0.41 s per network against 0.44 s with batch 64 (the batched step was
+  compute-bound, 17.5x). What moved it was the memory layout: the grouped convolutions
+  now run in channels-last order and 8 networks per chunk instead of 16
+  (``classifiers.stacked_forward``), 0.9 against 1.25 ms per network-step, K = 64 at
+  24.7x in a first idle run (the README has the final run's numbers). (The many-seed
+  *zoo* of notebook 01 keeps its own recipe, batch 64, peak 1e-2, half an epoch: see
+  ``config.ZOO_MULTISEED``.) "Equal accuracy" is checked
   on the test set and printed beside each ratio.
 
 Prints times, speed ratios and accuracies; writes a JSON result to ``--out``

@@ -83,7 +83,7 @@ def predict_labels(vectors: torch.Tensor, spec, x: torch.Tensor) -> torch.Tensor
 def predict_probs(vectors: torch.Tensor, spec, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Softmax probabilities of K networks on N inputs: (K, N, C).
 
-    ``p_k(y | x) = softmax(f_{w_k}(x))``, all K networks in one vmapped
+    ``p_k(y | x) = softmax(f_{w_k}(x))``, all K networks in one stacked
     forward per batch of images (:func:`helpers.classifiers.stacked_forward`), on
     :func:`helpers.runtime.device`; returned on the CPU.
     """
