@@ -52,7 +52,6 @@ the comparison in one process so both sides see the same load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -63,7 +62,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import classifiers, data, runtime  # noqa: E402
+from helpers import artifacts, classifiers, data, runtime  # noqa: E402
 
 
 def train_naive(spec, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
@@ -207,9 +206,7 @@ def main(argv=None) -> dict:
             else Path(__file__).resolve().parent / "results"
         out = root / "benchmarks" / "bench_zoo_training.json" if os.environ.get("LDT_OUTPUT_DIR") \
             else root / "bench_zoo_training.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {artifacts.write_json(out, result)}")
     return result
 
 

@@ -29,7 +29,6 @@ t-SNE panels, decoding, the judge's scoring and the figures are left out: in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import config, data, diffusion, image_ae, image_eval, image_generation, runtime  # noqa: E402
+from helpers import artifacts, config, data, diffusion, image_ae, image_eval, image_generation, runtime  # noqa: E402
 
 N_TRAIN = 10_000     # CIFAR-10 cats and dogs: 5,000 training images of each class
 
@@ -121,9 +120,7 @@ def main(argv=None) -> dict:
         print(f"{preset:8s} notebook 04 estimate: {est['total'] / 60:7.1f} min "
               f"({est['total'] / 3600:.1f} h; minutes: {parts}), {threads} thread(s)")
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "estimate_full_catdog.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {artifacts.write_json(out, result)}")
     return result
 
 

@@ -137,6 +137,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`atomic_write`); return the path."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
+    return Path(path)
+
+
 def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 

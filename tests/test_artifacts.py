@@ -1,5 +1,7 @@
 """One model save/load (artifacts.save_model / load_model) and cache keys on training settings only."""
 
+import json
+
 import pytest
 import torch
 
@@ -96,3 +98,13 @@ def test_changing_guidance_reuses_the_trained_models_and_train_steps_retrains(tm
         assert len(info3["history"]["loss"]) == 4
     finally:
         runtime.set_device(before)
+
+
+def test_write_json_round_trips_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "sub" / "result.json"
+    assert artifacts.write_json(path, {"a": 1.5, "b": [1, 2]}) == path
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": [1, 2]}
+    with pytest.raises(TypeError):
+        artifacts.write_json(path, {"bad": object()})        # not JSON: the old file stays
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]
