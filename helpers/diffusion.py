@@ -378,7 +378,7 @@ def x0_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
 
     Against the ε-loss, each step is weighted by :math:`1/\mathrm{SNR}(t)`: almost nothing
     near the data (:math:`t \to 0`, weight ~2e-4 for T = 500 linear) and very much near pure
-    noise (weight ~1e4 at the last step). The x0-network spends its capacity on the coarse,
+    noise (weight ~3e4 at the last step). The x0-network spends its capacity on the coarse,
     high-noise guesses of the clean point; the ε-network on the fine, low-noise corrections.
     """
     B, device = x0.shape[0], x0.device
