@@ -122,20 +122,22 @@ ZOO_WIDE: dict[str, dict[str, Any]] = {
 # sigma_in/sigma_z: p-diff's noise augmentation on input and latent (training only);
 # lr_step/lr_gamma: StepLR (multiply the learning rate by lr_gamma every lr_step epochs);
 # n_eval: checkpoints decoded and evaluated on MNIST test (None = all); n_test: test images
-# used (None = all 10,000); n_prior: networks sampled from the prior.
+# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: G.pt's
+# permutation augmentation, the probability that a training vector is replaced, per minibatch, by a
+# random hidden-unit permutation of itself (0 = off; helpers.vae.permute_augment).
 VAE: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
               "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,
               "weight_decay": 2e-6, "lr_step": 35, "lr_gamma": 0.3, "eval_every": 5,
-              "n_eval": 16, "n_test": 2000, "n_prior": 8},
+              "n_eval": 16, "n_test": 2000, "n_prior": 8, "permute_augment": 0.0},
     "default": {"seed": 0, "latent_dim": 64, "hidden": 256, "n_layers": 2, "beta": 1e-4,
                 "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 60, "batch_size": 32, "lr": 1e-3,
                 "weight_decay": 2e-6, "lr_step": 25, "lr_gamma": 0.3, "eval_every": 5,
-                "n_eval": None, "n_test": None, "n_prior": 32},
+                "n_eval": None, "n_test": None, "n_prior": 32, "permute_augment": 0.0},
     "full": {"seed": 0, "latent_dim": 512, "hidden": 1024, "n_layers": 2, "beta": 1e-4,
              "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 100, "batch_size": 32, "lr": 1e-3,
              "weight_decay": 2e-6, "lr_step": 40, "lr_gamma": 0.3, "eval_every": 5,
-             "n_eval": None, "n_test": None, "n_prior": 64},
+             "n_eval": None, "n_test": None, "n_prior": 64, "permute_augment": 0.0},
 }
 
 # Notebook 03: latent diffusion over network weights (owned by notebook 03).
@@ -150,7 +152,8 @@ VAE: dict[str, dict[str, Any]] = {
 # direct_input_skip adds g(t) x_t to the denoiser's output, see helpers.denoisers);
 # cond_quantiles: requested accuracies for accuracy-conditioned generation, as quantiles of
 # the zoo's test accuracies (so they fit any zoo), n_per_target networks each, guidance
-# weight w; gif_fps: the denoising GIF.
+# weight w; gif_fps: the denoising GIF; prediction: what the latent denoiser outputs, "eps" (the
+# noise) or "x0" (the clean latent, as in G.pt; helpers.diffusion.x0_loss and EpsFromX0).
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
               "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
@@ -159,7 +162,7 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
               "ddim_steps": 10, "eta": 0.0, "clip_x0": 5.0, "n_generated": 8, "n_test": 2000,
               "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 1, "direct_train_steps": 100,
               "direct_lr": 1e-3, "cond_quantiles": [0.1, 0.5, 0.9], "n_per_target": 4,
-              "guidance": 2.0, "gif_fps": 6},
+              "guidance": 2.0, "gif_fps": 6, "prediction": "eps"},
     "default": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 256, "n_blocks": 2,
                 "time_dim": 64, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
                 "train_steps": 3000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
@@ -167,7 +170,7 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
                 "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
                 "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 2, "direct_train_steps": 1500,
                 "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
-                "guidance": 2.0, "gif_fps": 8},
+                "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
     "full": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 512, "n_blocks": 4,
              "time_dim": 128, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
              "train_steps": 20000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
@@ -175,7 +178,7 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
              "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
              "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
              "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
-             "guidance": 2.0, "gif_fps": 8},
+             "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
 }
 
 # Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).

@@ -33,6 +33,9 @@ can be inverted:
 
 .. math::  \hat x_0 = \big(x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta\big) / \sqrt{\bar\alpha_t}.
 
+A network may also be trained to output :math:`\hat x_0` itself (:func:`x0_loss`, as G.pt
+does); :class:`EpsFromX0` converts its output back to :math:`\hat\epsilon` for the samplers.
+
 DDPM sampling (Ho et al. 2020, Algorithm 2)
 -------------------------------------------
 Walk back through all :math:`T` steps, each time taking the mean of the
@@ -106,7 +109,8 @@ from .runtime import device_of as _device_of, progress as _progress
 
 __all__ = [
     "extract", "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",
-    "q_sample", "predict_x0", "guided_eps", "diffusion_loss", "ddpm_sample",
+    "q_sample", "predict_x0", "PREDICTIONS", "check_prediction", "eps_from_x0", "EpsFromX0",
+    "guided_eps", "diffusion_loss", "x0_loss", "ddpm_sample",
     "ddim_timesteps", "ddim_sample", "update_ema", "train_diffusion",
     "flow_interpolate", "logit_normal_t", "flow_matching_loss", "flow_timesteps", "flow_sample",
     "train_flow",
@@ -257,6 +261,54 @@ def predict_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor,
             / extract(sched.sqrt_alphas_cumprod, t, x_t.shape))
 
 
+PREDICTIONS = ("eps", "x0")
+"""What a denoiser's output stands for: the noise ("eps", :func:`diffusion_loss`) or the clean point ("x0", :func:`x0_loss`)."""
+
+
+def check_prediction(prediction) -> str:
+    """``prediction`` if it is one of :data:`PREDICTIONS`, else a one-line ValueError."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction: expected one of {', '.join(repr(p) for p in PREDICTIONS)}, "
+                         f"found {prediction!r}")
+    return prediction
+
+
+def eps_from_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor,
+                x0: torch.Tensor) -> torch.Tensor:
+    r"""The noise estimate that goes with a clean-point estimate: the inverse of :func:`predict_x0`.
+
+    Solving :math:`x_t = \sqrt{\bar\alpha_t}\,\hat x_0 + \sqrt{1-\bar\alpha_t}\,\hat\epsilon`
+    for :math:`\hat\epsilon`, so that ``predict_x0(sched, x_t, t, eps_from_x0(sched, x_t, t, x0))``
+    gives back ``x0``.
+    """
+    # \hat\epsilon = (x_t - \sqrt{\bar\alpha_t} \hat x_0) / \sqrt{1 - \bar\alpha_t}
+    return ((x_t - extract(sched.sqrt_alphas_cumprod, t, x_t.shape) * x0)
+            / extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape))
+
+
+class EpsFromX0(nn.Module):
+    r"""A network trained to predict :math:`\hat x_0` (:func:`x0_loss`), seen by the samplers as an
+    :math:`\epsilon`-predictor.
+
+    ``forward(x_t, t, cond, drop_cond)`` calls ``x0_model`` and converts its output with
+    :func:`eps_from_x0`, so DDPM, DDIM, clipping and classifier-free guidance run unchanged
+    (guidance mixes :math:`\hat\epsilon`, which is affine in :math:`\hat x_0` at a given
+    :math:`x_t`, so it is the same mixture of :math:`\hat x_0`). ``dim`` is the wrapped
+    model's; the wrapped model is what gets saved (``x0_model``).
+    """
+
+    def __init__(self, x0_model: nn.Module, sched: NoiseSchedule):
+        super().__init__()
+        self.x0_model = x0_model
+        self.sched = sched
+        self.dim = getattr(x0_model, "dim", None)
+        self.train(x0_model.training)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, drop_cond=None) -> torch.Tensor:
+        x0 = self.x0_model(x_t, t, cond=cond, drop_cond=drop_cond)
+        return eps_from_x0(self.sched.to(x_t.device), x_t, t, x0)
+
+
 def _repeat_cond(cond: torch.Tensor, n: int) -> torch.Tensor:
     """Broadcast a single condition (scalar / 0-d) to a batch of ``n``; pass batches through."""
     cond = torch.as_tensor(cond)
@@ -306,6 +358,39 @@ def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, con
     # Algorithm 1, line 5: gradient step on || \epsilon - \epsilon_\theta(x_t, t) ||^2
     eps = model(x_t, t, cond=cond, drop_cond=drop)
     return torch.mean((eps - noise) ** 2)
+
+
+def x0_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
+            p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""The :math:`x_0`-prediction loss (as in G.pt): the network outputs :math:`\hat x_0` directly.
+
+    Same draws as :func:`diffusion_loss` (:math:`t`, :math:`\epsilon`, the dropped conditions),
+    target :math:`x_0` instead of :math:`\epsilon`: :math:`\lVert x_0 - \hat x_0(x_t, t)\rVert^2`.
+
+    **How it weights the steps.** Write :math:`\hat\epsilon` for the noise estimate that goes
+    with :math:`\hat x_0` (:func:`eps_from_x0`). Both :math:`x_0` and :math:`\hat x_0` are
+    :math:`(x_t - \sqrt{1-\bar\alpha_t}\,\cdot)/\sqrt{\bar\alpha_t}` of :math:`\epsilon` and
+    :math:`\hat\epsilon`, so
+
+    .. math::  \lVert x_0 - \hat x_0\rVert^2 = \frac{1-\bar\alpha_t}{\bar\alpha_t}\,
+               \lVert \epsilon - \hat\epsilon\rVert^2 = \frac{1}{\mathrm{SNR}(t)}\,
+               \lVert \epsilon - \hat\epsilon\rVert^2 .
+
+    Against the ε-loss, each step is weighted by :math:`1/\mathrm{SNR}(t)`: almost nothing
+    near the data (:math:`t \to 0`, weight ~2e-4 for T = 500 linear) and very much near pure
+    noise (weight ~3e4 at the last step). The x0-network spends its capacity on the coarse,
+    high-noise guesses of the clean point; the ε-network on the fine, low-noise corrections.
+    """
+    B, device = x0.shape[0], x0.device
+    t = torch.randint(0, sched.T, (B,), generator=generator).to(device)
+    noise = _randn(x0.shape, generator, device)
+    x_t = q_sample(sched, x0, t, noise)
+    drop = None
+    if cond is not None and p_uncond > 0:
+        drop = (torch.rand(B, generator=generator) < p_uncond).to(device)
+    x0_hat = model(x_t, t, cond=cond, drop_cond=drop)
+    # || x_0 - \hat x_0(x_t, t) ||^2
+    return torch.mean((x0_hat - x0) ** 2)
 
 
 # ---------------------------------------------------------------------------

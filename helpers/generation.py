@@ -51,7 +51,7 @@ DIRECT_TRAIN_KEYS = ("seed", "schedule", "T", "time_dim", "dropout", "batch_size
 
 __all__ = [
     "KINDS", "LATENT_TRAIN_KEYS", "DIRECT_TRAIN_KEYS", "weight_diffusion_key", "direct_diffusion_key",
-    "make_denoiser", "save_denoiser", "load_denoiser", "training_latents",
+    "make_denoiser", "save_denoiser", "load_denoiser", "prediction_of", "training_latents",
     "standardize_accuracy", "build_or_load_weight_diffusion", "build_or_load_direct_diffusion",
     "sample_latents", "generate_networks", "generate_direct", "decode_trajectory",
     "accuracy_targets_run", "NetworkFrameRenderer", "plot_achieved_vs_requested",
@@ -84,7 +84,10 @@ def make_denoiser(dim: int, diffusion_cfg: Mapping[str, Any], direct: bool = Fal
 def save_denoiser(model: MLPDenoiser, path, info: Mapping[str, Any],
                   extra_tensors: Mapping[str, torch.Tensor] | None = None):
     """Weights, extra tensors, loss history and JSON-able ``info`` in one safetensors file
-    (:func:`helpers.artifacts.save_model`; ``info["kind"]`` is ``"latent"`` or ``"direct"``)."""
+    (:func:`helpers.artifacts.save_model`; ``info["kind"]`` is ``"latent"`` or ``"direct"``).
+    A :class:`helpers.diffusion.EpsFromX0` is stored as the x0-network it wraps."""
+    if isinstance(model, diffusion.EpsFromX0):
+        model = model.x0_model          # an x0-predictor is stored as itself (info["prediction"] = "x0")
     tensors = dict(extra_tensors or {})
     tensors["history.loss"] = torch.tensor(info["history"]["loss"], dtype=torch.float32)
     meta = {k: v for k, v in info.items() if k not in ("history", "kind")}
@@ -93,6 +96,9 @@ def save_denoiser(model: MLPDenoiser, path, info: Mapping[str, Any],
 
 def load_denoiser(path, dim: int | None = None, kind: str = "latent", device=None) -> tuple[MLPDenoiser, dict]:
     """Load a file written by :func:`save_denoiser`: ``(model in eval mode on device, info)``.
+
+    A denoiser trained with ``prediction="x0"`` comes back wrapped in
+    :class:`helpers.diffusion.EpsFromX0`, so every sampler sees a noise predictor.
 
     ``kind`` (``"latent"`` or ``"direct"``) and ``dim`` (vector length, when given)
     are checked; a mismatch raises :class:`helpers.artifacts.ArtifactError`
@@ -111,6 +117,8 @@ def load_denoiser(path, dim: int | None = None, kind: str = "latent", device=Non
     info["history"] = {"loss": tensors["history.loss"].tolist()}
     info["tensors"] = {k: v for k, v in tensors.items() if not k.startswith("history.")}
     info["path"] = str(path)
+    if diffusion.check_prediction(info.get("prediction", "eps")) == "x0":
+        model = diffusion.EpsFromX0(model, _schedule(info))
     return model, info
 
 
@@ -118,11 +126,28 @@ def _schedule(info: Mapping[str, Any]) -> diffusion.NoiseSchedule:
     return diffusion.NoiseSchedule.make(info["schedule"], int(info["T"]))
 
 
+def prediction_of(diffusion_cfg: Mapping[str, Any]) -> str:
+    """What the latent denoiser of ``diffusion_cfg`` predicts: ``"eps"`` (the default, also when the
+    key is absent) or ``"x0"``; any other value is a one-line ValueError."""
+    return diffusion.check_prediction(diffusion_cfg.get("prediction", "eps"))
+
+
 def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=None):
-    """Train ``model`` on ``data`` (and ``cond``) on ``device`` (None: :func:`helpers.runtime.device`)."""
+    """Train ``model`` on ``data`` (and ``cond``) on ``device`` (None: :func:`helpers.runtime.device`).
+
+    The latent denoiser learns what ``diffusion_cfg["prediction"]`` names (:func:`prediction_of`):
+    the noise (:func:`helpers.diffusion.diffusion_loss`) or the clean latent
+    (:func:`helpers.diffusion.x0_loss`; the EMA model is then returned wrapped in
+    :class:`helpers.diffusion.EpsFromX0`). The direct baseline always predicts the noise.
+    """
     device = runtime.device(device)
     sched = diffusion.NoiseSchedule.make(diffusion_cfg["schedule"], int(diffusion_cfg["T"]))
     gen = torch.Generator().manual_seed(int(diffusion_cfg["seed"]) + (1 if direct else 0))
+    x0_pred = not direct and prediction_of(diffusion_cfg) == "x0"
+    loss_fn = None
+    if x0_pred:
+        sched_dev = sched.to(device)
+        loss_fn = lambda m, x0, c, p, g: diffusion.x0_loss(m, sched_dev, x0, c, p_uncond=p, generator=g)  # noqa: E731
     ema, history = diffusion.train_diffusion(
         model.to(device), data.to(device), sched,
         steps=int(diffusion_cfg["direct_train_steps"] if direct else diffusion_cfg["train_steps"]),
@@ -131,8 +156,8 @@ def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=Non
         ema_decay=float(diffusion_cfg["ema_decay"]), cond=cond,
         p_uncond=float(diffusion_cfg["p_uncond"]) if cond is not None else 0.0, generator=gen,
         weight_decay=float(diffusion_cfg["weight_decay"]), warmup_steps=int(diffusion_cfg["warmup_steps"]),
-        lr_schedule=diffusion_cfg["lr_schedule"], desc=desc)
-    return ema, history
+        lr_schedule=diffusion_cfg["lr_schedule"], desc=desc, loss_fn=loss_fn)
+    return (diffusion.EpsFromX0(ema, sched) if x0_pred else ema), history
 
 
 # ---------------------------------------------------------------------------
@@ -153,9 +178,13 @@ def standardize_accuracy(acc, info: Mapping[str, Any]) -> torch.Tensor:
 def weight_diffusion_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
                          diffusion_cfg: Mapping[str, Any]) -> dict:
     """The cache key of the latent denoiser: the VAE's key and the training settings
-    (:data:`LATENT_TRAIN_KEYS`), never a sampling or display knob."""
-    return {"vae": vae.vae_key(zoo_cfg, vae_cfg),
-            "weight_diffusion": artifacts.training_key(diffusion_cfg, LATENT_TRAIN_KEYS)}
+    (:data:`LATENT_TRAIN_KEYS`, and ``prediction`` when it is not the default ``"eps"``, so
+    the keys of eps-denoisers are those they always had), never a sampling or display knob."""
+    key = {"vae": vae.vae_key(zoo_cfg, vae_cfg),
+           "weight_diffusion": artifacts.training_key(diffusion_cfg, LATENT_TRAIN_KEYS)}
+    if prediction_of(diffusion_cfg) != "eps":
+        key["weight_diffusion"]["prediction"] = prediction_of(diffusion_cfg)
+    return key
 
 
 def direct_diffusion_key(zoo_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any]) -> dict:
@@ -191,7 +220,8 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
         info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
                 "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
                 "cond_std": cond_std, "conditional": bool(diffusion_cfg["conditional"]),
-                "n_train": int(u.shape[0]), "config": dict(diffusion_cfg)}
+                "prediction": prediction_of(diffusion_cfg), "n_train": int(u.shape[0]),
+                "config": dict(diffusion_cfg)}
         return ema, info
 
     def save(obj, path):
@@ -605,7 +635,8 @@ def build_or_load_conditioned_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Map
         info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
                 "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
                 "cond_std": cond_std, "conditional": True, "condition": condition,
-                "n_train": int(u.shape[0]), "config": dict(diffusion_cfg)}
+                "prediction": prediction_of(diffusion_cfg), "n_train": int(u.shape[0]),
+                "config": dict(diffusion_cfg)}
         return ema, info, {"condition_values": acc}
 
     def load(path):

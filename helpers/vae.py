@@ -40,6 +40,15 @@ on a training latent) decode to good networks; p-diff's ablation lost 6.6 points
 of accuracy without it. In eval mode both noises are off and ``encode``/``decode``
 are deterministic.
 
+**Permutation augmentation** (G.pt). Permuting the hidden units of a network,
+:math:`W_l \to P_l W_l P_{l-1}^\top`, :math:`b_l \to P_l b_l`, gives another vector
+:math:`\pi(w)` that computes the same function (:func:`helpers.weights.permute`). With
+``permute_augment`` :math:`= p > 0`, each training vector of a minibatch is replaced, with
+probability :math:`p`, by :math:`\pi(x)` for fresh random permutations (:func:`permute_augment`),
+so the autoencoder sees each network in many unit orders instead of only the aligned one.
+The per-tensor normalisation commutes with :math:`\pi` (one mean and std per tensor), so
+permuting a normalised vector is exact.
+
 **Latent standardisation.** The diffusion model of notebook 03 sees
 :math:`u = (z - \bar z) / s` (:class:`helpers.diffusion.LatentStandardizer`), roughly unit scale:
 users of p-diff saw whole-network generation collapse to 10 % accuracy until
@@ -202,6 +211,29 @@ def model_from_config(dim: int, cfg: Mapping[str, Any]) -> ParamVAE:
 # Training
 # ---------------------------------------------------------------------------
 
+def permute_augment(x: torch.Tensor, spec: Mapping[str, Any], prob: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    r"""G.pt's permutation augmentation of a minibatch of (normalised) weight vectors (B, D).
+
+    Each row is replaced, with probability ``prob``, by :math:`\pi(x)`, a random hidden-unit
+    permutation of itself (same function, :func:`helpers.weights.permute`); the other rows are
+    returned as they are. Every random number comes from ``generator`` (one uniform per row,
+    then one ``randperm`` per hidden layer for each chosen row), so training stays reproducible.
+    ``prob`` 0 draws nothing and returns ``x`` itself.
+    """
+    if prob <= 0:
+        return x
+    chosen = torch.rand(x.shape[0], generator=generator) < prob
+    if not bool(chosen.any()):
+        return x
+    sizes = [shape[0] for _, shape in weights.param_shapes(spec)[::2][:-1]]   # hidden units per layer
+    x = x.clone()
+    for i in chosen.nonzero().flatten().tolist():
+        perms = [torch.randperm(n, generator=generator) for n in sizes]
+        x[i] = x[i, weights.permutation_index(spec, perms).to(x.device)]
+    return x
+
+
 def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
               generator: torch.Generator | None = None, device=None) -> dict[str, list[float]]:
     r"""Train ``model`` on *normalised* vectors :math:`x` (N, D), in memory, in batches.
@@ -209,7 +241,10 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     ``cfg`` keys: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
     ``lr_step`` (epochs between learning-rate drops) and ``lr_gamma`` (the factor):
     the step-decay schedule :math:`\eta_e = \eta_0\,\gamma^{\lfloor e / \text{lr\_step}\rfloor}`
-    (``torch.optim.lr_scheduler.StepLR``). Optimiser: AdamW.
+    (``torch.optim.lr_scheduler.StepLR``). Optimiser: AdamW. ``permute_augment`` (optional,
+    default 0): the probability that a training vector is replaced, in each minibatch, by a
+    random hidden-unit permutation of itself (:func:`permute_augment`, drawn from the same
+    seeded generator as the batch order; needs ``model.spec``).
 
     Returns the history, one entry per epoch: ``loss``, ``recon``, ``kl``
     (training-mode averages, with noise) and ``lr``; plus ``recon_eval``, the
@@ -225,6 +260,11 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     n = x.shape[0]
     batch_size = min(int(cfg["batch_size"]), n)
     gen = generator if generator is not None else torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    p_perm = float(cfg.get("permute_augment", 0.0))
+    if not 0.0 <= p_perm <= 1.0:
+        raise ValueError(f"permute_augment: expected a probability in [0, 1], found {p_perm}")
+    if p_perm > 0 and model.spec is None:
+        raise ValueError("permute_augment > 0 needs the networks' architecture: expected model.spec, found None")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(cfg["lr_step"])),
                                             gamma=float(cfg["lr_gamma"]))
@@ -238,7 +278,7 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            parts = model.loss(x[idx])
+            parts = model.loss(permute_augment(x[idx], model.spec, p_perm, gen))
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -467,8 +507,13 @@ TRAIN_KEYS = ("seed", "latent_dim", "hidden", "n_layers", "beta", "sigma_in", "s
 
 def vae_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any]) -> dict:
     """The cache key of the VAE trained by ``vae_cfg`` on the zoo of ``zoo_cfg``: the zoo's key
-    and the VAE's training settings (:data:`TRAIN_KEYS`), never its display knobs."""
-    return {"zoo": weights.zoo_key(zoo_cfg), "vae": artifacts.training_key(vae_cfg, TRAIN_KEYS)}
+    and the VAE's training settings (:data:`TRAIN_KEYS`, and ``permute_augment`` when it is
+    not 0, so the keys of VAEs without augmentation are those they always had), never its
+    display knobs."""
+    key = {"zoo": weights.zoo_key(zoo_cfg), "vae": artifacts.training_key(vae_cfg, TRAIN_KEYS)}
+    if float(vae_cfg.get("permute_augment", 0.0)) != 0.0:
+        key["vae"]["permute_augment"] = float(vae_cfg["permute_augment"])
+    return key
 
 
 def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],

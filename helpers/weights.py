@@ -333,6 +333,15 @@ def permute(state_dict: Mapping[str, torch.Tensor], perms: list[torch.Tensor], s
     return out
 
 
+def permutation_index(spec: Mapping, perms: list[torch.Tensor]) -> torch.Tensor:
+    """The flat form of :func:`permute`: a LongTensor ``idx`` (D,) with
+    ``flatten(permute(unflatten(v, spec), perms, spec)) == v[idx]`` for every vector ``v`` (D,),
+    found by permuting the positions ``0 .. D-1`` themselves."""
+    positions = unflatten(torch.arange(classifiers.count_params(spec)), spec)
+    moved = permute(positions, perms, spec)
+    return torch.cat([moved[n].reshape(-1) for n, _ in param_shapes(spec)])
+
+
 def weight_matching(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
                     spec: Mapping, max_iter: int = 100, seed: int = 0) -> list[torch.Tensor]:
     """Permutations that align ``other`` (B) to ``reference`` (A), by coordinate ascent.

@@ -218,3 +218,67 @@ def test_samplers_work_on_4d_images():
     m = MLPDenoiser(18, hidden=16, n_blocks=1, time_dim=8)
     loss = D.diffusion_loss(m, s, torch.randn(4, 2, 3, 3))
     assert loss.ndim == 0
+
+
+# ---------------------------------------------------------------------------
+# x0-prediction: the conversion, the wrapper the samplers see, the loss
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_eps_from_x0_round_trips_with_predict_x0(name):
+    s = D.NoiseSchedule.make(name, 100)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(64, 5, generator=g), torch.randn(64, 5, generator=g)
+    t = torch.randint(0, 95, (64,), generator=g)      # the cosine schedule's last steps amplify rounding
+    x_t = D.q_sample(s, x0, t, noise)
+    # the true clean point gives back the true noise, and the two conversions invert each other
+    assert torch.allclose(D.eps_from_x0(s, x_t, t, x0), noise, atol=1e-4)
+    guess = torch.randn(64, 5, generator=g)
+    assert torch.allclose(D.predict_x0(s, x_t, t, D.eps_from_x0(s, x_t, t, guess)), guess, atol=1e-4)
+    assert torch.allclose(D.eps_from_x0(s, x_t, t, D.predict_x0(s, x_t, t, guess)), guess, atol=1e-4)
+
+
+class OracleX0(nn.Module):
+    """Knows the single clean point x0 and says so, whatever x_t: a perfect x0-predictor."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, cond=None, drop_cond=None):
+        return self.x0.expand(x.shape[0], -1)
+
+
+def test_eps_from_x0_wrapper_drives_ddim_to_the_clean_point():
+    s = D.NoiseSchedule.make("linear", 200)
+    x0 = torch.tensor([[1.5, -2.0, 0.25, 4.0]])
+    wrapped = D.EpsFromX0(OracleX0(x0), s)
+    g = torch.Generator().manual_seed(0)
+    x_t, t = torch.randn(3, 4, generator=g), torch.tensor([0, 100, 199])
+    assert torch.allclose(wrapped(x_t, t), OracleEps(s, x0)(x_t, t))
+    for eta in (0.0, 1.0):
+        out = D.ddim_sample(wrapped, s, (5, 4), steps=20, eta=eta, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(out, x0.expand(5, 4), atol=1e-3)
+
+
+def test_a_few_steps_of_x0_training_lower_the_x0_loss():
+    s = D.NoiseSchedule.make("linear", 100)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(4, 6, generator=g) * 2.0 + 1.0
+    model = _small_model().train()
+
+    def held_out_loss(m):          # the same t, noise and points before and after training
+        with torch.no_grad():
+            return D.x0_loss(m, s, data.repeat(64, 1), generator=torch.Generator().manual_seed(5)).item()
+
+    before = held_out_loss(model)
+    D.train_diffusion(model, data, s, steps=150, batch_size=32, lr=3e-3, generator=g, progress=False,
+                      loss_fn=lambda m, x0, c, p, gen: D.x0_loss(m, s, x0, c, p_uncond=p, generator=gen))
+    assert held_out_loss(model) < 0.5 * before
+
+
+def test_prediction_setting_refuses_other_values_in_one_line():
+    assert D.check_prediction("eps") == "eps" and D.check_prediction("x0") == "x0"
+    with pytest.raises(ValueError, match=r"^prediction: expected one of 'eps', 'x0', found 'v'$"):
+        D.check_prediction("v")

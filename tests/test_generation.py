@@ -101,3 +101,41 @@ def test_slider_frames_drive_the_slider_headlessly():
     assert slider.image.value != first_image and slider.current == 3
 
 
+
+
+def test_x0_denoiser_is_stored_as_itself_and_comes_back_as_a_noise_predictor(tmp_path):
+    sched = diffusion.NoiseSchedule.make("linear", 50)
+    inner = generation.make_denoiser(4, WD)
+    torch.nn.init.normal_(inner.out.weight)
+    wrapped = diffusion.EpsFromX0(inner.eval(), sched)
+    path = tmp_path / "x0.safetensors"
+    generation.save_denoiser(wrapped, path, {**_info(), "prediction": "x0"})
+    loaded, info = generation.load_denoiser(path, dim=4, kind="latent")
+    assert isinstance(loaded, diffusion.EpsFromX0) and info["prediction"] == "x0" and loaded.dim == 4
+    x, t, c = torch.randn(3, 4), torch.tensor([1, 20, 49]), torch.zeros(3)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, cond=c), wrapped(x, t, cond=c))
+        # what the wrapper returns is the noise that goes with the stored network's x0
+        assert torch.allclose(diffusion.predict_x0(sched, x, t, loaded(x, t, cond=c)), inner(x, t, cond=c), atol=1e-5)
+    # an eps-denoiser's file (no "prediction" in it, as before this option) loads unwrapped
+    generation.save_denoiser(inner, tmp_path / "eps.safetensors", _info())
+    plain, _ = generation.load_denoiser(tmp_path / "eps.safetensors", dim=4)
+    assert not isinstance(plain, diffusion.EpsFromX0)
+
+
+def test_prediction_option_keys_and_errors():
+    from helpers import config
+    zoo_cfg = weights.zoo_config("smoke", "multiseed")
+    vae_cfg = config.get_config("vae", "smoke")
+    wd = config.get_config("weight_diffusion", "smoke")
+    assert wd.prediction == "eps" and vae_cfg.permute_augment == 0.0        # the defaults: the old behaviour
+    default_key = generation.weight_diffusion_key(zoo_cfg, vae_cfg, wd)
+    # the default's cache key is the one it had before the option existed
+    assert "prediction" not in default_key["weight_diffusion"]
+    assert default_key == generation.weight_diffusion_key(zoo_cfg, vae_cfg, {k: v for k, v in wd.items() if k != "prediction"})
+    x0_key = generation.weight_diffusion_key(zoo_cfg, vae_cfg, {**wd, "prediction": "x0"})
+    assert x0_key["weight_diffusion"]["prediction"] == "x0" and x0_key != default_key
+    with pytest.raises(ValueError, match=r"^prediction: expected one of 'eps', 'x0', found 'v'$"):
+        generation.weight_diffusion_key(zoo_cfg, vae_cfg, {**wd, "prediction": "v"})
+    with pytest.raises(config.SettingError, match="setting weight_diffusion.prediction expects str"):
+        config.get_config("weight_diffusion", "smoke", prediction=1)
