@@ -264,8 +264,10 @@ CATDOG: dict[str, dict[str, Any]] = {
 # frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
 # frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
 # reference); frontier_finetune_steps Adam steps given alike to generated and noise networks (ablation);
-# multiseed_eta / multiseed_clip_x0: the DDIM sampler for the many-seed zoo's generator, chosen on the
-# validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation table).
+# multiseed_prediction / multiseed_eta / multiseed_clip_x0: what the many-seed zoo's latent denoiser
+# predicts ("x0" or "eps", laid over WEIGHT_DIFFUSION for that zoo only) and its DDIM sampler, chosen
+# on the validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation
+# table: x0, eta 1, clip 1.0 gave +0.26, and +0.24 with a second denoiser seed; eps, eta 1, clip 5 -0.24).
 _EVALUATION_DEFAULT: dict[str, Any] = {
     "seed": 0, "zoo_preset": "default", "vae_preset": "default",
     "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
@@ -276,7 +278,7 @@ _EVALUATION_DEFAULT: dict[str, Any] = {
     "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
     "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
     "frontier_finetune_steps": 50,
-    "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0,
+    "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0,
 }
 EVALUATION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
@@ -287,7 +289,7 @@ EVALUATION: dict[str, dict[str, Any]] = {
               "frontier_zoos": ["trajectory", "multiseed"], "frontier_sigmas": [0.05, 0.2, 0.5],
               "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
               "frontier_finetune_steps": 5,
-              "multiseed_eta": 1.0, "multiseed_clip_x0": 5.0},
+              "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0},
     "default": dict(_EVALUATION_DEFAULT),
     "full": {**_EVALUATION_DEFAULT, "zoo_preset": "full", "vae_preset": "full",
              "weight_diffusion_preset": "full", "finetune_steps": 500, "n_fresh": 8},
