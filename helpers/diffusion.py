@@ -338,14 +338,11 @@ def guided_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond=None,
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
-def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
-                   p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The ε-prediction loss of Ho et al. 2020, Algorithm 1 (one minibatch).
-
-    ``x0`` a batch of clean data :math:`x_0`; ``cond`` its conditions
-    :math:`c` (or None); ``p_uncond`` the probability of replacing :math:`c` by
-    the null condition (classifier-free guidance training).
-    """
+def _training_draws(sched: NoiseSchedule, x0: torch.Tensor, cond, p_uncond: float,
+                    generator: torch.Generator | None):
+    """The random draws of one training minibatch, shared by :func:`diffusion_loss` and
+    :func:`x0_loss` (in this order, so both losses see the same draws): the steps t, the
+    noise and the dropped conditions. Returns ``(x_t, t, noise, drop)``."""
     B, device = x0.shape[0], x0.device
     # Algorithm 1, line 3: t ~ Uniform({1, ..., T})
     t = torch.randint(0, sched.T, (B,), generator=generator).to(device)
@@ -355,6 +352,18 @@ def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, con
     drop = None
     if cond is not None and p_uncond > 0:
         drop = (torch.rand(B, generator=generator) < p_uncond).to(device)
+    return x_t, t, noise, drop
+
+
+def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
+                   p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""The ε-prediction loss of Ho et al. 2020, Algorithm 1 (one minibatch).
+
+    ``x0`` a batch of clean data :math:`x_0`; ``cond`` its conditions
+    :math:`c` (or None); ``p_uncond`` the probability of replacing :math:`c` by
+    the null condition (classifier-free guidance training).
+    """
+    x_t, t, noise, drop = _training_draws(sched, x0, cond, p_uncond, generator)
     # Algorithm 1, line 5: gradient step on || \epsilon - \epsilon_\theta(x_t, t) ||^2
     eps = model(x_t, t, cond=cond, drop_cond=drop)
     return torch.mean((eps - noise) ** 2)
@@ -381,13 +390,7 @@ def x0_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
     noise (weight ~3e4 at the last step). The x0-network spends its capacity on the coarse,
     high-noise guesses of the clean point; the ε-network on the fine, low-noise corrections.
     """
-    B, device = x0.shape[0], x0.device
-    t = torch.randint(0, sched.T, (B,), generator=generator).to(device)
-    noise = _randn(x0.shape, generator, device)
-    x_t = q_sample(sched, x0, t, noise)
-    drop = None
-    if cond is not None and p_uncond > 0:
-        drop = (torch.rand(B, generator=generator) < p_uncond).to(device)
+    x_t, t, _, drop = _training_draws(sched, x0, cond, p_uncond, generator)
     x0_hat = model(x_t, t, cond=cond, drop_cond=drop)
     # || x_0 - \hat x_0(x_t, t) ||^2
     return torch.mean((x0_hat - x0) ** 2)
