@@ -462,16 +462,48 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
+def guidance_at(w: float, t: float, interval=None) -> float:
+    r"""The guidance weight at noise level ``t`` with a guidance interval (Kynkäänniemi et al. 2024).
+
+    ``t`` is the fraction of the way from data (0) to pure noise (1): the flow time, or
+    the DDPM step over T. Guidance is applied only inside ``interval = (lo, hi)``; outside
+    it the sampler uses the plain conditional model:
+
+    .. math:: w(t) = \begin{cases} w & t_{lo} \le t \le t_{hi} \\ 1 & \text{otherwise.} \end{cases}
+
+    At high noise (:math:`t > t_{hi}`) a large :math:`w` pushes every sample of a class
+    toward the same few layouts (the images lose variety); at low noise it only sharpens
+    details that the class does not decide. ``interval=None`` guides at every step.
+    """
+    if interval is None:
+        return float(w)
+    lo, hi = check_guidance_interval(interval)
+    return float(w) if lo <= t <= hi else 1.0
+
+
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """``interval`` as ``(lo, hi)`` floats, after checking ``0 <= lo < hi <= 1``; a clear error otherwise."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two numbers (lo, hi) in [0, 1]; got {interval!r}") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1; got ({lo}, {hi})")
+    return lo, hi
+
+
 def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, eta: float = 0.0,
                 cond=None, guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
-                clip_x0: float | None = None, progress: bool = False):
+                clip_x0: float | None = None, progress: bool = False, guidance_interval=None):
     r"""DDIM sampling (Song et al. 2021, eq. 12) with any number of ``steps`` and noise level ``eta``.
 
     - ``shape``: shape of the sample, e.g. ``(n, d)`` or ``(n, C, H, W)``;
     - ``steps``: number of network calls (a subsequence of the T training steps);
     - ``eta``: :math:`\eta`; 0 = deterministic (same ``noise`` → same sample), 1 ≈ DDPM;
     - ``cond``, ``guidance``: condition :math:`c` and guidance weight :math:`w` (:func:`guided_eps`);
+    - ``guidance_interval``: ``(lo, hi)``: guide only at steps with :math:`t/T` inside it
+      (:func:`guidance_at`); None = at every step;
     - ``noise``: the starting point :math:`x_T` (drawn from ``generator`` if None);
     - ``clip_x0``: if set, clamp :math:`\hat x_0` to ``[-clip_x0, clip_x0]`` (and
       re-derive :math:`\hat\epsilon` from it). Near :math:`t = T`,
@@ -488,10 +520,12 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
     sched = sched.to(device)
     x = noise.to(device).clone() if noise is not None else _randn(shape, generator, device)
     ts = ddim_timesteps(sched.T, steps)
+    if guidance_interval is not None:
+        check_guidance_interval(guidance_interval)
     traj = []
     for i in _progress(range(len(ts)), disable=not progress, desc="DDIM"):
         t = torch.full((x.shape[0],), ts[i], dtype=torch.long, device=device)
-        eps = guided_eps(model, x, t, cond, guidance)
+        eps = guided_eps(model, x, t, cond, guidance_at(guidance, ts[i] / sched.T, guidance_interval))
         # \hat x_0 = (x_t - \sqrt{1-\bar\alpha_t} \epsilon_\theta) / \sqrt{\bar\alpha_t}   (eq. 12, "predicted x_0")
         x0 = predict_x0(sched, x, t, eps)
         if clip_x0 is not None:
@@ -693,12 +727,14 @@ def flow_timesteps(steps: int) -> list[float]:
 def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler", cond=None,
                 guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
-                time_scale: float = FLOW_TIME_SCALE, progress: bool = False):
+                time_scale: float = FLOW_TIME_SCALE, progress: bool = False, guidance_interval=None):
     r"""Integrate :math:`dx/dt = \tilde v(x, t, c)` from :math:`t=1` (noise) to :math:`t=0` (data).
 
     - ``steps``: number of steps of size :math:`h = 1/\text{steps}`;
     - ``method``: ``"euler"`` (one model call a step) or ``"heun"`` (two; second order);
     - ``cond``, ``guidance``: class and classifier-free guidance weight (:func:`guided_eps`);
+    - ``guidance_interval``: ``(lo, hi)``: guide only at times :math:`t` inside it
+      (:func:`guidance_at`); None = at every step;
     - ``noise``: the start :math:`x_1` (drawn from ``generator`` if None).
 
     Returns ``x_0`` or ``(x_0, trajectory)`` with the same trajectory format as
@@ -711,9 +747,12 @@ def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler",
     x = noise.to(device).clone() if noise is not None else _randn(shape, generator, device)
     ts = flow_timesteps(steps)
     B = x.shape[0]
+    if guidance_interval is not None:
+        check_guidance_interval(guidance_interval)
 
     def vel(x_, t_):
-        return guided_eps(model, x_, torch.full((B,), t_ * time_scale, device=device), cond, guidance)
+        return guided_eps(model, x_, torch.full((B,), t_ * time_scale, device=device), cond,
+                          guidance_at(guidance, t_, guidance_interval))
 
     traj = []
     for i in _progress(range(steps), disable=not progress, desc="flow"):

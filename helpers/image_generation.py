@@ -145,16 +145,21 @@ class ImageGenerator:
     sampled with DDIM; ``eta`` and ``clip`` are DDIM's :math:`\\eta` and the bound on
     :math:`\\hat z_0` in standardised units) or ``"flow"`` (velocity, sampled with
     :func:`helpers.diffusion.flow_sample`, ``flow_method`` Euler or Heun).
+    ``guidance_interval`` ``(lo, hi)``: guidance only at noise levels inside it, the plain
+    conditional model elsewhere (:func:`helpers.diffusion.guidance_at`); None = everywhere.
     Images are (n, 3, 32, 32) floats in [0, 1] on the CPU.
     """
 
     def __init__(self, ae: image_ae.ImageAutoencoder, denoiser: torch.nn.Module,
                  sched: diffusion.NoiseSchedule, scaler: diffusion.LatentStandardizer, eta: float = 0.0,
-                 clip: float | None = 5.0, objective: str = "ddpm", flow_method: str = "euler"):
+                 clip: float | None = 5.0, objective: str = "ddpm", flow_method: str = "euler",
+                 guidance_interval=None):
         if objective not in ("ddpm", "flow"):
             raise ValueError(f"unknown objective {objective!r}: expected 'ddpm' or 'flow'")
         self.ae, self.denoiser, self.sched, self.scaler = ae, denoiser, sched, scaler
         self.eta, self.clip = eta, clip
+        self.guidance_interval = (None if guidance_interval is None
+                                  else diffusion.check_guidance_interval(guidance_interval))
         self.objective, self.flow_method = objective, flow_method
         self.shape = tuple(ae.latent_shape)
 
@@ -180,13 +185,15 @@ class ImageGenerator:
                                             method=self.flow_method, cond=cond,
                                             guidance=float(guidance) if cond is not None else 1.0,
                                             noise=noise[i:i + batch_size], generator=gen,
-                                            return_trajectory=return_trajectory)
+                                            return_trajectory=return_trajectory,
+                                            guidance_interval=self.guidance_interval)
             else:
                 out = diffusion.ddim_sample(self.denoiser, self.sched, noise[i:i + batch_size].shape,
                                             steps=steps, eta=self.eta, cond=cond,
                                             guidance=float(guidance) if cond is not None else 1.0,
                                             noise=noise[i:i + batch_size], generator=gen,
-                                            return_trajectory=return_trajectory, clip_x0=self.clip)
+                                            return_trajectory=return_trajectory, clip_x0=self.clip,
+                                            guidance_interval=self.guidance_interval)
             if return_trajectory:
                 out, traj = out
             outs.append(out.cpu())

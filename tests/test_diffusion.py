@@ -282,3 +282,55 @@ def test_prediction_setting_refuses_other_values_in_one_line():
     assert D.check_prediction("eps") == "eps" and D.check_prediction("x0") == "x0"
     with pytest.raises(ValueError, match=r"^prediction: expected one of 'eps', 'x0', found 'v'$"):
         D.check_prediction("v")
+
+
+# ---------------------------------------------------------------------------
+# Guidance interval
+# ---------------------------------------------------------------------------
+
+def test_guidance_at_inside_outside_and_bad_intervals():
+    assert D.guidance_at(4.0, 0.5) == 4.0                      # no interval: everywhere
+    assert D.guidance_at(4.0, 0.5, (0.1, 0.8)) == 4.0
+    assert D.guidance_at(4.0, 0.9, (0.1, 0.8)) == 1.0          # outside: the conditional model
+    assert D.guidance_at(4.0, 0.05, [0.1, 0.8]) == 1.0
+    assert D.guidance_at(4.0, 0.8, (0.1, 0.8)) == 4.0          # the ends belong to the interval
+    with pytest.raises(ValueError, match=r"0 <= lo < hi <= 1; got \(0.8, 0.1\)"):
+        D.guidance_at(4.0, 0.5, (0.8, 0.1))
+    with pytest.raises(ValueError, match=r"0 <= lo < hi <= 1; got \(0.0, 1.5\)"):
+        D.check_guidance_interval([0, 1.5])
+    with pytest.raises(ValueError, match="two numbers"):
+        D.check_guidance_interval([0.1, 0.5, 0.9])
+    with pytest.raises(ValueError, match="two numbers"):
+        D.check_guidance_interval(0.5)
+
+
+def _class_model(dim=6, seed=0):
+    torch.manual_seed(seed)
+    m = MLPDenoiser(dim, hidden=16, n_blocks=1, time_dim=8, cond_kind="class", n_classes=2)
+    with torch.no_grad():                      # a random net whose class embedding matters
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.mark.parametrize("sampler", ["flow", "ddim"])
+def test_guidance_interval_selects_the_guided_steps(sampler):
+    model, s = _class_model(), D.NoiseSchedule.make("cosine", 50)
+    cond, noise = torch.tensor([0, 1, 0, 1]), torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+
+    def run(w, interval):
+        if sampler == "flow":
+            return D.flow_sample(model, (4, 6), steps=5, cond=cond, guidance=w, noise=noise,
+                                 guidance_interval=interval)
+        return D.ddim_sample(model, s, (4, 6), steps=5, cond=cond, guidance=w, noise=noise,
+                             guidance_interval=interval)
+
+    guided, plain = run(3.0, None), run(1.0, None)
+    assert not torch.allclose(guided, plain)
+    assert torch.equal(run(3.0, (0.0, 1.0)), guided)           # an interval over every step = no interval
+    # flow evaluates t = 1, .8, .6, .4, .2; DDIM t/T = .98, .74, .48, .24, 0: none inside (0.85, 0.9)
+    assert torch.equal(run(3.0, (0.85, 0.9)), plain)           # no step inside: plain conditional sampling
+    part = run(3.0, (0.1, 0.7))
+    assert not torch.allclose(part, guided) and not torch.allclose(part, plain)
+    with pytest.raises(ValueError, match="lo < hi"):
+        run(3.0, (0.7, 0.1))

@@ -244,3 +244,16 @@ def test_flow_objective_samples_and_bad_objective():
     assert len(traj) == 4 and traj[0]["t"] == 1.0 and torch.equal(traj[-1]["x_t"], z)
     with pytest.raises(ValueError, match="unknown objective 'score': expected 'ddpm' or 'flow'"):
         image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, objective="score")
+
+
+def test_generator_guidance_interval_is_checked_and_used():
+    gen = _tiny_generator()
+    flow = image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, objective="flow",
+                                           guidance_interval=[0.0, 1.0])
+    ref = image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, objective="flow")
+    labels = torch.tensor([0, 1])
+    assert flow.guidance_interval == (0.0, 1.0)
+    assert torch.equal(flow.sample_latents(labels, steps=3, guidance=2.0, seed=1),
+                       ref.sample_latents(labels, steps=3, guidance=2.0, seed=1))
+    with pytest.raises(ValueError, match=r"guidance_interval must satisfy 0 <= lo < hi <= 1; got \(0.9, 0.2\)"):
+        image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, guidance_interval=(0.9, 0.2))
