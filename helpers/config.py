@@ -153,7 +153,12 @@ VAE: dict[str, dict[str, Any]] = {
 # cond_quantiles: requested accuracies for accuracy-conditioned generation, as quantiles of
 # the zoo's test accuracies (so they fit any zoo), n_per_target networks each, guidance
 # weight w; gif_fps: the denoising GIF; prediction: what the latent denoiser outputs, "eps" (the
-# noise) or "x0" (the clean latent, as in G.pt; helpers.diffusion.x0_loss and EpsFromX0).
+# noise) or "x0" (the clean latent, as in G.pt; helpers.diffusion.x0_loss and EpsFromX0);
+# heldout_*: generalisation against memorisation (generation.heldout_split, fixed_draw_loss):
+# heldout_runs networks of the zoo (all their checkpoints; 0 = none, the default) are kept out of
+# the denoiser's training set and its loss on their latents (heldout_draws fixed draws of (t, noise)
+# each) is logged every heldout_every steps beside the same loss on as many training latents;
+# heldout_keep_best returns the EMA weights at the held-out minimum (early stopping).
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
               "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
@@ -162,7 +167,8 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
               "ddim_steps": 10, "eta": 0.0, "clip_x0": 5.0, "n_generated": 8, "n_test": 2000,
               "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 1, "direct_train_steps": 100,
               "direct_lr": 1e-3, "cond_quantiles": [0.1, 0.5, 0.9], "n_per_target": 4,
-              "guidance": 2.0, "gif_fps": 6, "prediction": "eps"},
+              "guidance": 2.0, "gif_fps": 6, "prediction": "eps",
+              "heldout_runs": 0, "heldout_every": 100, "heldout_draws": 16, "heldout_keep_best": False},
     "default": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 256, "n_blocks": 2,
                 "time_dim": 64, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
                 "train_steps": 3000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
@@ -170,7 +176,8 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
                 "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
                 "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 2, "direct_train_steps": 1500,
                 "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
-                "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
+                "guidance": 2.0, "gif_fps": 8, "prediction": "eps",
+                "heldout_runs": 0, "heldout_every": 200, "heldout_draws": 16, "heldout_keep_best": False},
     "full": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 512, "n_blocks": 4,
              "time_dim": 128, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
              "train_steps": 20000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
@@ -178,7 +185,8 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
              "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
              "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
              "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
-             "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
+             "guidance": 2.0, "gif_fps": 8, "prediction": "eps",
+             "heldout_runs": 0, "heldout_every": 500, "heldout_draws": 16, "heldout_keep_best": False},
 }
 
 # Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).

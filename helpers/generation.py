@@ -45,12 +45,15 @@ KINDS = {"latent": "latent_weight_denoiser", "direct": "direct_weight_denoiser"}
 LATENT_TRAIN_KEYS = ("seed", "schedule", "T", "hidden", "n_blocks", "time_dim", "dropout", "conditional",
                      "p_uncond", "train_steps", "batch_size", "lr", "weight_decay", "warmup_steps",
                      "lr_schedule", "ema_decay")
+HELDOUT_KEYS = ("heldout_runs", "heldout_every", "heldout_draws", "heldout_keep_best")
+"""The held-out monitor's settings: part of the cache key only when ``heldout_runs`` > 0."""
 DIRECT_TRAIN_KEYS = ("seed", "schedule", "T", "time_dim", "dropout", "batch_size", "weight_decay",
                      "warmup_steps", "lr_schedule", "ema_decay", "direct_input_skip", "direct_hidden",
                      "direct_n_blocks", "direct_train_steps", "direct_lr")
 
 __all__ = [
-    "KINDS", "LATENT_TRAIN_KEYS", "DIRECT_TRAIN_KEYS", "weight_diffusion_key", "direct_diffusion_key",
+    "KINDS", "LATENT_TRAIN_KEYS", "HELDOUT_KEYS", "DIRECT_TRAIN_KEYS", "heldout_split", "best_step",
+    "fixed_draw_loss", "weight_diffusion_key", "direct_diffusion_key",
     "make_denoiser", "save_denoiser", "load_denoiser", "prediction_of", "training_latents",
     "standardize_accuracy", "build_or_load_weight_diffusion", "build_or_load_direct_diffusion",
     "sample_latents", "generate_networks", "generate_direct", "decode_trajectory",
@@ -132,9 +135,11 @@ def prediction_of(diffusion_cfg: Mapping[str, Any]) -> str:
     return diffusion.check_prediction(diffusion_cfg.get("prediction", "eps"))
 
 
-def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=None):
+def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=None, callback=None):
     """Train ``model`` on ``data`` (and ``cond``) on ``device`` (None: :func:`helpers.runtime.device`).
 
+    ``callback(step, loss, model, ema_model)`` is passed to :func:`helpers.diffusion.train_diffusion`
+    (the held-out monitor of :func:`build_or_load_weight_diffusion` uses it).
     The latent denoiser learns what ``diffusion_cfg["prediction"]`` names (:func:`prediction_of`):
     the noise (:func:`helpers.diffusion.diffusion_loss`) or the clean latent
     (:func:`helpers.diffusion.x0_loss`; the EMA model is then returned wrapped in
@@ -156,7 +161,7 @@ def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=Non
         ema_decay=float(diffusion_cfg["ema_decay"]), cond=cond,
         p_uncond=float(diffusion_cfg["p_uncond"]) if cond is not None else 0.0, generator=gen,
         weight_decay=float(diffusion_cfg["weight_decay"]), warmup_steps=int(diffusion_cfg["warmup_steps"]),
-        lr_schedule=diffusion_cfg["lr_schedule"], desc=desc, loss_fn=loss_fn)
+        lr_schedule=diffusion_cfg["lr_schedule"], desc=desc, loss_fn=loss_fn, callback=callback)
     return (diffusion.EpsFromX0(ema, sched) if x0_pred else ema), history
 
 
@@ -175,15 +180,101 @@ def standardize_accuracy(acc, info: Mapping[str, Any]) -> torch.Tensor:
     return (acc - float(info["cond_mean"])) / float(info["cond_std"])
 
 
+# ---------------------------------------------------------------------------
+# Held-out networks: does the denoiser generalise or memorise?
+# ---------------------------------------------------------------------------
+#
+# Hold out every checkpoint of a few networks (runs) of the zoo from the denoiser's
+# training set and log its loss on their latents as it trains. A denoiser that learns
+# the distribution of networks keeps that loss falling; one that memorises its
+# training latents drives the training loss down while the held-out loss turns up.
+# Early stopping keeps the EMA weights at the held-out minimum.
+
+def heldout_split(run_ids, n_heldout: int, seed: int) -> tuple[list[int], list[int]]:
+    """Split the distinct run ids of ``run_ids`` into ``(training runs, held-out runs)``, both sorted.
+
+    ``n_heldout`` runs are drawn by a permutation seeded with ``seed``: the same inputs
+    always give the same split; 0 holds out nothing. At least one run stays for training.
+    """
+    runs = sorted({int(r) for r in run_ids})
+    if isinstance(n_heldout, bool) or not isinstance(n_heldout, int) or not 0 <= n_heldout < len(runs):
+        raise ValueError(f"heldout_runs: expected a whole number from 0 to {len(runs) - 1} "
+                         f"(the zoo has {len(runs)} runs), found {n_heldout!r}")
+    perm = torch.randperm(len(runs), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    held = sorted(runs[i] for i in perm[:n_heldout])
+    return [r for r in runs if r not in held], held
+
+
+def best_step(steps, losses) -> tuple[int, float]:
+    """Early stopping's choice in a logged curve: ``(step, loss)`` with the lowest loss (the earliest on ties)."""
+    steps, losses = list(steps), [float(v) for v in losses]
+    if not steps or len(steps) != len(losses):
+        raise ValueError(f"best_step: expected as many steps as losses (at least one), "
+                         f"found {len(steps)} steps and {len(losses)} losses")
+    i = min(range(len(losses)), key=lambda k: (losses[k], k))
+    return int(steps[i]), losses[i]
+
+
+@torch.no_grad()
+def fixed_draw_loss(model, sched: diffusion.NoiseSchedule, x0: torch.Tensor, cond=None,
+                    prediction: str = "eps", n_draws: int = 16, seed: int = 0) -> float:
+    r"""The denoiser's training loss on the points ``x0`` (N, L) with ``n_draws`` fixed draws per point.
+
+    Each point gets ``n_draws`` pairs :math:`(t, \epsilon)` drawn from ``seed`` (the same
+    pairs at every call), :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\epsilon`,
+    and the loss is the mean of :math:`\lVert x_0 - \hat x_0\rVert^2` (``prediction="x0"``)
+    or :math:`\lVert \epsilon - \hat\epsilon\rVert^2` (``"eps"``) over them: the objective
+    itself, without the sampling noise of a minibatch, so evaluations at different training
+    steps differ only by the model. ``cond`` (N,) are the points' conditions (None: unconditional).
+    """
+    prediction = diffusion.check_prediction(prediction)
+    gen = torch.Generator().manual_seed(int(seed))
+    x = x0.detach().cpu().repeat(n_draws, 1)
+    t = torch.randint(0, sched.T, (x.shape[0],), generator=gen)
+    noise = torch.randn(x.shape, generator=gen)
+    x_t = diffusion.q_sample(sched, x, t, noise)
+    device = runtime.device_of(model)
+    c = None if cond is None else torch.as_tensor(cond).detach().cpu().repeat(n_draws).to(device)
+    out = model(x_t.to(device), t.to(device), cond=c).cpu()
+    return torch.mean((out - (x if prediction == "x0" else noise)) ** 2).item()
+
+
+def _heldout_monitor(u_train, c_train, u_held, c_held, diffusion_cfg, sched):
+    """``(callback, curve, best)``: every ``heldout_every`` steps the callback logs
+    :func:`fixed_draw_loss` of the EMA model on the held-out latents and on as many training
+    latents (the first ones), and keeps a copy of the EMA weights at the held-out minimum."""
+    every, steps = int(diffusion_cfg["heldout_every"]), int(diffusion_cfg["train_steps"])
+    draws, seed, pred = int(diffusion_cfg["heldout_draws"]), int(diffusion_cfg["seed"]), prediction_of(diffusion_cfg)
+    n = min(len(u_train), len(u_held))
+    u_tr, c_tr = u_train[:n], None if c_train is None else c_train[:n]
+    curve = {"step": [], "train": [], "heldout": []}
+    best = {"loss": float("inf"), "step": None, "state": None}
+
+    def callback(step, loss, model, ema):
+        if (step + 1) % every and step + 1 != steps:
+            return
+        h = fixed_draw_loss(ema, sched, u_held, c_held, pred, draws, seed)
+        curve["step"].append(step + 1)
+        curve["train"].append(fixed_draw_loss(ema, sched, u_tr, c_tr, pred, draws, seed))
+        curve["heldout"].append(h)
+        if h < best["loss"]:
+            best.update(loss=h, step=step + 1, state={k: v.detach().clone() for k, v in ema.state_dict().items()})
+
+    return callback, curve, best
+
+
 def weight_diffusion_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
                          diffusion_cfg: Mapping[str, Any]) -> dict:
     """The cache key of the latent denoiser: the VAE's key and the training settings
-    (:data:`LATENT_TRAIN_KEYS`, and ``prediction`` when it is not the default ``"eps"``, so
-    the keys of eps-denoisers are those they always had), never a sampling or display knob."""
+    (:data:`LATENT_TRAIN_KEYS`, and ``prediction`` when it is not the default ``"eps"`` and
+    :data:`HELDOUT_KEYS` when ``heldout_runs`` > 0, so the keys of the default denoisers are
+    those they always had), never a sampling or display knob."""
     key = {"vae": vae.vae_key(zoo_cfg, vae_cfg),
            "weight_diffusion": artifacts.training_key(diffusion_cfg, LATENT_TRAIN_KEYS)}
     if prediction_of(diffusion_cfg) != "eps":
         key["weight_diffusion"]["prediction"] = prediction_of(diffusion_cfg)
+    if int(diffusion_cfg.get("heldout_runs", 0)):
+        key["weight_diffusion"].update({k: diffusion_cfg[k] for k in HELDOUT_KEYS})
     return key
 
 
@@ -200,7 +291,10 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
     Returns ``(ema_denoiser, info)``; ``info`` has ``history`` (per-step ``loss``),
     ``train_seconds``, ``schedule``, ``T``, ``cond_mean``/``cond_std`` (accuracy
     standardisation, % units), ``kind="latent"``, ``path``, and the objects it was
-    built from: ``vae`` (the ParamVAE), ``vae_info`` and ``dataset`` (the zoo). Keyed by
+    built from (with ``heldout_runs`` > 0 also ``heldout``: the held-out runs, the logged
+    ``step``/``train``/``heldout`` losses, ``best_step`` and ``kept_step``, the step whose
+    EMA weights are returned: the held-out minimum if ``heldout_keep_best``, else the last):
+    ``vae`` (the ParamVAE), ``vae_info`` and ``dataset`` (the zoo). Keyed by
     :func:`weight_diffusion_key`; trained and returned on ``device`` (None: the runtime's).
     """
     vae_model, vae_info = vae.build_or_load_vae(zoo_cfg, vae_cfg, device=device)
@@ -212,16 +306,37 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
         torch.manual_seed(int(diffusion_cfg["seed"]))
         u = training_latents(vae_model, ds)
         acc = ds.test_acc.to(torch.float32)
+        n_held = int(diffusion_cfg.get("heldout_runs", 0))
+        if n_held:
+            # every checkpoint of n_held runs is kept out of the denoiser's training set
+            run_of = [int(m["run"]) for m in ds.metrics]
+            _, held_runs = heldout_split(run_of, n_held, int(diffusion_cfg["seed"]))
+            held = torch.tensor([r in held_runs for r in run_of])
+            u, u_held, acc, acc_held = u[~held], u[held], acc[~held], acc[held]
         # \bar a, s_a: the accuracy condition is standardised like the latents
         cond_mean, cond_std = float(acc.mean()), float(acc.std().clamp_min(1e-3))
         cond = (acc - cond_mean) / cond_std if diffusion_cfg["conditional"] else None
         model = make_denoiser(dim, diffusion_cfg)
-        ema, history = _train(model, u, cond, diffusion_cfg, direct=False, desc="latent diffusion", device=device)
+        callback = None
+        if n_held:
+            sched = diffusion.NoiseSchedule.make(diffusion_cfg["schedule"], int(diffusion_cfg["T"]))
+            c_held = (acc_held - cond_mean) / cond_std if cond is not None else None
+            callback, curve, best = _heldout_monitor(u, cond, u_held, c_held, diffusion_cfg, sched)
+        ema, history = _train(model, u, cond, diffusion_cfg, direct=False, desc="latent diffusion", device=device,
+                              callback=callback)
         info = {"kind": "latent", "history": history, "train_seconds": history["seconds"],
                 "schedule": diffusion_cfg["schedule"], "T": int(diffusion_cfg["T"]), "cond_mean": cond_mean,
                 "cond_std": cond_std, "conditional": bool(diffusion_cfg["conditional"]),
                 "prediction": prediction_of(diffusion_cfg), "n_train": int(u.shape[0]),
                 "config": dict(diffusion_cfg)}
+        if n_held:
+            kept = curve["step"][-1]
+            if diffusion_cfg["heldout_keep_best"]:
+                inner = ema.x0_model if isinstance(ema, diffusion.EpsFromX0) else ema
+                inner.load_state_dict(best["state"])
+                kept = best["step"]
+            info["heldout"] = {"runs": held_runs, "n_heldout": int(u_held.shape[0]), **curve,
+                               "best_step": best["step"], "kept_step": kept}
         return ema, info
 
     def save(obj, path):
