@@ -291,20 +291,22 @@ def tile(images: torch.Tensor, nrow: int, pad: int = 1, scale: int = 2) -> np.nd
 
 def trajectory_frames(decode, trajectory: list[dict], key: str = "x_t", nrow: int = 4,
                       inverse=None) -> tuple[list[np.ndarray], list[str]]:
-    """One frame per DDIM step: the decoded ``key`` ("x_t" or "x0_pred") of every sample, tiled.
+    """One frame per entry of a sampler's trajectory: the decoded ``key`` ("x_t" or "x0_pred") of every sample, tiled.
 
     ``decode`` maps codes (n, d) to images in [0, 1]; ``inverse`` undoes the
-    latent standardisation first. Returns ``(frames, captions)``.
+    latent standardisation first. Captions count steps by each entry's ``"step"``
+    (its index in the full run, when the trajectory was thinned) or else its position.
+    Returns ``(frames, captions)``.
     """
     frames, captions = [], []
-    n = len(trajectory)
+    n = trajectory[-1].get("step", len(trajectory) - 1) if trajectory else 0
     for i, step in enumerate(trajectory):
         z = step[key]
         if inverse is not None:
             z = inverse(z)
         frames.append(tile(decode(z), nrow))
         t = step["t"]
-        captions.append(f"step {i}/{n - 1}: " + ("final sample" if t < 0 else f"t = {t}"))
+        captions.append(f"step {step.get('step', i)}/{n}: " + ("final sample" if t < 0 else f"t = {t}"))
     return frames, captions
 
 

@@ -36,7 +36,7 @@ from . import artifacts, denoisers, diffusion, image_ae, image_eval, runtime
 
 __all__ = ["DENOISER_KEYS", "make_denoiser", "build_or_load_latent_denoiser", "mirrored_codes", "ImageGenerator",
            "validation_split", "build_or_load_selector", "Evaluator", "choose_guidance",
-           "run_frames", "denoising_path"]
+           "run_frames", "thin_trajectory", "denoising_path"]
 
 
 # ---------------------------------------------------------------------------
@@ -314,18 +314,32 @@ def choose_guidance(rows: dict[float, dict], target: float) -> float:
 # ---------------------------------------------------------------------------
 
 def run_frames(gen: ImageGenerator, labels, steps: int, guidance: float, seed: int, paired: bool = False,
-               nrow: int = 4):
-    """One DDIM run for ``labels``, as frames (one per step) for a GIF or a slider.
+               nrow: int = 4, max_frames: int | None = None):
+    """One sampling run for ``labels``, as frames (one per step) for a GIF or a slider.
 
     ``paired=False``: the decoded noisy code :math:`D(z_t)` of every sample, tiled
     ``nrow`` per row; ``paired=True``: two rows per frame, :math:`D(z_t)` above
-    :math:`D(\\hat z_0)`. Returns ``(frames, captions)``.
+    :math:`D(\\hat z_0)`. ``max_frames``: keep at most that many frames of the run, evenly
+    spaced, always the first and the final sample (smaller GIFs for long runs); the
+    captions keep the run's own step numbers. Returns ``(frames, captions)``.
     """
     _, traj = gen.sample_latents(labels, steps, guidance, seed, return_trajectory=True)
+    traj = thin_trajectory(traj, max_frames)
     decode = lambda z: image_ae.decode_all(gen.ae, z)  # noqa: E731
     if paired:
         return image_eval.paired_frames(decode, traj, inverse=gen.scaler.unstandardize, nrow=nrow)
     return image_eval.trajectory_frames(decode, traj, "x_t", nrow=nrow, inverse=gen.scaler.unstandardize)
+
+
+def thin_trajectory(traj: list[dict], max_frames: int | None) -> list[dict]:
+    """At most ``max_frames`` entries of ``traj``, evenly spaced, the first and last always kept;
+    each kept entry gains ``"step"``, its index in ``traj``. None keeps every entry."""
+    if max_frames is None or len(traj) <= max_frames:
+        return traj
+    if max_frames < 2:
+        raise ValueError(f"max_frames must be at least 2 (the first and the final frame); got {max_frames}")
+    idx = sorted({round(k * (len(traj) - 1) / (max_frames - 1)) for k in range(max_frames)})
+    return [{**traj[i], "step": i} for i in idx]
 
 
 def denoising_path(gen: ImageGenerator, labels, steps: int, guidance: float, seed: int,

@@ -257,3 +257,25 @@ def test_generator_guidance_interval_is_checked_and_used():
                        ref.sample_latents(labels, steps=3, guidance=2.0, seed=1))
     with pytest.raises(ValueError, match=r"guidance_interval must satisfy 0 <= lo < hi <= 1; got \(0.9, 0.2\)"):
         image_generation.ImageGenerator(gen.ae, gen.denoiser, gen.sched, gen.scaler, guidance_interval=(0.9, 0.2))
+
+
+def test_thin_trajectory_keeps_ends_and_true_step_numbers():
+    traj = [{"t": 1.0 - k / 50, "x_t": torch.full((1,), float(k))} for k in range(50)] + [{"t": -1, "x_t": None}]
+    assert image_generation.thin_trajectory(traj, None) is traj
+    assert image_generation.thin_trajectory(traj, 60) is traj
+    thin = image_generation.thin_trajectory(traj, 26)
+    steps = [d["step"] for d in thin]
+    assert len(thin) == 26 and steps[0] == 0 and steps[-1] == 50 and thin[-1]["t"] == -1
+    assert all(b > a for a, b in zip(steps, steps[1:])) and steps[1] == 2
+    assert all(d["x_t"] is traj[d["step"]]["x_t"] for d in thin)
+    with pytest.raises(ValueError, match="max_frames must be at least 2"):
+        image_generation.thin_trajectory(traj, 1)
+
+
+def test_run_frames_thinned_captions_count_the_run_steps():
+    gen = _tiny_generator()
+    frames, captions = image_generation.run_frames(gen, torch.tensor([0, 1]), steps=8, guidance=2.0, seed=0,
+                                                   nrow=2, max_frames=5)
+    assert len(frames) == 5
+    assert captions[0].startswith("step 0/8") and captions[1].startswith("step 2/8")
+    assert captions[-1] == "step 8/8: final sample"
