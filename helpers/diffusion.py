@@ -461,7 +461,6 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return sorted(set(ts), reverse=True)
 
 
-@torch.no_grad()
 def guidance_at(w: float, t: float, interval=None) -> float:
     r"""The guidance weight at noise level ``t`` with a guidance interval (Kynkäänniemi et al. 2024).
 
@@ -492,6 +491,7 @@ def check_guidance_interval(interval) -> tuple[float, float]:
     return lo, hi
 
 
+@torch.no_grad()
 def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, eta: float = 0.0,
                 cond=None, guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,

@@ -334,3 +334,17 @@ def test_guidance_interval_selects_the_guided_steps(sampler):
     assert not torch.allclose(part, guided) and not torch.allclose(part, plain)
     with pytest.raises(ValueError, match="lo < hi"):
         run(3.0, (0.7, 0.1))
+
+
+def test_samplers_build_no_autograd_graph():
+    # sampling is inference: a sample that required grad breaks .numpy() downstream (notebook 05)
+    model, s = _class_model(), D.NoiseSchedule.make("cosine", 50)
+    assert any(p.requires_grad for p in model.parameters())
+    cond = torch.tensor([0, 1])
+    for interval in (None, (0.1, 0.8)):
+        a = D.ddim_sample(model, s, (2, 6), steps=3, cond=cond, guidance=2.0, guidance_interval=interval,
+                          generator=torch.Generator().manual_seed(0))
+        b = D.flow_sample(model, (2, 6), steps=3, cond=cond, guidance=2.0, guidance_interval=interval,
+                          generator=torch.Generator().manual_seed(0))
+        assert not a.requires_grad and a.grad_fn is None
+        assert not b.requires_grad and b.grad_fn is None
