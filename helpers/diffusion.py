@@ -110,7 +110,7 @@ from .runtime import device_of as _device_of, progress as _progress
 __all__ = [
     "extract", "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",
     "q_sample", "predict_x0", "PREDICTIONS", "check_prediction", "eps_from_x0", "EpsFromX0",
-    "guided_eps", "diffusion_loss", "x0_loss", "ddpm_sample",
+    "guided_eps", "guidance_at", "check_guidance_interval", "diffusion_loss", "x0_loss", "ddpm_sample",
     "ddim_timesteps", "ddim_sample", "update_ema", "train_diffusion",
     "flow_interpolate", "logit_normal_t", "flow_matching_loss", "flow_timesteps", "flow_sample",
     "train_flow",
