@@ -111,7 +111,7 @@ __all__ = [
     "extract", "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",
     "q_sample", "predict_x0", "PREDICTIONS", "check_prediction", "eps_from_x0", "EpsFromX0",
     "guided_eps", "guidance_at", "check_guidance_interval", "diffusion_loss", "x0_loss", "ddpm_sample",
-    "ddim_timesteps", "ddim_sample", "update_ema", "train_diffusion",
+    "ddim_timesteps", "ddim_sample", "update_ema", "ema_decay_at", "train_diffusion",
     "flow_interpolate", "logit_normal_t", "flow_matching_loss", "flow_timesteps", "flow_sample",
     "train_flow",
 ]
@@ -565,6 +565,20 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
+    r"""The EMA decay :func:`train_diffusion` uses at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)`.
+
+    The warm-up keeps a short run's EMA from being dominated by the random
+    initialisation. It binds for long: it is below 0.999 until step 8,990, so in runs
+    of a few thousand steps it, not ``decay``, sets the average (0.997 at step 3,000,
+    0.998 at step 5,000), and decays of 0.999 or 0.9995 train the same EMA in any shorter run.
+    """
+    if step < 0:
+        raise ValueError(f"ema_decay_at: step must be >= 0; got {step}")
+    # d_k = min(d, (1 + k) / (10 + k))
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 def _lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
     """Learning-rate multiplier: linear warm-up, then constant or cosine decay to 0."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -591,8 +605,9 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
     - ``steps`` optimiser steps on random minibatches of ``batch_size`` (AdamW, ``lr``,
       ``weight_decay``; optional linear ``warmup_steps`` and ``lr_schedule="cosine"``);
     - ``ema_decay`` :math:`d` of :func:`update_ema`; with ``ema_warmup`` the decay
-      used at step k is :math:`\min(d, (1+k)/(10+k))`, so a short run's EMA is not
-      dominated by the random initialisation;
+      used at step k is :math:`\min(d, (1+k)/(10+k))` (:func:`ema_decay_at`), so a short
+      run's EMA is not dominated by the random initialisation (and below 9,000 steps
+      the warm-up, not :math:`d`, sets it when :math:`d \ge 0.999`);
     - ``callback(step, loss, model, ema_model)`` is called after every step;
     - ``loss_fn(model, x0, cond, p_uncond, generator)``: another objective in place of
       :func:`diffusion_loss` (``sched`` may then be None); :func:`train_flow` passes
@@ -631,8 +646,7 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step)) if ema_warmup else ema_decay
-        update_ema(ema_model, model, d)
+        update_ema(ema_model, model, ema_decay_at(ema_decay, step, ema_warmup))
         history["loss"].append(loss.item())
         history["lr"].append(opt.param_groups[0]["lr"])
         if callback is not None:

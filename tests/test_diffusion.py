@@ -170,6 +170,35 @@ def test_update_ema_math():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+def test_ema_decay_at_warmup_binds_for_thousands_of_steps():
+    # the warm-up (1 + k) / (10 + k), not the configured decay, sets a 5,000-step run's EMA
+    assert D.ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert D.ema_decay_at(0.999, 4999) == pytest.approx(5000 / 5009)
+    assert D.ema_decay_at(0.9995, 4999) == D.ema_decay_at(0.999, 4999) < 0.999
+    assert D.ema_decay_at(0.999, 20000) == 0.999
+    assert D.ema_decay_at(0.999, 3, warmup=False) == 0.999
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        D.ema_decay_at(0.999, -1)
+
+
+def test_train_diffusion_ema_follows_ema_decay_at():
+    # one step: the EMA moves by (1 - d_0) = 0.9 of the way to the trained weights
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    start = [p.detach().clone() for p in model.parameters()]
+    s = D.NoiseSchedule.make("linear", 10)
+
+    def loss_fn(m, x0, c, p, g):
+        return (m(x0) ** 2).mean()
+
+    ema, _ = D.train_diffusion(model, torch.randn(32, 4), s, steps=1, batch_size=8, lr=1e-2, ema_decay=0.999,
+                               loss_fn=loss_fn, progress=False)
+    d = D.ema_decay_at(0.999, 0)
+    for pe, p0, p in zip(ema.parameters(), start, model.parameters()):
+        assert not torch.equal(p, p0)
+        assert torch.allclose(pe, d * p0 + (1 - d) * p, atol=1e-7)
+
+
 def test_training_loss_falls_and_samples_move_to_data():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
