@@ -605,9 +605,7 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
     - ``steps`` optimiser steps on random minibatches of ``batch_size`` (AdamW, ``lr``,
       ``weight_decay``; optional linear ``warmup_steps`` and ``lr_schedule="cosine"``);
     - ``ema_decay`` :math:`d` of :func:`update_ema`; with ``ema_warmup`` the decay
-      used at step k is :math:`\min(d, (1+k)/(10+k))` (:func:`ema_decay_at`), so a short
-      run's EMA is not dominated by the random initialisation (and below 9,000 steps
-      the warm-up, not :math:`d`, sets it when :math:`d \ge 0.999`);
+      used at step k is :func:`ema_decay_at` (a warm-up that binds for thousands of steps);
     - ``callback(step, loss, model, ema_model)`` is called after every step;
     - ``loss_fn(model, x0, cond, p_uncond, generator)``: another objective in place of
       :func:`diffusion_loss` (``sched`` may then be None); :func:`train_flow` passes
