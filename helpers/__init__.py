@@ -25,6 +25,7 @@ plot styles until a function is called). Import what a notebook needs::
 | `evaluation`    | accuracy summary, novelty (IoU), baselines, ensembles, fine-tuning  |
 | **image story** | *notebooks 04 (cats/dogs) and 06 (digits)*                          |
 | `image_ae`      | the cat/dog image autoencoder (CAL/CAB blocks, center loss)         |
+| `adversarial`   | a sharper decoder: adversarial fine-tuning against a patch critic   |
 | `image_eval`    | honest image metrics: judge classifier, feature FD, nearest copies  |
 | `image_generation` | the cat/dog generator: latent denoiser, sampling, guidance choice |
 | `digit_models`  | the tiny digit VAE and latent generators (flow / DDPM, 3 sizes)     |

@@ -458,13 +458,14 @@ KIND = "image_autoencoder"
 """The artifact kind of a saved :class:`ImageAutoencoder` (:func:`helpers.artifacts.save_model`)."""
 
 
-def _arch(model: ImageAutoencoder) -> dict:
-    """The arguments that rebuild ``model`` (stored with it)."""
+def architecture(model: ImageAutoencoder) -> dict:
+    """The arguments that rebuild ``model`` (stored with it; :func:`from_architecture`)."""
     return {"channels": list(model.channels), "latent_dim": model.latent_dim, "n_classes": model.n_classes,
             "latent_channels": model.latent_channels, "n_cab": model.n_cab}
 
 
-def _from_arch(arch: dict) -> ImageAutoencoder:
+def from_architecture(arch: dict) -> ImageAutoencoder:
+    """An untrained :class:`ImageAutoencoder` of the architecture :func:`architecture` stored."""
     return ImageAutoencoder(arch["channels"], arch["latent_dim"], arch["n_classes"],
                             arch["latent_channels"], arch["n_cab"])
 
@@ -505,12 +506,12 @@ def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebui
         tensors = {"hist.loss": torch.tensor(hist["loss"]), "hist.rec": torch.tensor(hist["rec"])}
         for i, (ep, codes) in enumerate(hist["snapshots"]):
             tensors[f"snap.{i}"] = codes
-        artifacts.save_model(path, model, KIND, _arch(model), tensors, {
+        artifacts.save_model(path, model, KIND, architecture(model), tensors, {
             "config": key, "snapshot_epochs": [ep for ep, _ in hist["snapshots"]],
             "seconds": hist.get("seconds")})
 
     def load(path):
-        model, tensors, meta = artifacts.load_model(path, KIND, _from_arch, device=device)
+        model, tensors, meta = artifacts.load_model(path, KIND, from_architecture, device=device)
         hist = {"loss": tensors["hist.loss"].tolist(), "rec": tensors["hist.rec"].tolist(),
                 "snapshots": [(ep, tensors[f"snap.{i}"])
                               for i, ep in enumerate(meta.get("snapshot_epochs", []))],
