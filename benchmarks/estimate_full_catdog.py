@@ -11,7 +11,9 @@ the real code and the real model sizes on a small amount of work, and scales it:
 
 - **autoencoder**: one epoch of ``image_ae.train_autoencoder`` on ``--n-images`` images,
   scaled to the training set and the preset's epochs;
-- **judge and selector**: the same with ``image_eval.train_classifier``;
+- **sharper decoder**: a quarter of ``--den-steps`` steps of ``adversarial.finetune_decoder``,
+  scaled to ``ae_adv_steps``;
+- **judge and selector**: the same as the autoencoder with ``image_eval.train_classifier``;
 - **denoiser**: ``--den-steps`` steps of the preset's denoiser objective (flow matching or
   DDPM) at its batch size, scaled to ``den_steps``;
 - **sampling**: the denoiser's forward pass on a batch of 500 codes, per code, times the
@@ -37,9 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import artifacts, config, data, diffusion, image_ae, image_eval, image_generation, runtime  # noqa: E402
+from helpers import (adversarial, artifacts, config, data, diffusion, image_ae, image_eval,  # noqa: E402
+                     image_generation, runtime)
 
 N_TRAIN = 10_000     # CIFAR-10 cats and dogs: 5,000 training images of each class
+PIECES = ("autoencoder", "sharper_decoder", "judge", "selector", "denoiser", "sampling")
 
 
 def _timed(fn) -> float:
@@ -63,6 +67,15 @@ def estimate(preset: str, n_images: int, den_steps: int) -> dict:
         cfg.ae_w_center, cfg.ae_latent_noise, cfg.seed, latent_channels=cfg.latent_channels,
         w_l1=cfg.ae_w_l1, w_grad=cfg.ae_w_grad, n_cab=cfg.ae_n_cab))
     out["autoencoder"] = t * per_image_epoch * cfg.ae_epochs
+
+    # 1b. the sharper decoder (helpers.adversarial): adv_steps steps at its batch size, scaled to ae_adv_steps
+    out["sharper_decoder"] = 0.0
+    if cfg.get("ae_adv_steps"):
+        ae = image_ae.ImageAutoencoder(cfg.ae_channels, cfg.latent_dim, 2, cfg.latent_channels, cfg.ae_n_cab)
+        adv_steps = max(2, den_steps // 4)
+        t = _timed(lambda: adversarial.finetune_decoder(
+            ae, x, steps=adv_steps, batch_size=cfg.ae_adv_batch_size, warmup=0, d_width=cfg.ae_adv_width))
+        out["sharper_decoder"] = t / adv_steps * cfg.ae_adv_steps
 
     # 2. judge and selector: one epoch each, scaled
     t = _timed(lambda: image_eval.train_classifier(x, y, cfg.clf_channels, 1, cfg.clf_batch_size,
@@ -98,7 +111,7 @@ def estimate(preset: str, n_images: int, den_steps: int) -> dict:
         + n_eval * sum(s for s in cfg.sweep_steps if s != cfg.ddim_steps)
     out["sampling"] = 2 * evaluations * per_code
     out["sampling_code_evaluations"] = 2 * evaluations
-    out["total"] = sum(out[k] for k in ("autoencoder", "judge", "selector", "denoiser", "sampling"))
+    out["total"] = sum(out[k] for k in PIECES)
     return out
 
 
@@ -115,8 +128,7 @@ def main(argv=None) -> dict:
     for preset in args.presets:
         est = estimate(preset, args.n_images, args.den_steps)
         result["estimates"][preset] = est
-        parts = ", ".join(f"{k} {est[k] / 60:.1f}" for k in ("autoencoder", "judge", "selector", "denoiser",
-                                                             "sampling"))
+        parts = ", ".join(f"{k} {est[k] / 60:.1f}" for k in PIECES)
         print(f"{preset:8s} notebook 04 estimate: {est['total'] / 60:7.1f} min "
               f"({est['total'] / 3600:.1f} h; minutes: {parts}), {threads} thread(s)")
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "estimate_full_catdog.json"

@@ -271,7 +271,7 @@ CATDOG: dict[str, dict[str, Any]] = {
               "tsne_points": 200, "tsne_every": 1, "n_show": 8},
     "default": dict(_CATDOG_DEFAULT),
     "full": {**_CATDOG_DEFAULT, "ae_channels": [64, 128, 256], "ae_n_cab": 2, "ae_epochs": 60,
-             "ae_adv_steps": 10000, "ae_adv_width": 64,
+             "ae_adv_steps": 5000, "ae_adv_width": 64,
              "clf_channels": [32, 64, 128], "clf_epochs": 30, "sel_channels": [32, 64, 128], "sel_epochs": 30,
              "den_width": 128, "den_res": 2, "den_steps": 50000, "den_ema": 0.9995, "ddim_steps": 50,
              "n_eval_per_class": 1000, "sweep_steps": [10, 25, 50, 100],

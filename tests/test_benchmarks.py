@@ -22,7 +22,8 @@ def test_full_catdog_estimate_scales_its_timed_pieces(tmp_path):
     result = est.main(["--presets", "smoke", "--n-images", "64", "--den-steps", "2", "--threads", "1",
                        "--out", str(out)])
     smoke = result["estimates"]["smoke"]
-    parts = ("autoencoder", "judge", "selector", "denoiser", "sampling")
+    parts = ("autoencoder", "sharper_decoder", "judge", "selector", "denoiser", "sampling")
+    assert est.PIECES == parts
     assert all(smoke[k] > 0 for k in parts)
     assert smoke["total"] == pytest.approx(sum(smoke[k] for k in parts))
     # the code evaluations of smoke's sweeps: 2 classes x 50 images, 2 w at 5 steps, then 3 more steps, x2 (guidance)
