@@ -125,10 +125,7 @@ def finetune_decoder(ae: image_ae.ImageAutoencoder, x_uint8: torch.Tensor, steps
             xb = image_ae.random_flip(xb, gen)
         xb = xb.to(device)
         with torch.no_grad():
-            z = model.encode(xb)
-            # z~ = z + sigma * s * eps, s the batch's std of z per channel (as in training)
-            s = z.std(dim=(0, 2, 3), keepdim=True)
-            z = z + latent_noise * s * torch.randn(z.shape, generator=gen).to(device)
+            z = image_ae.noisy_codes(model.encode(xb), latent_noise, gen)  # as the decoder saw them in training
         x_hat = model.decode(z)
         # L_rec = ||x_hat - x||^2 + lambda_1 ||x_hat - x||_1
         rec = F.mse_loss(x_hat, xb) + w_l1 * F.l1_loss(x_hat, xb)

@@ -286,6 +286,19 @@ def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
+def noisy_codes(z: torch.Tensor, latent_noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""The codes the decoder sees while training: :math:`\tilde z = z + \sigma\, s \odot \varepsilon`.
+
+    :math:`s` is the batch's standard deviation of ``z`` per dimension (flat) or per channel
+    (spatial), not back-propagated; :math:`\sigma` is ``latent_noise``; the noise comes from
+    the CPU ``generator``. Used by :func:`ae_loss` and by the decoder's adversarial stage.
+    """
+    # z~ = z + sigma * s * eps,  s = std_batch(z) per dimension (per channel if spatial),  eps ~ N(0, I)
+    dims = (0, 2, 3) if z.ndim == 4 else (0,)
+    scale = z.detach().std(dim=dims, keepdim=True)
+    return z + latent_noise * scale * torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+
+
 def ae_loss(model: ImageAutoencoder, x: torch.Tensor, y: torch.Tensor, w_cls: float = 0.1,
             w_center: float = 0.05, latent_noise: float = 0.0,
             generator: torch.Generator | None = None, w_l1: float = 0.0,
@@ -314,12 +327,7 @@ def ae_loss(model: ImageAutoencoder, x: torch.Tensor, y: torch.Tensor, w_cls: fl
     colourless average image (what an earlier version of this notebook did).
     """
     z = model.encode(x)
-    z_dec = z
-    if latent_noise > 0:
-        # z~ = z + sigma * s * eps,  s = std_batch(z) per dimension (per channel if spatial),  eps ~ N(0, I)
-        dims = (0, 2, 3) if z.ndim == 4 else (0,)
-        scale = z.detach().std(dim=dims, keepdim=True)
-        z_dec = z + latent_noise * scale * torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+    z_dec = noisy_codes(z, latent_noise, generator) if latent_noise > 0 else z
     x_hat = model.decode(z_dec)
     rec = F.mse_loss(x_hat, x)
     loss = rec
