@@ -35,7 +35,14 @@ accuracy:
   compute-bound, 17.5x). What moved it was the memory layout: the grouped convolutions
   now run in channels-last order and 8 networks per chunk instead of 16
   (``classifiers.stacked_forward``), 0.9 against 1.25 ms per network-step, K = 64 at
-  24.7x in a first idle run (the README has the final run's numbers). (The many-seed
+  24.7x in a first idle run (the README has the final run's numbers). Eighth session: the
+  C allocator (``runtime.keep_freed_memory``, which ``runtime.setup`` applies in every
+  notebook and this benchmark applies to every side alike; ``--system-allocator`` turns it
+  off). glibc returned freed activation buffers to the system and the next step faulted
+  them back in: 1.6-2.1 ms per network-step over a process's first 0.1 epoch of K = 64
+  (1.5-2.1 million page faults) against 1.0-1.1 kept, and 0.75-0.85 ms either way once
+  glibc's own thresholds had grown. Three runs alone on the idle machine: K = 64 at
+  24.4x and 25.5x kept, 23.4x system allocator. (The many-seed
   *zoo* of notebook 01 keeps its own recipe, batch 64, peak 1e-2, half an epoch: see
   ``config.ZOO_MULTISEED``.) "Equal accuracy" is checked
   on the test set and printed beside each ratio.
@@ -133,16 +140,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--many", type=str, default="16,64",
                     help="comma-separated K for the many-seed way ('' to skip)")
+    ap.add_argument("--system-allocator", action="store_true",
+                    help="leave the C allocator as it is (no runtime.keep_freed_memory), for comparison")
     ap.add_argument("--skip-naive", action="store_true", help="only time the fast ways")
     ap.add_argument("--out", type=str, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
+    allocator = False if args.system_allocator else runtime.keep_freed_memory()  # as runtime.setup does
     args.threads = runtime.setup_threads(args.threads)
     spec = classifiers.default_spec("mnist")
     x_test, y_test = classifiers.load_split("mnist", "test")
     print(f"CNN {spec} ({classifiers.count_params(spec)} parameters), {args.epochs} epochs, "
-          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
+          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, "
+          f"allocator keeps freed memory: {allocator}")
     result = {"epochs": args.epochs, "threads": args.threads, "models": args.models,
+              "allocator_keeps_freed_memory": allocator,
               "params": classifiers.count_params(spec), "load_average_start": os.getloadavg()[0]}
 
     if not args.skip_naive:
