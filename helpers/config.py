@@ -290,7 +290,9 @@ CATDOG: dict[str, dict[str, Any]] = {
 # frontier_*: section 10, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
 # frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
 # frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
-# reference); frontier_finetune_steps Adam steps given alike to generated and noise networks (ablation);
+# reference); frontier_latent_scales: the latent-noise baseline (a training latent + N(0, s^2), decoded by
+# the zoo's VAE) swept over s, standardised latent units; frontier_finetune_steps Adam steps given alike
+# to generated and noise networks (ablation);
 # multiseed_prediction / multiseed_eta / multiseed_clip_x0: what the many-seed zoo's latent denoiser
 # predicts ("x0" or "eps", laid over WEIGHT_DIFFUSION for that zoo only) and its DDIM sampler, chosen
 # on the validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation
@@ -304,7 +306,7 @@ _EVALUATION_DEFAULT: dict[str, Any] = {
     "frontier_zoos": ["trajectory", "multiseed"],
     "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
     "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
-    "frontier_finetune_steps": 50,
+    "frontier_latent_scales": [0.2, 0.4, 0.7, 1.0], "frontier_finetune_steps": 50,
     "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0,
 }
 EVALUATION: dict[str, dict[str, Any]] = {
@@ -315,7 +317,7 @@ EVALUATION: dict[str, dict[str, Any]] = {
               "finetune_eval_every": 5, "finetune_n_train": 2000,
               "frontier_zoos": ["trajectory", "multiseed"], "frontier_sigmas": [0.05, 0.2, 0.5],
               "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
-              "frontier_finetune_steps": 5,
+              "frontier_latent_scales": [0.4, 1.0], "frontier_finetune_steps": 5,
               "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0},
     "default": dict(_EVALUATION_DEFAULT),
     "full": {**_EVALUATION_DEFAULT, "zoo_preset": "full", "vae_preset": "full",

@@ -18,7 +18,12 @@ the same accuracy/novelty region:
   :math:`\\tilde w_d \\sim \\mathcal N(\\mu_d, s_d^2)`.
 
 Every claim about our generator is measured against these (and against the
-training checkpoints themselves, the VAE prior and direct weight diffusion).
+training checkpoints themselves, the VAE prior and direct weight diffusion). One
+more cheap baseline uses the generator's own autoencoder:
+
+* **latent noise**: a training checkpoint's latent plus Gaussian noise, decoded,
+  :math:`\tilde w = \mathrm{dec}(u_i + s\,\varepsilon)` with :math:`u_i` a standardised
+  training latent; it asks what the *diffusion model* adds to the decoder.
 
 Novelty is measured the way p-diff and the memorisation study do it, in
 *function space*: for a model :math:`f` let :math:`E(f)` be the set of test
@@ -248,6 +253,25 @@ def soup_baseline(train_vectors: torch.Tensor, n: int, k: int = 16,
     return train_vectors[idx].mean(dim=1)
 
 
+def latent_noise_baseline(latents: torch.Tensor, n: int, scale: float, decode,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """n random training latents plus Gaussian noise of scale ``scale``, decoded: raw (n, D).
+
+    ``w̃ = decode(u_i + s ε)``, ``i ~ U{1..M}``, ``ε ~ N(0, I)``; ``latents`` (M, L) are the
+    standardised latents of the checkpoints (:func:`helpers.generation.training_latents`) and
+    ``decode`` maps (n, L) standardised latents to raw vectors
+    (:func:`helpers.vae.decode_to_vectors` with the VAE bound). The noise baseline moved
+    into the autoencoder's latent space: the decoder keeps it near networks that work.
+    """
+    if latents.ndim != 2 or len(latents) == 0:
+        raise ValueError(f"latents must be a non-empty (M, L) tensor of standardised latents; "
+                         f"got shape {tuple(latents.shape)}")
+    idx = torch.randint(len(latents), (n,), generator=generator)
+    # ũ = u_i + s ε
+    u = latents[idx] + float(scale) * torch.randn((n, latents.shape[1]), generator=generator)
+    return _check_vectors(decode(u), "decoded latents")
+
+
 def gaussian_baseline(train_vectors: torch.Tensor, n: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """n samples of a per-coordinate Gaussian fitted to the checkpoints: (n, D).
@@ -334,22 +358,30 @@ def point(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, train_e
 
 def baseline_curve(kind: str, values: Sequence[float], train_vectors: torch.Tensor, n: int, spec,
                    x: torch.Tensor, y: torch.Tensor, train_err: torch.Tensor, normalizer=None,
-                   seed: int = 0, transform=None) -> list[dict]:
+                   seed: int = 0, transform=None, latent=None) -> list[dict]:
     """A cheap baseline swept over its knob: one :func:`point` per value.
 
     ``kind="noise"``: a checkpoint plus noise of scale σ (``values`` = σ, normalised units);
-    ``kind="soup"``: the average of k random checkpoints (``values`` = k). Each value
-    uses ``n`` networks from its own seeded generator. Rows carry ``"value"``.
-    ``transform`` (optional) maps the (n, D) networks before they are evaluated, e.g.
-    a few steps of fine-tuning (:func:`finetune_vectors`).
+    ``kind="soup"``: the average of k random checkpoints (``values`` = k);
+    ``kind="latent noise"``: a checkpoint's latent plus noise of scale s, decoded
+    (``values`` = s, standardised latent units; ``latent = (latents, decode)`` as in
+    :func:`latent_noise_baseline`). Each value uses ``n`` networks from its own seeded
+    generator. Rows carry ``"value"``. ``transform`` (optional) maps the (n, D) networks
+    before they are evaluated, e.g. a few steps of fine-tuning (:func:`finetune_vectors`).
     """
-    if kind not in ("noise", "soup"):
-        raise ValueError(f"unknown baseline curve {kind!r}; expected 'noise' or 'soup'")
+    if kind not in ("noise", "soup", "latent noise"):
+        raise ValueError(f"unknown baseline curve {kind!r}; expected 'noise', 'soup' or 'latent noise'")
+    if kind == "latent noise" and latent is None:
+        raise ValueError("the 'latent noise' curve needs latent=(training latents, decode function)")
     rows = []
     for i, v in enumerate(values):
         g = torch.Generator().manual_seed(seed + 1000 * i)
-        vec = noise_baseline(train_vectors, n, float(v), normalizer, g) if kind == "noise" \
-            else soup_baseline(train_vectors, n, int(v), g)
+        if kind == "noise":
+            vec = noise_baseline(train_vectors, n, float(v), normalizer, g)
+        elif kind == "soup":
+            vec = soup_baseline(train_vectors, n, int(v), g)
+        else:
+            vec = latent_noise_baseline(latent[0], n, float(v), latent[1], g)
         if transform is not None:
             vec = transform(vec)
         rows.append({"value": v, **point(vec, spec, x, y, train_err)})
@@ -398,13 +430,16 @@ def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tens
 
 def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], spec, x: torch.Tensor,
              y: torch.Tensor, normalizer=None, sigmas: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
-             soup_sizes: Sequence[int] = (2, 4, 8, 16), n: int = 20, seed: int = 0) -> dict:
+             soup_sizes: Sequence[int] = (2, 4, 8, 16), n: int = 20, seed: int = 0,
+             latent=None, latent_scales: Sequence[float] = ()) -> dict:
     """Everything the frontier plot of one zoo needs, on images ``(x, y)``.
 
-    - ``curves``: ``{"noise": [...], "soup": [...]}``, :func:`baseline_curve` rows;
+    - ``curves``: ``{"noise": [...], "soup": [...]}``, :func:`baseline_curve` rows, and
+      ``"latent noise"`` over ``latent_scales`` when ``latent = (latents, decode)`` is given;
     - ``points``: ``{"checkpoints": ..., name: ...}``: :func:`point` of the training
       checkpoints (each against the *other* checkpoints) and of every method;
-    - ``margins``: per method, :func:`frontier_margin` above the noise curve, in points.
+    - ``margins``: per method, :func:`frontier_margin` above the noise curve, in points;
+      ``latent_margins`` the same above the latent-noise curve (empty without it).
     """
     train_vectors = _check_vectors(train_vectors, "train_vectors")
     train_preds = predict_labels(train_vectors, spec, x)
@@ -417,8 +452,15 @@ def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], s
         points[name] = point(vectors, spec, x, y, train_err)
     curves = {"noise": baseline_curve("noise", sigmas, train_vectors, n, spec, x, y, train_err, normalizer, seed),
               "soup": baseline_curve("soup", soup_sizes, train_vectors, n, spec, x, y, train_err, None, seed + 1)}
+    latent_margins = {}
+    if latent is not None and len(latent_scales):
+        curves["latent noise"] = baseline_curve("latent noise", latent_scales, train_vectors, n, spec, x, y,
+                                                train_err, seed=seed + 2, latent=latent)
+        latent_margins = {name: frontier_margin(curves["latent noise"], pt["mean_acc"], pt["max_iou"])
+                          for name, pt in points.items()}
     margins = {name: frontier_margin(curves["noise"], pt["mean_acc"], pt["max_iou"]) for name, pt in points.items()}
-    return {"curves": curves, "points": points, "margins": margins, "train_err": train_err}
+    return {"curves": curves, "points": points, "margins": margins, "latent_margins": latent_margins,
+            "train_err": train_err}
 
 
 def plot_frontier(curves: Mapping[str, Sequence[Mapping]], points: Mapping[str, Mapping],
@@ -648,7 +690,7 @@ def layer_weight_stats(methods: Mapping[str, torch.Tensor], spec) -> dict:
 # ---------------------------------------------------------------------------
 
 _COLORS = {"checkpoints": "0.35", "generated": "C3", "noise": "C0", "soup": "C2",
-           "gaussian": "C4", "vae_prior": "C1", "direct": "C5"}
+           "gaussian": "C4", "vae_prior": "C1", "direct": "C5", "latent noise": "C9"}
 
 
 def _color(name: str, i: int) -> str:

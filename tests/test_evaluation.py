@@ -404,7 +404,7 @@ def test_noise_curve_loses_accuracy_and_similarity_as_sigma_grows():
     assert curve[0]["max_iou"] == pytest.approx(1.0)
     soups = ev.baseline_curve("soup", [2], train, 3, spec, x, y, train_err)
     assert soups[0]["mean_acc"] > 90
-    with pytest.raises(ValueError, match="unknown baseline curve 'mix'; expected 'noise' or 'soup'"):
+    with pytest.raises(ValueError, match="unknown baseline curve 'mix'; expected 'noise', 'soup' or 'latent noise'"):
         ev.baseline_curve("mix", [1], train, 3, spec, x, y, train_err)
 
 
@@ -442,3 +442,43 @@ def test_frontier_points_curves_and_margins_fit_together():
     for name, pt in out["points"].items():
         expected = pt["mean_acc"] - ev.curve_accuracy_at(out["curves"]["noise"], pt["max_iou"])
         assert out["margins"][name] == pytest.approx(expected)
+
+
+def test_latent_noise_baseline_decodes_training_latents_plus_noise_of_scale_s():
+    latents = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    decode = lambda u: torch.cat([u, 2 * u], 1)              # a stand-in decoder, (n, 3) -> (n, 6)
+    at_zero = ev.latent_noise_baseline(latents, 9, 0.0, decode, torch.Generator().manual_seed(1))
+    assert at_zero.shape == (9, 6)
+    assert ev.nearest_checkpoint_distance(at_zero[:, :3], latents).max().item() < 1e-6   # copies of latents
+    noisy = ev.latent_noise_baseline(latents, 400, 0.3, decode, torch.Generator().manual_seed(1))
+    again = ev.latent_noise_baseline(latents, 400, 0.3, decode, torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+    # the added noise has scale s: RMS distance to the latent it started from is about 0.3
+    assert ev.nearest_checkpoint_distance(noisy[:, :3], latents).mean().item() == pytest.approx(0.3, rel=0.25)
+    with pytest.raises(ValueError, match=r"non-empty \(M, L\).*got shape \(3,\)"):
+        ev.latent_noise_baseline(torch.zeros(3), 2, 0.1, decode)
+
+
+def test_frontier_adds_the_latent_noise_curve_and_its_margins():
+    from helpers import classifiers as C
+    from helpers import weights as W
+
+    spec = {"arch": "mlp", "in_channels": 1, "image_size": 6, "hidden": [12], "n_classes": 3}
+    x = torch.randn(150, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    teacher = W.flatten(C.build_model(spec, seed=0).state_dict())
+    y = C.predict_vectors(teacher[None], spec, x)[0]
+    train = teacher[None] + 0.05 * torch.randn(5, teacher.numel(), generator=torch.Generator().manual_seed(2))
+    # a linear "autoencoder": latents are the first 4 principal directions of the checkpoints
+    mean = train.mean(0)
+    basis = torch.linalg.svd(train - mean, full_matrices=False)[2][:4]
+    latents, decode = (train - mean) @ basis.T, (lambda u: mean + u @ basis)
+    out = ev.frontier(train, {"copies": train[:2].clone()}, spec, x, y, sigmas=(0.0, 0.5), soup_sizes=(2,),
+                      n=4, latent=(latents, decode), latent_scales=(0.0, 0.05, 1.0))
+    curve = out["curves"]["latent noise"]
+    assert [r["value"] for r in curve] == [0.0, 0.05, 1.0]
+    assert curve[0]["max_iou"] == pytest.approx(1.0)         # s = 0 decodes the checkpoints themselves
+    for name, pt in out["points"].items():
+        assert out["latent_margins"][name] == pytest.approx(pt["mean_acc"] - ev.curve_accuracy_at(curve, pt["max_iou"]))
+    assert "latent noise" not in ev.frontier(train, {}, spec, x, y, sigmas=(0.0,), soup_sizes=(2,), n=2)["curves"]
+    with pytest.raises(ValueError, match="needs latent="):
+        ev.baseline_curve("latent noise", (0.1,), train, 2, spec, x, y, out["train_err"])
