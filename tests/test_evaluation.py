@@ -425,7 +425,8 @@ def test_finetune_vectors_trains_each_network_and_zero_steps_copies():
     assert (after > before + 10).all(), (before, after)
 
 
-def test_frontier_points_curves_and_margins_fit_together():
+def _tiny_zoo():
+    """A 3-class MLP teacher labels 150 random images; 5 "checkpoints" are the teacher plus small noise."""
     from helpers import classifiers as C
     from helpers import weights as W
 
@@ -434,6 +435,11 @@ def test_frontier_points_curves_and_margins_fit_together():
     teacher = W.flatten(C.build_model(spec, seed=0).state_dict())
     y = C.predict_vectors(teacher[None], spec, x)[0]
     train = teacher[None] + 0.05 * torch.randn(5, teacher.numel(), generator=torch.Generator().manual_seed(2))
+    return spec, x, y, train
+
+
+def test_frontier_points_curves_and_margins_fit_together():
+    spec, x, y, train = _tiny_zoo()
     out = ev.frontier(train, {"copies": train[:2].clone()}, spec, x, y, sigmas=(0.0, 0.5, 2.0),
                       soup_sizes=(2, 4), n=4)
     assert [r["value"] for r in out["curves"]["noise"]] == [0.0, 0.5, 2.0]
@@ -460,14 +466,7 @@ def test_latent_noise_baseline_decodes_training_latents_plus_noise_of_scale_s():
 
 
 def test_frontier_adds_the_latent_noise_curve_and_its_margins():
-    from helpers import classifiers as C
-    from helpers import weights as W
-
-    spec = {"arch": "mlp", "in_channels": 1, "image_size": 6, "hidden": [12], "n_classes": 3}
-    x = torch.randn(150, 1, 6, 6, generator=torch.Generator().manual_seed(1))
-    teacher = W.flatten(C.build_model(spec, seed=0).state_dict())
-    y = C.predict_vectors(teacher[None], spec, x)[0]
-    train = teacher[None] + 0.05 * torch.randn(5, teacher.numel(), generator=torch.Generator().manual_seed(2))
+    spec, x, y, train = _tiny_zoo()
     # a linear "autoencoder": latents are the first 4 principal directions of the checkpoints
     mean = train.mean(0)
     basis = torch.linalg.svd(train - mean, full_matrices=False)[2][:4]
