@@ -9,7 +9,7 @@ plot styles until a function is called). Import what a notebook needs::
 |-----------------|---------------------------------------------------------------------|
 | **shared core** | *the maths and tools every story uses*                              |
 | `config`        | presets (`smoke`, `default`, `full`) and per-dataset settings; paths |
-| `runtime`       | seeds, the device every helper uses, CPU threads, progress, timers  |
+| `runtime`       | seeds, the device, CPU threads, allocator, progress, timers         |
 | `data`          | MNIST, Fashion-MNIST, CIFAR-10 (and cats/dogs) as checked tensors   |
 | `artifacts`     | atomic, safe saving; one model save/load; cache keyed on training   |
 | `diffusion`     | schedules, samplers, flow matching, EMA, trainer, latent standardiser |
