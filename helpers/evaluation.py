@@ -22,7 +22,7 @@ training checkpoints themselves, the VAE prior and direct weight diffusion). One
 more cheap baseline uses the generator's own autoencoder:
 
 * **latent noise**: a training checkpoint's latent plus Gaussian noise, decoded,
-  :math:`\tilde w = \mathrm{dec}(u_i + s\,\varepsilon)` with :math:`u_i` a standardised
+  :math:`\\tilde w = \\mathrm{dec}(u_i + s\\,\\varepsilon)` with :math:`u_i` a standardised
   training latent; it asks what the *diffusion model* adds to the decoder.
 
 Novelty is measured the way p-diff and the memorisation study do it, in

@@ -170,13 +170,16 @@ def keep_freed_memory(mmap_threshold_mb: int = 32) -> bool:
     A training step allocates its activations and gradients afresh, and glibc serves
     blocks above its mmap threshold (128 KiB at start, raised as blocks are freed) from
     new pages and trims the heap above 128 KiB of free space: every step then pays
-    page faults, the kernel zeroing each new page. Measured on the 2-core machine with
-    64 stacked MNIST CNNs (``benchmarks/bench_zoo_training.py``): 3.5 million page
-    faults and 1.2-1.4 ms per network-step before, 0.1 million and 0.7 ms after, same
-    peak memory. Here blocks up to ``mmap_threshold_mb`` (glibc's ceiling: 32) come from the
-    heap, and the heap is never trimmed. The computation does not change, only where
-    its memory comes from. (PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for
-    the same reason; this gets the effect without preloading a library.)
+    page faults, the kernel zeroing each new page. Measured on the 2-core machine, the
+    first 0.1 epoch of 64 stacked MNIST CNNs in a fresh process
+    (:func:`helpers.classifiers.train_stacked`): 1.5-2.1 million page faults and 1.6-2.1 ms
+    per network-step before, 46,000 and 1.0-1.1 ms after; once glibc's own thresholds have
+    grown, both run at 0.75-0.85 ms. Peak memory is the same. Here blocks up to
+    ``mmap_threshold_mb`` (glibc's ceiling: 32) come from the heap, and the heap is never
+    trimmed. The computation does not change, only where its memory comes from (an
+    autoencoder epoch gave bit-identical weights with and without it). PyTorch's CPU
+    tuning guide recommends jemalloc or tcmalloc for the same reason; this gets the effect
+    without preloading a library. The first call decides; later calls return its result.
     """
     if _ALLOCATOR["tuned"] is not None:
         return _ALLOCATOR["tuned"]
