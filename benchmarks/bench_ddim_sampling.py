@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ddpm-T", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    allocator = runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
+    runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
     threads = runtime.setup_threads()
     model, wd, which = load_or_fresh_denoiser(args.preset)
     sched = diffusion.NoiseSchedule.make(wd["schedule"], int(wd["T"]))

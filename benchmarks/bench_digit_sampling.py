@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--guidance", type=float, default=2.0)
     args = parser.parse_args(argv)
 
-    allocator = runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
+    runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
     threads = runtime.setup_threads()
     cfg = config.get_config("digits", args.preset)
     torch.manual_seed(0)

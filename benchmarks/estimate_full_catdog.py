@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--den-steps", type=int, default=40, help="timed denoiser steps")
     ap.add_argument("--out", type=str, default=None, help="JSON result path")
     args = ap.parse_args(argv)
-    allocator = runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
+    runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
     threads = runtime.setup_threads(args.threads)
     result = {"threads": threads, "n_images": args.n_images, "den_steps": args.den_steps, "estimates": {}}
     for preset in args.presets:
