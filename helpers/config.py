@@ -602,12 +602,21 @@ class Config(dict):
     def __reduce__(self):
         return (_config_from, (dict(self), self.preset, self.section))
 
-    def show(self) -> str:
-        """Return (and print) a small table of the settings, for the top of a notebook."""
-        width = max((len(k) for k in self), default=0)
+    def show(self, *keys: str) -> str:
+        """Return (and print) a small table of the settings, for the top of a notebook.
+
+        With ``keys``, only those settings are shown (the ones the notebook discusses);
+        the others still apply and stay readable as ``cfg.<key>``."""
+        unknown = [k for k in keys if k not in self]
+        if unknown:
+            raise KeyError(f"config section {self.section!r} has no setting(s) {unknown}")
+        shown = {k: self[k] for k in keys} if keys else dict(self)
+        width = max((len(k) for k in shown), default=0)
         lines = [SMOKE_NOTE] if self.preset == "smoke" else []
         lines += [f"preset: {self.preset}    section: {self.section}"]
-        lines += [f"  {k:<{width}} = {v!r}" for k, v in self.items()]
+        lines += [f"  {k:<{width}} = {v!r}" for k, v in shown.items()]
+        if keys and len(shown) < len(self):
+            lines.append(f"  (+{len(self) - len(shown)} more settings: cfg.show() lists them all)")
         text = "\n".join(lines)
         print(text)
         return text
