@@ -179,11 +179,10 @@ def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: t
     ``y`` of the VAE hashed ``vae_key``, cached: ``(ema_model, history)``."""
     if kind not in ("flow", "ddpm"):
         raise ValueError(f"unknown generator kind {kind!r}: expected 'flow' or 'ddpm'")
-    key = {k: cfg[k] for k in GEN_KEYS}
-    steps = int(cfg["gen_steps"])
+    # T and schedule are the DDPM's settings only
+    key = {k: cfg[k] for k in GEN_KEYS if kind == "ddpm" or k not in ("T", "schedule")}
     key.update(kind=kind, size=size, vae=vae_key)
-    if kind == "flow":
-        key.pop("T"), key.pop("schedule")
+    steps = int(cfg["gen_steps"])
     dim, n_classes = int(z_std.shape[1]), int(y.max()) + 1
     device = runtime.device(device)
 
@@ -218,7 +217,8 @@ def sample_latents(model: nn.Module, kind: str, labels: torch.Tensor, dim: int, 
         return diffusion.flow_sample(model, shape, steps, method, cond=cond, guidance=w, noise=noise,
                                      return_trajectory=return_trajectory)
     if kind != "ddpm" or sched is None:
-        raise ValueError(f"kind {kind!r} with sched {sched!r}: expected 'flow', or 'ddpm' with a noise schedule")
+        raise ValueError(f"expected kind 'flow', or 'ddpm' with a noise schedule; got {kind!r} "
+                         f"{'without' if sched is None else 'with'} a schedule")
     return diffusion.ddim_sample(model, sched, shape, steps=steps, cond=cond, guidance=w, noise=noise,
                                  return_trajectory=return_trajectory, clip_x0=clip)
 

@@ -248,10 +248,10 @@ def test_sample_latents_errors_and_determinism():
     a = digit_models.sample_latents(gen, "flow", torch.tensor([0, 1]), 4, steps=2, guidance=2.0, seed=5)
     b = digit_models.sample_latents(gen, "flow", torch.tensor([0, 1]), 4, steps=2, guidance=2.0, seed=5)
     assert a.shape == (2, 4) and torch.equal(a, b)
-    with pytest.raises(ValueError, match="expected 'flow', or 'ddpm' with a noise schedule"):
+    with pytest.raises(ValueError, match="expected kind 'flow', or 'ddpm' with a noise schedule; got 'ddpm' without"):
         digit_models.sample_latents(gen, "ddpm", torch.tensor([0]), 4)
-    with pytest.raises(ValueError, match="expected 'flow', or 'ddpm' with a noise schedule"):
-        digit_models.sample_latents(gen, "gan", torch.tensor([0]), 4)
+    with pytest.raises(ValueError, match="got 'gan' with a schedule"):
+        digit_models.sample_latents(gen, "gan", torch.tensor([0]), 4, sched=diffusion.NoiseSchedule.make("linear", 10))
 
 
 def test_confusion_matrix_counts():
