@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import artifacts, diffusion, digit_models, likelihood
+from helpers import artifacts, diffusion, digit_eval, digit_models, likelihood
 from helpers.denoisers import MLPDenoiser
 
 
@@ -258,3 +258,23 @@ def test_confusion_matrix_counts():
     cm = likelihood.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     assert math.isclose(likelihood.accuracy(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2])), 75.0)
+
+
+def test_cnn_cache_features_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
+    cfg = {"seed": 0, "n_train": None, "val_size": 4, "judge_spec": {"channels": [4, 8], "hidden": [8]},
+           "judge_epochs": 1, "judge_shift": 1}
+    x, y = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.arange(64) % 10
+    judge, n = digit_eval.build_or_load_cnn(cfg, "judge", "mnist", x, y)
+    assert n == sum(p.numel() for p in judge.parameters())
+    probs, feats = digit_eval.cnn_features(judge, x[:5], "mnist")
+    assert probs.shape == (5, 10) and feats.shape == (5, 8)
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    # uint8 and [0, 1] float images are the same input
+    torch.testing.assert_close(digit_eval.cnn_features(judge, x[:5].float() / 255, "mnist")[0], probs)
+    again, _ = digit_eval.build_or_load_cnn(cfg, "judge", "mnist", x, y)
+    assert all(torch.equal(a, b) for a, b in zip(judge.state_dict().values(), again.state_dict().values()))
+    verdict = digit_eval.judge(judge, x[:5], probs.argmax(1), "mnist")
+    assert verdict == {"class_consistency": 100.0}
+    with pytest.raises(ValueError, match="unknown CNN role 'critic': expected 'judge' or 'cnn'"):
+        digit_eval.build_or_load_cnn(cfg, "critic", "mnist", x, y)
