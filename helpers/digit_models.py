@@ -127,12 +127,12 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
     batch_size, lr = cfg["vae_batch_size"], cfg["vae_lr"]
 
     def build():
-        device_ = runtime.device(device)
+        dev = runtime.device(device)
         gen = torch.Generator().manual_seed(cfg["seed"])
         torch.manual_seed(cfg["seed"])
-        model = DigitVAE(arch["latent_dim"], arch["channels"], n_classes).to(device_)
-        x = _as_float(x_train).to(device_)
-        y = y_train.to(device_) if n_classes else None
+        model = DigitVAE(arch["latent_dim"], arch["channels"], n_classes).to(dev)
+        x = _as_float(x_train).to(dev)
+        y = y_train.to(dev) if n_classes else None
         steps_per_epoch = max(1, len(x) // batch_size)
         total = max(1, int(round(cfg["vae_epochs"] * steps_per_epoch)))
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -140,7 +140,7 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
         hist, start = {"loss": []}, time.perf_counter()
         model.train()
         while len(hist["loss"]) < total:
-            perm = torch.randperm(len(x), generator=gen).to(device_)
+            perm = torch.randperm(len(x), generator=gen).to(dev)
             for k in range(min(steps_per_epoch, total - len(hist["loss"]))):
                 idx = perm[k * batch_size:(k + 1) * batch_size]
                 loss = vae_loss(model, x[idx], cfg["vae_beta"], gen, None if y is None else y[idx], cfg["vae_w_cls"])[0]
@@ -156,7 +156,7 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
                         lambda a: DigitVAE(a["latent_dim"], a["channels"], a["n_classes"]), device, rebuild)
 
 
-# name -> (hidden, n_blocks, time_dim) of the residual MLP; about 5K and 20K parameters for a 16-d latent
+# name -> (hidden, n_blocks, time_dim) of the residual MLP; 4,576 and 15,664 parameters for a 16-d latent
 GENERATOR_SIZES = {"tiny": (24, 1, 16), "small": (48, 1, 32)}
 
 
