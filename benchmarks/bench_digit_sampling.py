@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
          runtime.median_seconds(run("ddpm", cfg["ddim_steps"]), args.repeats)),
         ("DDPM, 1000 steps (baseline)", 1000, runtime.median_seconds(ddpm, max(1, args.repeats // 2))),
     ]
-    vae_p, gen_p = digit_models.count_parameters(vae), digit_models.count_parameters(gen)
+    vae_p, gen_p = (sum(p.numel() for p in m.parameters()) for m in (vae, gen))
     print(f"VAE {vae_p:,} + generator {gen_p:,} parameters; {args.n} digits, guidance w={args.guidance} "
           f"(two halves per call); torch threads {threads}")
     print(f"{'sampler (+ decoding)':<30}{'network calls':>14}{'seconds':>10}{'DDPM-1000 / this':>18}")

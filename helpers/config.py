@@ -331,25 +331,24 @@ EVALUATION: dict[str, dict[str, Any]] = {
 # vae_*: helpers.digit_models.DigitVAE (latent size, conv widths, epochs, batch, lr, KL weight
 # beta, weight of the linear class head on mu: 0 = unsupervised);
 # gen_*: the latent generators (size one of digit_models.GENERATOR_SIZES; steps, batch, lr, EMA,
-# label-drop probability for guidance), T/schedule: the DDPM's; sizes: the "how small" sweep;
+# label-drop probability for guidance), T/schedule: the DDPM's;
 # sample_steps/sample_method: the flow sampler (Euler or Heun), ddim_steps: the DDPM's;
 # guidance_grid / guidance_target / n_select_per_class: guidance chosen on validation codes without
-# the judge (digit_eval.choose_guidance: lowest latent class-FD among the w whose selector, the
+# the judge (notebook 06's choose_guidance: lowest latent class-FD among the w whose selector, the
 # VAE's latent class head, assigns >= guidance_target % of the generated codes to their class);
 # n_eval_per_class: generated digits per class judged; quality_steps: the steps sweep;
 # bayes_n_noise: noise samples tried for the denoising estimators, n_bayes_val: validation images
 # for choosing the estimator, ode_steps/ode_probes/n_ode: the flow ODE likelihood (Heun steps,
 # Hutchinson probes, images); judge_*/cnn_*: classifiers.py specs, epochs and random-shift
 # augmentation (pixels) of the judge and of the discriminative baseline (cnn_shift 0 chosen on
-# validation: Fashion 87.6 % vs 84.1 % with shift 2, MNIST 98.40 vs 98.32); fashion / emnist:
-# also run Fashion-MNIST / try EMNIST.
+# validation: Fashion 87.6 % vs 84.1 % with shift 2, MNIST 98.40 vs 98.32); fashion: also run
+# Fashion-MNIST.
 _DIGITS_DEFAULT: dict[str, Any] = {
     "seed": 0, "val_size": 5000, "n_train": None, "n_test": None,
     "vae_latent": 16, "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128,
     "vae_lr": 3e-3, "vae_beta": 0.5, "vae_w_cls": 100.0,
     "gen_size": "small", "gen_steps": 3000, "gen_batch_size": 256, "gen_lr": 3e-3,
     "gen_ema": 0.999, "gen_p_uncond": 0.1, "T": 1000, "schedule": "cosine",
-    "sizes": ["tiny", "small", "large"],
     "sample_steps": 20, "sample_method": "heun", "ddim_steps": 20,
     "guidance_grid": [1.0, 1.5, 2.0, 3.0, 4.0], "guidance_target": 99.0, "n_select_per_class": 200,
     "n_eval_per_class": 200, "quality_steps": [1, 2, 5, 10, 20, 50],
@@ -357,14 +356,14 @@ _DIGITS_DEFAULT: dict[str, Any] = {
     "ode_steps": 8, "ode_probes": 1, "n_ode": 500,
     "judge_spec": {"channels": [32, 64], "hidden": [128]}, "judge_epochs": 3, "judge_shift": 2,
     "cnn_spec": {"channels": [16, 32], "hidden": [64]}, "cnn_epochs": 3, "cnn_shift": 0,
-    "fashion": True, "emnist": True, "gif_fps": 6,
+    "fashion": True, "gif_fps": 6,
 }
 DIGITS: dict[str, dict[str, Any]] = {
     "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 8000, "n_test": 2000, "vae_epochs": 3,
-              "gen_steps": 400, "sizes": ["tiny", "small"], "guidance_grid": [1.0, 3.0],
+              "gen_steps": 400, "guidance_grid": [1.0, 3.0],
               "n_select_per_class": 30, "n_eval_per_class": 30, "quality_steps": [1, 5, 20],
               "bayes_n_noise": [4, 8], "n_bayes_val": 300, "n_ode": 100,
-              "judge_epochs": 1, "cnn_epochs": 1, "fashion": True, "emnist": False},
+              "judge_epochs": 1, "cnn_epochs": 1, "fashion": True},
     "default": dict(_DIGITS_DEFAULT),
     "full": {**_DIGITS_DEFAULT, "vae_epochs": 10, "gen_steps": 20000, "n_eval_per_class": 500,
              "quality_steps": [1, 2, 5, 10, 20, 50], "bayes_n_noise": [4, 8, 16, 32, 64],

@@ -1,28 +1,5 @@
-r"""The smallest latent generative model of 28x28 digits: a tiny VAE and tiny latent generators.
-
-Two pieces, each a few ten thousand parameters:
-
-1. :class:`DigitVAE`, a convolutional VAE. The encoder (three stride-2 3x3
-   convolutions, 28 -> 14 -> 7 -> 4 px, then one linear layer) maps an image
-   :math:`x\in[0,1]^{28\times28}` to the mean :math:`\mu(x)` and log-variance of a
-   Gaussian over a ``latent_dim``-vector :math:`z`; the decoder mirrors it with
-   transposed convolutions and a sigmoid. Training minimises the negative ELBO
-   with a small KL weight :math:`\beta` (:func:`vae_loss`):
-
-   .. math:: \mathcal L = \mathrm{BCE}\big(D(z), x\big) + \beta\,\mathrm{KL}\big(\mathcal N(\mu,\sigma^2)\,\Vert\,\mathcal N(0, I)\big),
-             \qquad z = \mu + \sigma\odot\epsilon .
-
-   The generators work on :math:`\mu(x)`, standardised per dimension
-   (:class:`helpers.diffusion.LatentStandardizer`).
-2. A class-conditional generator in that latent: the residual-MLP
-   :class:`helpers.denoisers.MLPDenoiser` (time and class by FiLM, a learned null
-   class for classifier-free guidance), trained either as a DDPM noise predictor
-   (:func:`helpers.diffusion.train_diffusion`) or as a flow-matching velocity
-   field (:func:`helpers.diffusion.train_flow`). :data:`GENERATOR_SIZES` names three
-   widths (about 5K, 20K and 100K parameters for a 16-d latent).
-
-Everything is cached with :func:`helpers.artifacts.cached`, keyed by the
-training settings only (not by sampling or display knobs).
+r"""Notebook 06's models, which the notebook writes from scratch and checks against: a tiny convolutional VAE
+for 28x28 images and class-conditional generators (flow matching or DDPM) in its latent, cached by settings.
 """
 
 from __future__ import annotations
@@ -35,16 +12,6 @@ from torch import nn
 
 from . import artifacts, diffusion, runtime
 from .denoisers import MLPDenoiser
-
-
-__all__ = ["DigitVAE", "vae_loss", "train_vae", "encode_all", "decode_all", "build_or_load_vae",
-           "GENERATOR_SIZES", "make_generator", "build_or_load_generator", "sample_latents",
-           "count_parameters", "vae_key", "split_train_val"]
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +38,7 @@ class DigitVAE(nn.Module):
             nn.SiLU(), nn.ConvTranspose2d(c2, c2, 3, 2, 1),                     # 4 -> 7
             nn.SiLU(), nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1),    # 7 -> 14
             nn.SiLU(), nn.ConvTranspose2d(c1, 1, 3, 2, 1, output_padding=1))     # 14 -> 28
-        # optional linear class head on \mu (a latent sorted by class, as in notebook 04)
+        # optional linear class head on \mu (sorts the latent by class)
         self.n_classes = int(n_classes)
         self.head = nn.Linear(self.latent_dim, self.n_classes) if self.n_classes else None
 
@@ -81,17 +48,13 @@ class DigitVAE(nn.Module):
         return mu, logvar.clamp(-10, 10)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel logits (N, 1, 28, 28) of codes (N, latent_dim); images are their sigmoid."""
         return self.dec(self.dec_in(z).reshape(len(z), self.channels[1], 4, 4))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] from codes (N, latent_dim)."""
-        return torch.sigmoid(self.decode_logits(z))
 
 
 def vae_loss(model: DigitVAE, x: torch.Tensor, beta: float, generator: torch.Generator | None = None,
              y: torch.Tensor | None = None, w_cls: float = 0.0):
-    r"""Negative ELBO per image (summed over pixels), plus ``w_cls`` times the class head's
-    cross-entropy on :math:`\mu` when labels ``y`` are given: ``(loss, reconstruction, kl)``."""
+    r"""Negative ELBO per image (+ ``w_cls`` times the head's cross-entropy): ``(loss, reconstruction, kl)``."""
     mu, logvar = model.encode(x)
     eps = torch.randn(mu.shape, generator=generator).to(mu.device)
     # z = \mu + \sigma \epsilon  (reparameterisation)
@@ -105,55 +68,6 @@ def vae_loss(model: DigitVAE, x: torch.Tensor, beta: float, generator: torch.Gen
         # + w_cls CE(head(\mu), y)
         loss = loss + w_cls * F.cross_entropy(model.head(mu), y)
     return loss, rec, kl
-
-
-def train_vae(x_train: torch.Tensor, latent_dim: int = 16, channels=(16, 32), epochs: float = 3,
-              batch_size: int = 128, lr: float = 3e-3, beta: float = 0.5, seed: int = 0,
-              device=None, y_train: torch.Tensor | None = None, w_cls: float = 0.0) -> tuple[DigitVAE, dict]:
-    r"""Train :class:`DigitVAE` on images (N, 1, 28, 28); AdamW with one-cycle learning rate.
-
-    With ``w_cls > 0`` and labels ``y_train`` the VAE also gets a linear class head on
-    :math:`\mu`, trained with weight ``w_cls`` (the latent is then sorted by class).
-
-    Returns the model (eval mode, on ``device``; None: :func:`helpers.runtime.device`) and
-    ``{"loss", "rec", "kl", "seconds"}`` per step.
-    """
-    device = runtime.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    n_classes = int(y_train.max()) + 1 if (w_cls and y_train is not None) else 0
-    model = DigitVAE(latent_dim, channels, n_classes).to(device)
-    x = _as_float(x_train).to(device)
-    yd = y_train.to(device) if n_classes else None
-    n = len(x)
-    steps_per_epoch = max(1, n // batch_size)
-    total = max(1, int(round(epochs * steps_per_epoch)))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
-    hist = {"loss": [], "rec": [], "kl": []}
-    start = time.perf_counter()
-    model.train()
-    bar = runtime.progress(total=total, desc="VAE")
-    step = 0
-    while step < total:
-        perm = torch.randperm(n, generator=gen).to(device)
-        for k in range(steps_per_epoch):
-            if step >= total:
-                break
-            idx = perm[k * batch_size:(k + 1) * batch_size]
-            loss, rec, kl = vae_loss(model, x[idx], beta, gen, None if yd is None else yd[idx], w_cls)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            hist["loss"].append(loss.item())
-            hist["rec"].append(rec.item())
-            hist["kl"].append(kl.item())
-            step += 1
-            bar.update(1)
-    bar.close()
-    hist["seconds"] = time.perf_counter() - start
-    return model.eval(), hist
 
 
 @torch.no_grad()
@@ -170,54 +84,80 @@ def decode_all(model: DigitVAE, z: torch.Tensor, batch_size: int = 2000) -> torc
     dev = runtime.device_of(model)
     if z.ndim != 2 or z.shape[1] != model.latent_dim:
         raise ValueError(f"expected codes of shape (N, {model.latent_dim}); got {tuple(z.shape)}")
-    return torch.cat([model.decode(z[i:i + batch_size].to(dev)).cpu() for i in range(0, len(z), batch_size)])
+    return torch.cat([torch.sigmoid(model.decode_logits(z[i:i + batch_size].to(dev))).cpu()
+                      for i in range(0, len(z), batch_size)])
 
 
 VAE_KEYS = ("seed", "vae_latent", "vae_channels", "vae_epochs", "vae_batch_size", "vae_lr", "vae_beta",
             "vae_w_cls", "n_train", "val_size")
 
 
-def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset: str, device=None,
-                      rebuild: bool = False):
-    """The :class:`DigitVAE` for settings ``cfg`` (keys :data:`VAE_KEYS`) and ``dataset``, cached.
+def _vae_config(cfg, dataset: str) -> dict:
+    return {**{k: cfg[k] for k in VAE_KEYS}, "dataset": dataset}
 
-    Returns ``(model, history)`` with the model on ``device`` (None: :func:`helpers.runtime.device`);
-    a loaded model's history holds the saved loss curve.
-    """
-    key = {k: cfg[k] for k in VAE_KEYS}
-    key["dataset"] = dataset
 
-    def build():
-        return train_vae(x_train, cfg["vae_latent"], cfg["vae_channels"], cfg["vae_epochs"],
-                         cfg["vae_batch_size"], cfg["vae_lr"], cfg["vae_beta"], cfg["seed"], device,
-                         y_train=y_train, w_cls=cfg["vae_w_cls"])
+def vae_key(cfg, dataset: str) -> str:
+    """The config hash of the VAE made by ``cfg`` for ``dataset`` (generators are keyed by it)."""
+    return artifacts.config_key(_vae_config(cfg, dataset))
 
+
+def cached_model(name: str, kind: str, key: dict, build, arch: dict, make, device=None, rebuild: bool = False):
+    """``build() -> (model, {"loss": [...], "seconds"})``, cached as the ``kind`` artifact ``name`` keyed by ``key``;
+    a loaded model (``make(arch)``, on ``device``) comes back frozen with its saved loss curve."""
     def save(obj, path):
         model, hist = obj
-        tensors = {f"hist.{name}": torch.tensor(hist[name]) for name in ("loss", "rec", "kl")}
-        arch = {"latent_dim": model.latent_dim, "channels": list(model.channels), "n_classes": model.n_classes}
-        artifacts.save_model(path, model, "digit_vae", arch, tensors, {"config": key, "seconds": hist["seconds"]})
+        artifacts.save_model(path, model, kind, arch, {"hist.loss": torch.tensor(hist["loss"])},
+                             {"config": key, "seconds": hist["seconds"]})
 
     def load(path):
-        model, tensors, meta = artifacts.load_model(
-            path, "digit_vae", lambda a: DigitVAE(a["latent_dim"], a["channels"], a["n_classes"]), device=device)
-        hist = {n: tensors[f"hist.{n}"].tolist() for n in ("loss", "rec", "kl")}
-        hist["seconds"] = meta.get("seconds", float("nan"))
-        return model, hist
+        model, tensors, meta = artifacts.load_model(path, kind, make, device=device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model, {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds", float("nan"))}
 
-    return artifacts.cached(f"digit_vae_{dataset}", key, build, save, load, rebuild=rebuild)
+    return artifacts.cached(name, key, build, save, load, rebuild=rebuild)
 
 
-# ---------------------------------------------------------------------------
-# Latent generators: one residual MLP, two objectives
-# ---------------------------------------------------------------------------
+def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset: str, device=None,
+                      rebuild: bool = False):
+    """The :class:`DigitVAE` of settings ``cfg`` (keys :data:`VAE_KEYS`) for ``dataset``, trained with AdamW and a
+    one-cycle learning rate (with a class head when ``vae_w_cls`` > 0), cached: ``(model, {"loss", "seconds"})``."""
+    n_classes = int(y_train.max()) + 1 if cfg["vae_w_cls"] else 0
+    arch = {"latent_dim": cfg["vae_latent"], "channels": list(cfg["vae_channels"]), "n_classes": n_classes}
+    batch_size, lr = cfg["vae_batch_size"], cfg["vae_lr"]
 
-# name -> (hidden, n_blocks, time_dim); parameter counts for a 16-d latent, 10 classes
-GENERATOR_SIZES = {
-    "tiny": (24, 1, 16),
-    "small": (48, 1, 32),
-    "large": (96, 2, 64),
-}
+    def build():
+        dev = runtime.device(device)
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        torch.manual_seed(cfg["seed"])
+        model = DigitVAE(arch["latent_dim"], arch["channels"], n_classes).to(dev)
+        x = _as_float(x_train).to(dev)
+        y = y_train.to(dev) if n_classes else None
+        steps_per_epoch = max(1, len(x) // batch_size)
+        total = max(1, int(round(cfg["vae_epochs"] * steps_per_epoch)))
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+        hist, start = {"loss": []}, time.perf_counter()
+        model.train()
+        while len(hist["loss"]) < total:
+            perm = torch.randperm(len(x), generator=gen).to(dev)
+            for k in range(min(steps_per_epoch, total - len(hist["loss"]))):
+                idx = perm[k * batch_size:(k + 1) * batch_size]
+                loss = vae_loss(model, x[idx], cfg["vae_beta"], gen, None if y is None else y[idx], cfg["vae_w_cls"])[0]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                hist["loss"].append(loss.item())
+        hist["seconds"] = time.perf_counter() - start
+        return model.eval(), hist
+
+    return cached_model(f"digit_vae_{dataset}", "digit_vae", _vae_config(cfg, dataset), build, arch,
+                        lambda a: DigitVAE(a["latent_dim"], a["channels"], a["n_classes"]), device, rebuild)
+
+
+# name -> (hidden, n_blocks, time_dim) of the residual MLP; 4,576 and 15,664 parameters for a 16-d latent
+GENERATOR_SIZES = {"tiny": (24, 1, 16), "small": (48, 1, 32)}
 
 
 def make_generator(dim: int, size: str, n_classes: int = 10, seed: int = 0) -> nn.Module:
@@ -234,23 +174,15 @@ GEN_KEYS = ("seed", "gen_steps", "gen_batch_size", "gen_lr", "gen_ema", "gen_p_u
 
 
 def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: torch.Tensor,
-                            vae_key: str, steps: int | None = None, rebuild: bool = False, device=None):
-    """Train (or load) a class-conditional latent generator; return ``(ema_model, history)``.
-
-    ``kind`` is ``"flow"`` (flow matching, :func:`helpers.diffusion.train_flow`) or
-    ``"ddpm"`` (ε-prediction, :func:`helpers.diffusion.train_diffusion` with the
-    ``schedule``/``T`` of ``cfg``); ``size`` one of :data:`GENERATOR_SIZES`;
-    ``z_std`` standardised codes (N, d) with labels ``y``; ``vae_key`` the config
-    hash of the VAE that made the codes; ``steps`` overrides ``cfg["gen_steps"]``. Trained
-    and returned on ``device`` (None: :func:`helpers.runtime.device`).
-    """
+                            vae_key: str, rebuild: bool = False, device=None):
+    """A class-conditional generator (``kind`` "flow" or "ddpm") trained on standardised codes ``z_std`` with labels
+    ``y`` of the VAE hashed ``vae_key``, cached: ``(ema_model, history)``."""
     if kind not in ("flow", "ddpm"):
         raise ValueError(f"unknown generator kind {kind!r}: expected 'flow' or 'ddpm'")
-    key = {k: cfg[k] for k in GEN_KEYS}
-    steps = int(steps or cfg["gen_steps"])
-    key.update(gen_steps=steps, kind=kind, size=size, vae=vae_key)
-    if kind == "flow":
-        key.pop("T"), key.pop("schedule")
+    # T and schedule are the DDPM's settings only
+    key = {k: cfg[k] for k in GEN_KEYS if kind == "ddpm" or k not in ("T", "schedule")}
+    key.update(kind=kind, size=size, vae=vae_key)
+    steps = int(cfg["gen_steps"])
     dim, n_classes = int(z_std.shape[1]), int(y.max()) + 1
     device = runtime.device(device)
 
@@ -263,72 +195,30 @@ def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: t
         if kind == "flow":
             return diffusion.train_flow(model, z, steps, cfg["gen_batch_size"], cfg["gen_lr"], **common)
         sched = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["T"])
-        return diffusion.train_diffusion(model, z, sched, steps, cfg["gen_batch_size"], cfg["gen_lr"],
-                                         **common)
+        return diffusion.train_diffusion(model, z, sched, steps, cfg["gen_batch_size"], cfg["gen_lr"], **common)
 
-    def save(obj, path):
-        ema, hist = obj
-        artifacts.save_model(path, ema, "digit_generator", {"dim": dim, "size": size, "n_classes": n_classes},
-                             {"hist.loss": torch.tensor(hist["loss"])}, {"config": key, "seconds": hist["seconds"]})
-
-    def load(path):
-        model, tensors, meta = artifacts.load_model(
-            path, "digit_generator", lambda a: make_generator(a["dim"], a["size"], a["n_classes"]), device=device)
-        hist = {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds", float("nan"))}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model, hist
-
-    return artifacts.cached(f"digit_{kind}_{size}", key, build, save, load, rebuild=rebuild)
+    arch = {"dim": dim, "size": size, "n_classes": n_classes}
+    return cached_model(f"digit_{kind}_{size}", "digit_generator", key, build, arch,
+                        lambda a: make_generator(a["dim"], a["size"], a["n_classes"]), device, rebuild)
 
 
 @torch.no_grad()
 def sample_latents(model: nn.Module, kind: str, labels: torch.Tensor, dim: int, steps: int = 20,
                    guidance: float = 1.0, seed: int = 0, sched=None, method: str = "heun",
                    return_trajectory: bool = False, clip: float | None = 5.0):
-    """Class-conditional samples (standardised latent units) from a flow or DDPM generator.
-
-    ``kind="flow"``: :func:`helpers.diffusion.flow_sample` with ``method`` (``"euler"``
-    or ``"heun"``; ``steps`` steps). ``kind="ddpm"``: deterministic DDIM with ``steps``
-    network calls on ``sched``. ``guidance`` :math:`w` (0 = unconditional).
-    The starting noise comes from a CPU generator seeded with ``seed``; sampling runs on the
-    model's device, where the samples are returned.
-    """
-    gen = torch.Generator().manual_seed(seed)
+    """Class-conditional samples (on the model's device): flow matching with :func:`helpers.diffusion.flow_sample`
+    (``method`` Euler or Heun) or DDPM with deterministic DDIM on ``sched``; guidance ``w`` (0 = unconditional)."""
     labels = torch.as_tensor(labels).to(runtime.device_of(model))
     cond = None if guidance == 0 else labels
     w = float(guidance) if cond is not None else 1.0
     shape = (len(labels), dim)
-    noise = torch.randn(shape, generator=gen)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     if kind == "flow":
         return diffusion.flow_sample(model, shape, steps, method, cond=cond, guidance=w, noise=noise,
                                      return_trajectory=return_trajectory)
-    if kind == "ddpm":
-        if sched is None:
-            raise ValueError("kind='ddpm' needs the noise schedule `sched`")
-        return diffusion.ddim_sample(model, sched, shape, steps=steps, cond=cond, guidance=w, noise=noise,
-                                     return_trajectory=return_trajectory, clip_x0=clip)
-    raise ValueError(f"unknown generator kind {kind!r}: expected 'flow' or 'ddpm'")
+    if kind != "ddpm" or sched is None:
+        raise ValueError(f"expected kind 'flow', or 'ddpm' with a noise schedule; got {kind!r} "
+                         f"{'without' if sched is None else 'with'} a schedule")
+    return diffusion.ddim_sample(model, sched, shape, steps=steps, cond=cond, guidance=w, noise=noise,
+                                 return_trajectory=return_trajectory, clip_x0=clip)
 
-
-def vae_key(cfg, dataset: str) -> str:
-    """The config hash of the VAE made by ``cfg`` for ``dataset`` (generators are keyed by it)."""
-    key = {k: cfg[k] for k in VAE_KEYS}
-    key["dataset"] = dataset
-    return artifacts.config_key(key)
-
-
-def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int, n_train: int | None = None,
-                    seed: int = 0):
-    """A fixed random split of a training set: ``(x_train, y_train, x_val, y_val)``.
-
-    The last ``val_size`` images of a seeded permutation are the validation split;
-    ``n_train`` (None = all the rest) training images are taken from the others.
-    """
-    if not 0 < val_size < len(x):
-        raise ValueError(f"val_size must be between 1 and {len(x) - 1}; got {val_size}")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    val, train = perm[-val_size:], perm[:-val_size]
-    if n_train is not None:
-        train = train[:n_train]
-    return x[train], y[train], x[val], y[val]
