@@ -236,19 +236,15 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1,
-                 batch_size: int = 128, lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
-                 generator: torch.Generator | None = None, augment_shift: int = 0,
-                 on_step: Callable[[int, float], None] | None = None, progress: bool = False,
-                 lr_schedule: str = "constant", warmup: float = 0.0) -> list[float]:
+                 batch_size: int = 128, lr: float = 1e-3, generator: torch.Generator | None = None,
+                 augment_shift: int = 0, progress: bool = False) -> list[float]:
     """Train ``model`` in place with Adam on normalised in-memory tensors; return the step losses.
 
     Each epoch walks a random permutation in batches (the short last batch is dropped);
-    ``epochs`` may be fractional. ``on_step(step, loss)`` runs after every step.
+    ``epochs`` may be fractional. Notebook 01 writes this loop from scratch.
     """
-    lr_factor(0, 1, lr_schedule)                      # checks the name
     dev = runtime.device_of(model)
-    opt = optimizer or adam(model.parameters(), lr)
-    base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
+    opt = adam(model.parameters(), lr)
     n = x.shape[0]
     per_epoch = n // batch_size
     total = int(round(epochs * per_epoch))
@@ -260,16 +256,12 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
         for b in range(min(per_epoch, total - len(losses))):
             idx = perm[b * batch_size:(b + 1) * batch_size]
             xb = random_shift(x[idx], augment_shift, generator) if augment_shift else x[idx]
-            if lr_schedule != "constant" or warmup:
-                _set_lr(opt, base_lr * lr_factor(len(losses), total, lr_schedule, warmup))
             # L = -(1/B) \sum_i \log softmax(f(x_i))_{y_i}
             loss = F.cross_entropy(model(xb.to(dev)), y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            if on_step is not None:
-                on_step(len(losses), losses[-1])
             bar.update(1)
     bar.close()
     return losses
@@ -279,13 +271,6 @@ def init_stacked(spec: Mapping, seeds: Iterable[int]) -> dict[str, torch.Tensor]
     """Parameters of K fresh networks (one per seed), stacked: name -> (K, ...)."""
     models = [dict(build_model(spec, seed=s).named_parameters()) for s in seeds]
     return {name: torch.stack([m[name].detach() for m in models]) for name, _ in param_shapes(spec)}
-
-
-def to_grouped(x: torch.Tensor) -> torch.Tensor:
-    """K image batches (K, B, C, H, W) -> one batch (B, K*C, H, W), channel ``k*C + c`` = channel c
-    of network k, in channels-last memory order (where CPU grouped convolutions are fast)."""
-    k, b, c, h, w = x.shape
-    return x.permute(1, 3, 4, 0, 2).contiguous().view(b, h, w, k * c).permute(0, 3, 1, 2)
 
 
 def stacked_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, spec: Mapping,
@@ -299,7 +284,10 @@ def stacked_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, spec: M
     b = x.shape[1]
     layout = conv_layout(spec) if spec["arch"] == "cnn" else []
     if layout:
-        h = to_grouped(x)
+        # (K, B, C, H, W) -> (B, K*C, H, W): channel k*C + c is channel c of network k, laid out
+        # channels-last in memory (where CPU grouped convolutions are fast)
+        c, hh, ww = x.shape[2:]
+        h = x.permute(1, 3, 4, 0, 2).contiguous().view(b, hh, ww, k * c).permute(0, 3, 1, 2)
         for i, layer in enumerate(layout):
             w = params[f"conv{i}.weight"]                                   # (K, out, in, k, k)
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"conv{i}.bias"].reshape(-1),
@@ -402,29 +390,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 @torch.no_grad()
 def predict_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor,
                     batch_size: int = 1000, method: str = "loop", device=None) -> torch.Tensor:
-    """Predicted labels (K, N) of K networks given as flat weight vectors, on the CPU.
-
-    ``"loop"`` (the default, faster for evaluation) runs :func:`forward` network by network;
-    ``"stacked"`` runs 10 networks at once with :func:`stacked_forward`.
-    """
-    if method not in ("loop", "stacked"):
-        raise ValueError(f"unknown method {method!r}; expected 'loop' or 'stacked'")
+    """Predicted labels (K, N), on the CPU, of K networks given as flat weight vectors, run one
+    network at a time (faster than stacking for evaluation)."""
+    if method != "loop":
+        raise ValueError(f"unknown method {method!r}; expected 'loop'")
     device = runtime.device(device)
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
-    vectors = vectors[None] if vectors.ndim == 1 else vectors
-    k = vectors.shape[0]
-    params = unflatten(vectors.to(device), spec)     # name -> (K, ...), checks D
+    params = unflatten((vectors[None] if vectors.ndim == 1 else vectors).to(device), spec)   # (K, ...), checks D
+    k = next(iter(params.values())).shape[0]
     out = torch.empty(k, x.shape[0], dtype=torch.long)
-    step = 10 if method == "stacked" else 1
-    for a in range(0, k, step):
-        chunk = {name: p[a:a + step].contiguous() for name, p in params.items()}
+    for j in range(k):
+        theta = {name: p[j].contiguous() for name, p in params.items()}
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size].to(device)
-            if method == "stacked":
-                logits = stacked_forward(chunk, xb, spec, shared_input=True)
-            else:
-                logits = forward({name: p[0] for name, p in chunk.items()}, xb, spec)[None]
-            out[a:a + step, i:i + batch_size] = logits.argmax(-1).cpu()
+            out[j, i:i + batch_size] = forward(theta, x[i:i + batch_size].to(device), spec).argmax(-1).cpu()
     return out
 
 

@@ -62,11 +62,12 @@ _ZOO_COMMON: dict[str, Any] = {
     "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
     "align": True, "val_size": 5000, "train_subset": None, "test_subset": None,
     "interp_points": 11, "threads": None,  # None: every core (runtime.setup_threads)
+    "scratch_steps": 300,  # steps of notebook 01's from-scratch training loop (not part of the zoo)
 }
 ZOO: dict[str, dict[str, Any]] = {
     "smoke": {**_ZOO_COMMON, "n_runs": 2, "epochs": 1, "trajectory_epochs": 0.5,
               "checkpoints_per_run": 10, "min_val_acc": 0.0, "train_subset": 8000,
-              "test_subset": 2000, "interp_points": 5},
+              "test_subset": 2000, "interp_points": 5, "scratch_steps": 100},
     "default": {**_ZOO_COMMON, "n_runs": 4, "epochs": 5, "trajectory_epochs": 1,
                 "checkpoints_per_run": 50, "min_val_acc": 97.5},
     "full": {**_ZOO_COMMON, "n_runs": 10, "epochs": 10, "trajectory_epochs": 1,

@@ -1,17 +1,6 @@
-r"""The parameter autoencoder / VAE: whole networks as short latent vectors (notebook 02).
-
-As in p-diff (https://arxiv.org/abs/2402.13144), each flattened network :math:`w` is normalised
-per tensor (:class:`helpers.weights.Normalizer`), :math:`x = (w - m_k)/s_k`, encoded to
-:math:`(\mu, \log\sigma^2) = E_\phi(x)` and decoded, :math:`\hat x = D_\theta(z)`. The loss is the
-negative ELBO with a KL weight :math:`\beta` (0: a plain autoencoder, :math:`z = \mu`), with noise on
-the input and the latent in training mode only:
-
-.. math::  \tilde x = x + \sigma_{in}\xi, \quad z = \mu + \sigma\epsilon + \sigma_z\zeta, \quad
-           \mathcal L = \tfrac1D\lVert x - D_\theta(z)\rVert^2
-           + \beta\,\tfrac1L\sum_j \tfrac12(\mu_j^2 + \sigma_j^2 - \log\sigma_j^2 - 1).
-
-Notebook 02 writes this model and loss from scratch and checks them against this module.
-"""
+"""The parameter autoencoder / VAE of p-diff (https://arxiv.org/abs/2402.13144): whole networks as
+short latents. Notebook 02 derives the model and its loss, writes them from scratch and checks them
+against this module, which the cached runs use."""
 
 from __future__ import annotations
 
@@ -41,11 +30,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class ParamVAE(nn.Module):
-    r"""Autoencoder / VAE over normalised weight vectors :math:`x \in \mathbb{R}^D`, latent size L.
-
-    Also carries (not as parameters) the weight ``normalizer``, the ``latent_standardizer`` and the
-    ``spec`` of the networks it encodes; :func:`save_vae` stores them.
-    """
+    """Autoencoder / VAE over normalised weight vectors (K, D); also carries (not as parameters) the
+    weight ``normalizer``, the ``latent_standardizer`` and the ``spec`` of the encoded networks."""
 
     def __init__(self, dim: int, latent_dim: int = 64, hidden: int = 512, n_layers: int = 2,
                  beta: float = 0.0, sigma_in: float = 1e-3, sigma_z: float = 0.1):
@@ -71,9 +57,7 @@ class ParamVAE(nn.Module):
     @staticmethod
     def _noise(noise: Mapping | None, name: str, like: torch.Tensor) -> torch.Tensor:
         """``noise[name]`` if given, else N(0, I) drawn on the CPU (the same on every device)."""
-        if noise is not None and name in noise:
-            return noise[name].to(like)
-        return torch.randn(like.shape, dtype=like.dtype).to(like.device)
+        return noise[name].to(like) if noise and name in noise else torch.randn(like.shape).to(like)
 
     def encode(self, x: torch.Tensor, noise: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         r"""x (K, D) -> :math:`(\mu, \log\sigma^2)`, each (K, L); in training mode on :math:`x + \sigma_{in}\xi`."""
@@ -151,8 +135,7 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
               generator: torch.Generator | None = None, device=None) -> dict[str, list[float]]:
     """Train ``model`` on normalised vectors (N, D) for ``cfg["epochs"]`` epochs of shuffled batches.
 
-    Returns per-epoch ``loss``, ``recon``, ``kl`` (with noise) and ``lr``, and the noiseless
-    ``recon_eval`` every ``eval_every`` epochs (at ``eval_epoch``).
+    Returns per-epoch ``loss``, ``recon``, ``kl``, ``lr``, and ``recon_eval`` at ``eval_epoch``s.
     """
     device = runtime.device(device)
     model.to(device)
@@ -246,13 +229,6 @@ def decode_to_vectors(model: ParamVAE, latents_std: torch.Tensor) -> torch.Tenso
 def reconstruct(model: ParamVAE, ds) -> torch.Tensor:
     r"""Raw weight vectors -> their deterministic reconstructions :math:`D(\mu(x))`, raw."""
     return decode_latents(model, encode_dataset(model, ds))
-
-
-def prior_kind(model: ParamVAE) -> str:
-    """Which prior :func:`sample_prior` draws from, in words."""
-    if model.variational:
-        return "N(0, I): the VAE prior (beta > 0)"
-    return "N(mean, diag(std^2)) fitted to the training latents (plain AE, beta = 0)"
 
 
 @torch.no_grad()

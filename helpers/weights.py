@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from . import artifacts, classifiers, data, plots
+from . import artifacts, classifiers, data
 from . import config as _config
 from .classifiers import param_shapes, unflatten  # the layout of a flat vector; part of this API
 
@@ -60,11 +60,6 @@ def load_into_model(vector: torch.Tensor, spec: Mapping) -> torch.nn.Module:
     model = classifiers.build_model(spec)
     model.load_state_dict({k: v.clone() for k, v in unflatten(vector, spec).items()})
     return model.eval()
-
-
-def state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A model's parameters as a detached state dict (no buffers)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 class Normalizer:
@@ -265,16 +260,6 @@ def weight_matching(reference: Mapping[str, torch.Tensor], other: Mapping[str, t
     return perms
 
 
-def align_to_reference(state_dict: Mapping[str, torch.Tensor], reference_state_dict: Mapping[str, torch.Tensor],
-                       spec: Mapping, return_perms: bool = False):
-    """``state_dict`` with its hidden units permuted to match ``reference_state_dict`` (same function)."""
-    _check_state_dict(state_dict, spec)
-    _check_state_dict(reference_state_dict, spec)
-    perms = weight_matching(reference_state_dict, state_dict, spec)
-    aligned = permute(state_dict, perms, spec)
-    return (aligned, perms) if return_perms else aligned
-
-
 def align_to_common_reference(vectors: torch.Tensor, spec: Mapping, max_iter: int = 10, verbose: bool = False):
     r"""Align N networks to the mean of the aligned networks: match each to network 0, then
     re-match every network to :math:`\bar\theta = \frac1N\sum_k \pi_{P_k}(\theta_k)` until no
@@ -314,32 +299,6 @@ def interpolation_barriers(vectors_a: torch.Tensor, vectors_b: torch.Tensor, spe
     acc_a, acc_b, mid = classifiers.evaluate_vectors(torch.cat([a, b, 0.5 * (a + b)]), spec, x, y).split(len(a))
     end = 0.5 * (acc_a + acc_b)
     return {"barrier": end - mid, "mid_acc": mid, "end_acc": end}
-
-
-def random_pairs(n: int, n_pairs: int, seed: int = 0) -> torch.Tensor:
-    """``n_pairs`` distinct pairs (i < j) of ``range(n)``: LongTensor (n_pairs, 2)."""
-    all_pairs = torch.combinations(torch.arange(n), 2)
-    if n_pairs > len(all_pairs):
-        raise ValueError(f"asked for {n_pairs} pairs of {n} networks; there are only {len(all_pairs)}")
-    return all_pairs[torch.randperm(len(all_pairs), generator=torch.Generator().manual_seed(seed))[:n_pairs]]
-
-
-def aligned_run_vectors(dataset: WeightDataset) -> torch.Tensor:
-    """A zoo's run end points with the stored alignment permutations applied."""
-    perms = dataset.config.get("perms")
-    if dataset.run_vectors is None or perms is None:
-        raise ValueError("this weight dataset stores no run end points with permutations "
-                         "(expected a zoo built with kind='multiseed' and align=True)")
-    return torch.stack([v[permutation_index(dataset.spec, [torch.tensor(q) for q in p])]
-                        for v, p in zip(dataset.run_vectors, perms)])
-
-
-def interpolate_accuracy(vector_a: torch.Tensor, vector_b: torch.Tensor, spec: Mapping, x: torch.Tensor,
-                         y: torch.Tensor, n_points: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Accuracy along :math:`(1-\alpha)\theta_A + \alpha\theta_B`: ``(alphas, accuracies in %)``."""
-    alphas = torch.linspace(0, 1, n_points)
-    line = (1 - alphas[:, None]) * vector_a[None] + alphas[:, None] * vector_b[None]
-    return alphas, classifiers.evaluate_vectors(line, spec, x, y)
 
 
 # ---------------------------------------------------------------------------
@@ -428,26 +387,6 @@ def even_selection(values, lo: float, hi: float, n_bins: int, per_bin: int) -> t
     return torch.sort(torch.cat(keep)).values
 
 
-def _train_with_snapshots(params, spec, x, y, cfg, save_at, verbose, **train_kwargs):
-    """:func:`helpers.classifiers.train_stacked` keeping every network's weights after each step in
-    ``save_at``: ``(snapshots [(K, D)], their steps, mean loss since the last snapshot [(K,)], losses)``."""
-    save_at = set(save_at)
-    snaps, snap_steps, snap_losses, window = [], [], [], []
-
-    def on_step(step: int, losses: torch.Tensor) -> None:
-        window.append(losses)
-        if step in save_at:
-            snaps.append(_vectors(params, spec).clone())
-            snap_steps.append(step)
-            snap_losses.append(torch.stack(window).mean(0))
-            window.clear()
-
-    losses, _ = classifiers.train_stacked(params, spec, x, y, augment_shift=cfg.get("augment_shift", 0),
-                                          augment=zoo_augment(cfg), on_step=on_step, progress=verbose,
-                                          **train_kwargs)
-    return snaps, snap_steps, snap_losses, losses
-
-
 def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
     """Train the zoo of ``cfg`` (see the ``ZOO*`` blocks of :mod:`helpers.config`); three kinds:
 
@@ -504,8 +443,20 @@ def _build_zoo(cfg: Mapping, kind: str, verbose: bool) -> WeightDataset:
             every = int(cfg["checkpoint_every"])
             save_at = [total - every * c for c in range(int(cfg["checkpoints_per_run"])) if total - every * c > 0]
         train_kw = {"lr": cfg["lr"], "lr_schedule": cfg["lr_schedule"], "warmup": cfg["warmup"]}
-    snaps, snap_steps, snap_losses, losses = _train_with_snapshots(
-        params, spec, x, y, cfg, save_at, verbose, epochs=epochs, batch_size=bs, generators=gens, **train_kw)
+    # keep every network's weights after each step in save_at, with its mean loss since the last one
+    save_at, snaps, snap_steps, snap_losses, window = set(save_at), [], [], [], []
+
+    def on_step(step: int, step_losses: torch.Tensor) -> None:
+        window.append(step_losses)
+        if step in save_at:
+            snaps.append(_vectors(params, spec).clone())
+            snap_steps.append(step)
+            snap_losses.append(torch.stack(window).mean(0))
+            window.clear()
+
+    losses, _ = classifiers.train_stacked(params, spec, x, y, epochs=epochs, batch_size=bs, generators=gens,
+                                          augment_shift=cfg.get("augment_shift", 0), augment=zoo_augment(cfg),
+                                          on_step=on_step, progress=verbose, **train_kw)
     if run_vectors is None:
         run_vectors = _vectors(params, spec).clone()
     train_seconds = time.perf_counter() - t0
@@ -572,8 +523,8 @@ def train_fresh_networks(cfg: Mapping, n: int, seed_offset: int = 100_000) -> to
     return _vectors(params, spec).clone()
 
 
-# settings that change nothing stored: points of notebook 01's curves, and how many cores train
-_NOT_TRAINING = ("interp_points", "threads")
+# settings that change nothing stored: what notebook 01 shows besides the zoo, and how many cores train
+_NOT_TRAINING = ("interp_points", "scratch_steps", "threads")
 
 
 def zoo_key(cfg: Mapping) -> dict:
@@ -593,13 +544,3 @@ def build_or_load_zoo(cfg: Mapping, rebuild: bool = False, verbose: bool = True)
                             save=lambda ds, path: ds.save(path),
                             load=lambda path: WeightDataset.load(path, spec=key["spec"]),
                             rebuild=rebuild, verbose=verbose)
-
-
-def plot_interpolation(alphas: torch.Tensor, curves: Mapping[str, torch.Tensor], ax=None):
-    r"""Test accuracy along :math:`(1-\alpha)\theta_A + \alpha\theta_B`, one line per named curve."""
-    fig, ax = plots.new_axes(ax)
-    for label, acc in curves.items():
-        ax.plot(alphas.numpy(), torch.as_tensor(acc).numpy(), marker="o", ms=3, label=label)
-    ax.set(xlabel=r"$\alpha$  (0 = network A, 1 = network B)", ylabel="test accuracy (%)", ylim=(0, 100))
-    ax.legend()
-    return fig
