@@ -237,12 +237,14 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1,
                  batch_size: int = 128, lr: float = 1e-3, generator: torch.Generator | None = None,
-                 augment_shift: int = 0, progress: bool = False) -> list[float]:
+                 augment_shift: int = 0, progress: bool = False, lr_schedule: str = "constant",
+                 warmup: float = 0.0) -> list[float]:
     """Train ``model`` in place with Adam on normalised in-memory tensors; return the step losses.
 
     Each epoch walks a random permutation in batches (the short last batch is dropped);
     ``epochs`` may be fractional. Notebook 01 writes this loop from scratch.
     """
+    lr_factor(0, 1, lr_schedule)                      # checks the name
     dev = runtime.device_of(model)
     opt = adam(model.parameters(), lr)
     n = x.shape[0]
@@ -256,6 +258,8 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
         for b in range(min(per_epoch, total - len(losses))):
             idx = perm[b * batch_size:(b + 1) * batch_size]
             xb = random_shift(x[idx], augment_shift, generator) if augment_shift else x[idx]
+            if lr_schedule != "constant" or warmup:
+                _set_lr(opt, lr * lr_factor(len(losses), total, lr_schedule, warmup))
             # L = -(1/B) \sum_i \log softmax(f(x_i))_{y_i}
             loss = F.cross_entropy(model(xb.to(dev)), y[idx].to(dev))
             opt.zero_grad(set_to_none=True)

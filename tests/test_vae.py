@@ -144,17 +144,35 @@ def test_loading_with_wrong_dim_names_expected_and_found(tmp_path):
         vae.load_vae(path, dim=D, spec={"arch": "b"})
 
 
-def test_prior_samples_and_kind():
+def test_prior_samples_are_seeded_and_come_from_the_right_prior():
     x = _vectors(32)
-    for beta, word in ((0.0, "fitted"), (1e-2, "VAE prior")):
+    for beta in (0.0, 1e-2):
         model = _model(beta=beta)
         model.normalizer = _IdentityNormalizer()
         model.latent_standardizer = vae.LatentStandardizer().fit(vae.encode_dataset(model, x))
-        g = torch.Generator().manual_seed(0)
-        a = vae.sample_prior(model, 7, g)
+        a = vae.sample_prior(model, 7, torch.Generator().manual_seed(0))
         assert a.shape == (7, D)
         assert torch.equal(a, vae.sample_prior(model, 7, torch.Generator().manual_seed(0)))
-        assert word in vae.prior_kind(model)
+        eps = torch.randn(7, L, generator=torch.Generator().manual_seed(0))
+        # VAE: z ~ N(0, I); plain AE: u ~ N(0, I) in standardised units
+        expected = vae.decode_latents(model, eps) if beta > 0 else vae.decode_to_vectors(model, eps)
+        assert torch.equal(a, expected)
+
+
+def test_explicit_noise_fixes_the_training_loss():
+    x = _vectors(8)
+    model = _model(beta=1e-2).train()
+    g = torch.Generator().manual_seed(0)
+    noise = {"xi": torch.randn(8, D, generator=g), "eps": torch.randn(8, L, generator=g),
+             "zeta": torch.randn(8, L, generator=g)}
+    a, b = model.loss(x, noise)["loss"], model.loss(x, noise)["loss"]
+    assert torch.equal(a, b) and not torch.equal(a, model.loss(x)["loss"])
+    # with zero noise the training-mode reconstruction is the deterministic D(mu(x))
+    zero = {k: torch.zeros_like(v) for k, v in noise.items()}
+    recon = model.loss(x, zero)["recon"]
+    with torch.no_grad():
+        expected = ((model.eval().decode(model.encode(x)[0]) - x) ** 2).mean()
+    torch.testing.assert_close(recon.detach(), expected)
 
 
 # ---------------------------------------------------------------------------
