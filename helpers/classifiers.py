@@ -1,13 +1,8 @@
 r"""Small image classifiers, trained fast on a CPU and evaluated many at a time (notebook 01).
 
-A network is a JSON-able *spec* (``{"arch": "cnn", "channels": [8, 16], ...}``) plus a dict of
-parameter tensors named ``conv0.weight, conv0.bias, ..., fc0.weight, ...`` in forward order
-(the order :mod:`helpers.weights` flattens them in). :func:`forward` is a pure function of the
-parameters, so :func:`stacked_forward` can run K parameter sets at once (one grouped convolution
-per layer) and :func:`train_stacked` can train K networks as one computation: the loss
-:math:`\sum_k L_k(\theta_k)` has gradient :math:`\nabla L_k` for each :math:`\theta_k` and Adam is
-elementwise, so one optimiser over the stacked tensors *is* K independent Adams. Notebook 01
-writes the simple loop (:func:`train_epochs`) from scratch and checks the stacked trainer against it.
+A network is a JSON-able *spec* plus parameter tensors ``conv0.weight, ..., fc0.weight, ...`` in
+forward (= flattening) order. :func:`train_stacked`, the fast variant notebook 01 checks against its
+plain loop, trains K networks as one computation: :math:`\nabla_{\theta_k} \sum_j L_j = \nabla L_k`.
 """
 
 from __future__ import annotations
@@ -27,12 +22,8 @@ _CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "catdog": 2}
 
 
 def default_spec(dataset: str = "mnist", arch: str = "cnn") -> dict:
-    """The default architecture for ``dataset``.
-
-    MNIST-sized CNN (11,250 parameters): conv 5x5 stride 2 (1 -> 8), conv 3x3 stride 2 (8 -> 16),
-    fc 400 -> 24 -> 10. CIFAR-sized: the LeNet of the PyTorch CIFAR-10 tutorial. MLP: one hidden
-    layer of 16 units.
-    """
+    """The default spec: conv 5x5/2 (8 channels), conv 3x3/2 (16), fc 24, fc classes (11,250 weights on
+    MNIST); or an MLP with 16 hidden units."""
     if dataset not in _IMAGE:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(_IMAGE)}")
     c, size = _IMAGE[dataset]
@@ -41,9 +32,6 @@ def default_spec(dataset: str = "mnist", arch: str = "cnn") -> dict:
         return {"arch": "mlp", **base, "hidden": [16]}
     if arch != "cnn":
         raise ValueError(f"unknown arch {arch!r}; expected 'cnn' or 'mlp'")
-    if c == 3:
-        return {"arch": "cnn", **base, "channels": [6, 16], "kernel_size": 5, "stride": 1, "pool": True,
-                "hidden": [120, 84]}
     return {"arch": "cnn", **base, "channels": [8, 16], "kernel_size": [5, 3], "stride": 2, "pool": False,
             "hidden": [24]}
 
@@ -72,17 +60,16 @@ def conv_layout(spec: Mapping) -> list[dict]:
     n = len(channels)
     ks = _per_layer(spec.get("kernel_size", 3), n, "kernel_size")
     strides = _per_layer(spec.get("stride", 1), n, "stride")
-    pads = _per_layer(spec.get("padding", 0), n, "padding")
     pool = bool(spec.get("pool", False))
     size, c_in, out = int(spec["image_size"]), int(spec["in_channels"]), []
-    for c, k, s, p in zip(channels, ks, strides, pads):
-        # output size of a convolution: floor((H + 2p - k) / s) + 1
-        size = (size + 2 * p - k) // s + 1
+    for c, k, s in zip(channels, ks, strides):
+        # output size of a convolution: floor((H - k) / s) + 1
+        size = (size - k) // s + 1
         if pool:
             size //= 2
         if size < 1:
             raise ValueError(f"spec {describe(spec)} shrinks the image to nothing")
-        out.append({"in": c_in, "out": int(c), "k": k, "stride": s, "padding": p, "pool": pool, "size": size})
+        out.append({"in": c_in, "out": int(c), "k": k, "stride": s, "pool": pool, "size": size})
         c_in = int(c)
     return out
 
@@ -114,10 +101,7 @@ def count_params(spec: Mapping) -> int:
 
 
 def unflatten(vector: torch.Tensor, spec: Mapping) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`helpers.weights.flatten`: (..., D) -> {name: (..., *shape)}, as views.
-
-    Leading dimensions are kept, so a (K, D) batch gives stacked parameters.
-    """
+    """The inverse of :func:`helpers.weights.flatten`: (..., D) -> {name: (..., *shape)}, as views."""
     shapes = param_shapes(spec)
     d = sum(math.prod(s) for _, s in shapes)
     vector = torch.as_tensor(vector)
@@ -138,7 +122,7 @@ def forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, spec: Mapping) 
     if spec["arch"] == "cnn":
         for i, layer in enumerate(conv_layout(spec)):
             h = F.relu(F.conv2d(h, params[f"conv{i}.weight"], params[f"conv{i}.bias"],
-                                stride=layer["stride"], padding=layer["padding"]))
+                                stride=layer["stride"]))
             if layer["pool"]:
                 h = F.max_pool2d(h, 2)
     h = h.flatten(1)
@@ -151,15 +135,13 @@ def forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, spec: Mapping) 
 
 
 class Classifier(nn.Module):
-    """``nn.Conv2d``/``nn.Linear`` submodules ``conv0, ..., fc0, ...`` (PyTorch's default init);
-    ``forward`` is :func:`forward`."""
+    """``nn.Conv2d``/``nn.Linear`` submodules ``conv0, ..., fc0, ...``; ``forward`` is :func:`forward`."""
 
     def __init__(self, spec: Mapping):
         super().__init__()
         self.spec = dict(spec)
         for i, layer in enumerate(conv_layout(spec) if spec["arch"] == "cnn" else []):
-            self.add_module(f"conv{i}", nn.Conv2d(layer["in"], layer["out"], layer["k"], layer["stride"],
-                                                  layer["padding"]))
+            self.add_module(f"conv{i}", nn.Conv2d(layer["in"], layer["out"], layer["k"], layer["stride"]))
         shapes = dict(param_shapes(spec))
         for i in range(len(_hidden(spec)) + 1):
             out_f, in_f = shapes[f"fc{i}.weight"]
@@ -179,8 +161,7 @@ def build_model(spec: Mapping, seed: int | None = None) -> Classifier:
 
 
 def load_split(dataset: str, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)``: a split as float32 (N, C, H, W), normalised once, ``x = (x_{uint8}/255 - mu)/sigma``,
-    and int64 labels; the first ``n`` only if given."""
+    """``(x, y)``: a split normalised once, ``x = (x_{uint8}/255 - mu)/sigma``; the first ``n`` if given."""
     x, y = data.load_tensors(dataset, split)
     if n is not None:
         x, y = x[:n], y[:n]
@@ -239,11 +220,8 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
                  batch_size: int = 128, lr: float = 1e-3, generator: torch.Generator | None = None,
                  augment_shift: int = 0, progress: bool = False, lr_schedule: str = "constant",
                  warmup: float = 0.0) -> list[float]:
-    """Train ``model`` in place with Adam on normalised in-memory tensors; return the step losses.
-
-    Each epoch walks a random permutation in batches (the short last batch is dropped);
-    ``epochs`` may be fractional. Notebook 01 writes this loop from scratch.
-    """
+    """Train ``model`` in place with Adam on in-memory tensors, a fresh permutation per epoch (the
+    short last batch dropped); return the step losses. Notebook 01 writes this loop from scratch."""
     lr_factor(0, 1, lr_schedule)                      # checks the name
     dev = runtime.device_of(model)
     opt = adam(model.parameters(), lr)
@@ -279,9 +257,7 @@ def init_stacked(spec: Mapping, seeds: Iterable[int]) -> dict[str, torch.Tensor]
 
 def stacked_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, spec: Mapping,
                     shared_input: bool = False) -> torch.Tensor:
-    r"""Logits (K, B, classes) of K stacked networks (params name -> (K, ...)) on x (K, B, C, H, W),
-    or on one shared batch (B, C, H, W): :func:`forward` of each network, as one grouped
-    convolution per layer and one batched matrix product per dense layer."""
+    """Logits (K, B, classes) of K stacked networks on x (K, B, C, H, W) or on a shared (B, C, H, W)."""
     k = next(iter(params.values())).shape[0]
     if shared_input:
         x = x.unsqueeze(0).expand(k, *x.shape)
@@ -295,7 +271,7 @@ def stacked_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, spec: M
         for i, layer in enumerate(layout):
             w = params[f"conv{i}.weight"]                                   # (K, out, in, k, k)
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"conv{i}.bias"].reshape(-1),
-                         stride=layer["stride"], padding=layer["padding"], groups=k)
+                         stride=layer["stride"], groups=k)
             if i == len(layout) - 1:
                 h = h.contiguous()     # NCHW before the flatten
             h = F.relu(h)
@@ -322,14 +298,9 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
                   chunk: int | None = 8,
                   augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                   device=None) -> tuple[torch.Tensor, torch.optim.Optimizer]:
-    r"""Train K stacked networks at once (params name -> (K, ...), updated in place).
-
-    Minimises :math:`\sum_k L_k(\theta_k)`: exactly K independent Adam runs. Network k draws its
-    shuffling and shifts from ``generators[k]`` in the order :func:`train_epochs` does, so it
-    follows ``train_epochs(model_k, ..., generator=generators[k])`` up to float rounding.
-    ``augment(images, generator)`` is an extra batched augmentation; ``chunk`` networks run per
-    forward/backward pass (speed only). Returns ``(losses (steps, K), optimizer)``.
-    """
+    """Train K stacked networks (params name -> (K, ...), in place); network k follows
+    ``train_epochs(..., generator=generators[k])`` up to float rounding. ``chunk`` networks run per
+    pass (speed only). Returns ``(losses (steps, K), optimizer)``."""
     device = runtime.device(device)
     for name, p in params.items():
         if p.device != device:
@@ -382,20 +353,9 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    """Accuracy of ``model`` on normalised images ``x`` with labels ``y``, in %."""
-    model.eval()
-    dev = runtime.device_of(model)
-    correct = sum(int((model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
-                  for i in range(0, x.shape[0], batch_size))
-    return 100.0 * correct / max(1, x.shape[0])
-
-
-@torch.no_grad()
 def predict_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor,
                     batch_size: int = 1000, method: str = "loop", device=None) -> torch.Tensor:
-    """Predicted labels (K, N), on the CPU, of K networks given as flat weight vectors, run one
-    network at a time (faster than stacking for evaluation)."""
+    """Predicted labels (K, N) of K flat weight vectors, one network at a time (faster than stacked)."""
     if method != "loop":
         raise ValueError(f"unknown method {method!r}; expected 'loop'")
     device = runtime.device(device)

@@ -1,12 +1,6 @@
-r"""Network weights as data: flat vectors, their normalisation, zoos of them, alignment (notebook 01).
-
-A network of architecture ``spec`` (:mod:`helpers.classifiers`) flattens to one vector
-:math:`\theta \in \mathbb{R}^D` (:func:`flatten` / :func:`unflatten`). A :class:`WeightDataset`
-holds N such vectors with per-checkpoint metrics, saved as safetensors with JSON metadata;
-:func:`build_or_load_zoo` trains one or loads it from the artifacts folder. Hidden units can be
-permuted without changing the function, :math:`W_l \to P_l W_l P_{l-1}^\top`,
-:math:`b_l \to P_l b_l`; weight matching (Git Re-Basin, https://arxiv.org/abs/2209.04836) picks
-the :math:`P_l` that bring one network into another's unit order (:func:`weight_matching`).
+r"""Network weights as data (notebook 01): flat vectors, their normalisation, zoos of them saved with
+their metrics, and weight matching (Git Re-Basin, https://arxiv.org/abs/2209.04836), which undoes the
+permutations :math:`W_l \to P_l W_l P_{l-1}^\top` that leave a network's function unchanged.
 """
 
 from __future__ import annotations
@@ -29,26 +23,16 @@ FORMAT = "ldt-weight-dataset/1"
 
 
 def _check_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Mapping) -> None:
-    """Raise ValueError naming the first parameter whose name or shape does not match ``spec``."""
-    expected = param_shapes(spec)
-    for name, shape in expected:
-        if name not in state_dict:
-            raise ValueError(f"state dict has no parameter {name!r} (expected shape {tuple(shape)}) for spec "
-                             f"{classifiers.describe(spec)}; found parameters {sorted(state_dict)}")
-        if tuple(state_dict[name].shape) != tuple(shape):
-            raise ValueError(f"parameter {name!r}: expected shape {tuple(shape)} for spec "
-                             f"{classifiers.describe(spec)}, found {tuple(state_dict[name].shape)}")
-    extra = sorted(set(state_dict) - {n for n, _ in expected})
-    if extra:
-        raise ValueError(f"state dict has unexpected parameter(s) {extra} for spec {classifiers.describe(spec)}; "
-                         f"expected exactly {[n for n, _ in expected]}")
+    """Raise ValueError with the expected and the found parameter names and shapes if they differ."""
+    expected = [(n, tuple(s)) for n, s in param_shapes(spec)]
+    found = [(n, tuple(t.shape)) for n, t in state_dict.items()]
+    if sorted(expected) != sorted(found):
+        raise ValueError(f"state dict does not fit spec {classifiers.describe(spec)}: expected parameters "
+                         f"{expected}, found {found}")
 
 
 def flatten(state_dict: Mapping[str, torch.Tensor], spec: Mapping | None = None) -> torch.Tensor:
-    r""":math:`\theta = [\mathrm{vec}(W_1), b_1, \mathrm{vec}(W_2), \dots]`, float32 (D,).
-
-    With ``spec`` the names and shapes are checked and the spec's order is used.
-    """
+    r""":math:`\theta = [\mathrm{vec}(W_1), b_1, \mathrm{vec}(W_2), \dots]` (D,); with ``spec``, checked and in its order."""
     if spec is not None:
         _check_state_dict(state_dict, spec)
     names = [n for n, _ in param_shapes(spec)] if spec is not None else list(state_dict)
@@ -56,7 +40,7 @@ def flatten(state_dict: Mapping[str, torch.Tensor], spec: Mapping | None = None)
 
 
 def load_into_model(vector: torch.Tensor, spec: Mapping) -> torch.nn.Module:
-    """A :class:`helpers.classifiers.Classifier` of ``spec`` holding the weights ``vector`` (D,), in eval mode."""
+    """A :class:`helpers.classifiers.Classifier` holding the weights ``vector`` (D,), in eval mode."""
     model = classifiers.build_model(spec)
     model.load_state_dict({k: v.clone() for k, v in unflatten(vector, spec).items()})
     return model.eval()
@@ -78,9 +62,7 @@ class Normalizer:
         return self
 
     def _expanded(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mean is None:
-            raise RuntimeError("Normalizer is not fitted: call fit(vectors, spec) or from_state(...)")
-        if v.shape[-1] != int(self.sizes.sum()):
+        if v.shape[-1] != int(self.state()["sizes"].sum()):
             raise ValueError(f"Normalizer was fitted on D={int(self.sizes.sum())} parameters, "
                              f"got vectors of length {v.shape[-1]}")
         return torch.repeat_interleave(self.mean, self.sizes), torch.repeat_interleave(self.std, self.sizes)
