@@ -109,22 +109,6 @@ def model_from_config(dim: int, cfg: Mapping[str, Any]) -> ParamVAE:
                     beta=cfg["beta"], sigma_in=cfg["sigma_in"], sigma_z=cfg["sigma_z"])
 
 
-def permute_augment(x: torch.Tensor, spec: Mapping[str, Any], prob: float, generator: torch.Generator) -> torch.Tensor:
-    r"""G.pt's permutation augmentation (https://arxiv.org/abs/2209.12892): each row replaced, with
-    probability ``prob``, by a random hidden-unit permutation of itself (the same function);
-    every random number from ``generator``. ``prob`` 0 returns ``x`` and draws nothing."""
-    if prob <= 0:
-        return x
-    chosen = torch.rand(x.shape[0], generator=generator) < prob
-    if not bool(chosen.any()):
-        return x
-    sizes = [shape[0] for _, shape in weights.param_shapes(spec)[::2][:-1]]   # hidden units per layer
-    x = x.clone()
-    for i in chosen.nonzero().flatten().tolist():
-        x[i] = x[i, weights.permutation_index(spec, [torch.randperm(n, generator=generator) for n in sizes]).to(x.device)]
-    return x
-
-
 def make_optimizer(model: ParamVAE, cfg: Mapping[str, Any]):
     r"""AdamW and the step decay :math:`\eta_e = \eta_0\gamma^{\lfloor e/\text{lr\_step}\rfloor}` of ``cfg``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
@@ -144,11 +128,8 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     n = x.shape[0]
     batch_size = min(int(cfg["batch_size"]), n)
     gen = generator if generator is not None else torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-    p_perm = float(cfg.get("permute_augment", 0.0))
-    if not 0.0 <= p_perm <= 1.0:
-        raise ValueError(f"permute_augment: expected a probability in [0, 1], found {p_perm}")
-    if p_perm > 0 and model.spec is None:
-        raise ValueError("permute_augment > 0 needs the networks' architecture: expected model.spec, found None")
+    if float(cfg.get("permute_augment", 0.0)) != 0.0:   # a study that made every number worse: see the notes
+        raise ValueError(f"permute_augment: expected 0 (permutation augmentation was removed), found {cfg['permute_augment']}")
     opt, sched = make_optimizer(model, cfg)
     eval_every = max(1, int(cfg.get("eval_every", 10)))
     hist: dict[str, list[float]] = {k: [] for k in ("loss", "recon", "kl", "lr", "recon_eval", "eval_epoch")}
@@ -158,7 +139,7 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            parts = model.loss(permute_augment(x[idx], model.spec, p_perm, gen))
+            parts = model.loss(x[idx])
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -309,11 +290,8 @@ TRAIN_KEYS = ("seed", "latent_dim", "hidden", "n_layers", "beta", "sigma_in", "s
 
 
 def vae_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any]) -> dict:
-    """The VAE's cache key: the zoo's key and :data:`TRAIN_KEYS` (and ``permute_augment`` when not 0)."""
-    key = {"zoo": weights.zoo_key(zoo_cfg), "vae": artifacts.training_key(vae_cfg, TRAIN_KEYS)}
-    if float(vae_cfg.get("permute_augment", 0.0)) != 0.0:
-        key["vae"]["permute_augment"] = float(vae_cfg["permute_augment"])
-    return key
+    """The VAE's cache key: the zoo's key and the settings of :data:`TRAIN_KEYS`."""
+    return {"zoo": weights.zoo_key(zoo_cfg), "vae": artifacts.training_key(vae_cfg, TRAIN_KEYS)}
 
 
 def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any], rebuild: bool = False,

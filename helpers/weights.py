@@ -154,18 +154,14 @@ class WeightDataset:
         if spec is not None and dict(spec) != stored:
             raise artifacts.ArtifactError(f"{path} holds networks of architecture {classifiers.describe(stored)}, "
                                           f"expected {classifiers.describe(spec)}")
-        d = classifiers.count_params(stored)
-        shapes = [[n, list(s)] for n, s in param_shapes(stored)]
-        v = tensors["vectors"]
-        if meta.get("D") != d or meta.get("param_shapes") != shapes or v.ndim != 2 or v.shape[1] != d:
-            raise artifacts.ArtifactError(f"{path}: expected D={d} parameters {shapes} for "
-                                          f"{classifiers.describe(stored)}, found D={meta.get('D')}, "
-                                          f"vectors of shape {tuple(v.shape)}")
-        if len(meta.get("metrics", [])) != v.shape[0]:
-            raise artifacts.ArtifactError(f"{path}: expected one metrics row per vector ({v.shape[0]}), "
-                                          f"found {len(meta.get('metrics', []))}")
-        return cls(v, stored, meta["metrics"], meta.get("config", {}),
-                   tensors.get("run_vectors"), tensors.get("loss_curves"))
+        if meta.get("param_shapes") != [[n, list(s)] for n, s in param_shapes(stored)] or not meta.get("metrics"):
+            raise artifacts.ArtifactError(f"{path}: expected the parameters {param_shapes(stored)} of its spec and "
+                                          f"metrics, found {meta.get('param_shapes')} and {len(meta.get('metrics', []))} rows")
+        try:
+            return cls(tensors["vectors"], stored, meta["metrics"], meta.get("config", {}),
+                       tensors.get("run_vectors"), tensors.get("loss_curves"))
+        except ValueError as err:
+            raise artifacts.ArtifactError(f"{path}: {err}") from None
 
 
 # ---------------------------------------------------------------------------

@@ -100,7 +100,12 @@ def test_weight_dataset_load_rejects_mismatch_and_corruption(tmp_path):
     # vectors of the wrong length for the stored spec
     artifacts.save_tensors(tmp_path / "bad.safetensors", {"vectors": torch.zeros(2, 5)},
                            {"format": W.FORMAT, "spec": MLP, "D": 5, "param_shapes": [], "metrics": [{}, {}]})
-    with pytest.raises(artifacts.ArtifactError, match=f"expected D={C.count_params(MLP)}"):
+    with pytest.raises(artifacts.ArtifactError, match=r"expected the parameters \[\('fc0.weight'"):
+        W.WeightDataset.load(tmp_path / "bad.safetensors")
+    shapes = [[n, list(s)] for n, s in C.param_shapes(MLP)]
+    artifacts.save_tensors(tmp_path / "bad.safetensors", {"vectors": torch.zeros(2, 5)},
+                           {"format": W.FORMAT, "spec": MLP, "D": 5, "param_shapes": shapes, "metrics": [{}, {}]})
+    with pytest.raises(artifacts.ArtifactError, match=rf"expected vectors of shape \(N, D={C.count_params(MLP)}\).*got \(2, 5\)"):
         W.WeightDataset.load(tmp_path / "bad.safetensors")
     raw = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
@@ -127,6 +132,8 @@ def test_alignment_recovers_a_permuted_copy(spec):
     # a permutation does not change the function...
     torch.testing.assert_close(W.load_into_model(W.flatten(shuffled, spec), spec)(x), model(x))
     assert not torch.equal(W.flatten(shuffled, spec), W.flatten(sd, spec))
+    # the flat form of the same permutation is one gather
+    assert torch.equal(W.flatten(sd, spec)[W.permutation_index(spec, perms)], W.flatten(shuffled, spec))
     # ...and weight matching undoes it exactly
     found = W.weight_matching(sd, shuffled, spec)
     aligned = W.permute(shuffled, found, spec)
