@@ -15,8 +15,7 @@ from torch import nn
 from . import artifacts, runtime, weights
 from .diffusion import LatentStandardizer
 
-KIND = "param_vae"
-"""The artifact kind of a saved :class:`ParamVAE`."""
+KIND = "param_vae"   # the artifact kind of a saved ParamVAE
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -109,12 +108,6 @@ def model_from_config(dim: int, cfg: Mapping[str, Any]) -> ParamVAE:
                     beta=cfg["beta"], sigma_in=cfg["sigma_in"], sigma_z=cfg["sigma_z"])
 
 
-def make_optimizer(model: ParamVAE, cfg: Mapping[str, Any]):
-    r"""AdamW and the step decay :math:`\eta_e = \eta_0\gamma^{\lfloor e/\text{lr\_step}\rfloor}` of ``cfg``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(cfg["lr_step"])), gamma=float(cfg["lr_gamma"]))
-
-
 def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
               generator: torch.Generator | None = None, device=None) -> dict[str, list[float]]:
     """Train ``model`` on normalised vectors (N, D) for ``cfg["epochs"]`` epochs of shuffled batches.
@@ -130,7 +123,9 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     gen = generator if generator is not None else torch.Generator().manual_seed(int(cfg.get("seed", 0)))
     if float(cfg.get("permute_augment", 0.0)) != 0.0:   # a study that made every number worse: see the notes
         raise ValueError(f"permute_augment: expected 0 (permutation augmentation was removed), found {cfg['permute_augment']}")
-    opt, sched = make_optimizer(model, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    # step decay: eta_e = eta_0 gamma^floor(e / lr_step)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(cfg["lr_step"])), gamma=float(cfg["lr_gamma"]))
     eval_every = max(1, int(cfg.get("eval_every", 10)))
     hist: dict[str, list[float]] = {k: [] for k in ("loss", "recon", "kl", "lr", "recon_eval", "eval_epoch")}
     for epoch in runtime.progress(range(int(cfg["epochs"])), desc="VAE epochs"):
