@@ -123,9 +123,8 @@ ZOO_WIDE: dict[str, dict[str, Any]] = {
 # sigma_in/sigma_z: p-diff's noise augmentation on input and latent (training only);
 # lr_step/lr_gamma: StepLR (multiply the learning rate by lr_gamma every lr_step epochs);
 # n_eval: checkpoints decoded and evaluated on MNIST test (None = all); n_test: test images
-# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: G.pt's
-# permutation augmentation, the probability that a training vector is replaced, per minibatch, by a
-# random hidden-unit permutation of itself (0 = off; helpers.vae.permute_augment).
+# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: must be 0
+# (G.pt's permutation augmentation was removed: docs/research_notes/01_02_weights.md).
 VAE: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
               "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,
