@@ -203,3 +203,22 @@ def test_multiseed_zoo_builds_aligned_checkpoints(monkeypatch):
     # the stored permutations map each unaligned end point onto its aligned last checkpoint
     for v, p, last in zip(ds.run_vectors, ds.config["perms"], ds.vectors[1::2]):
         assert torch.equal(v[W.permutation_index(SMALL_CNN, [torch.tensor(q) for q in p])], last)
+
+
+def test_trajectory_zoo_pretrains_then_keeps_evenly_spaced_aligned_checkpoints(monkeypatch):
+    """A tiny trajectory zoo on random data: a first phase without checkpoints, then checkpoints
+    every few steps; run 0 keeps its unit order, run 1 is permuted by its stored permutation."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 1, 12, 12, generator=g), torch.randint(0, 3, (400,), generator=g)
+    monkeypatch.setattr(C, "load_split", lambda dataset, split, n=None: (x[:n], y[:n]) if n else (x, y))
+    cfg = {**W.zoo_config("smoke"), "spec": SMALL_CNN, "n_runs": 2, "val_size": 100, "train_subset": None,
+           "test_subset": 100, "batch_size": 20, "epochs": 1, "trajectory_epochs": 1, "checkpoints_per_run": 5,
+           "min_val_acc": 0.0, "threads": None}
+    ds = W.build_zoo(cfg, verbose=False)
+    assert len(ds) == 10 and ds.config["pretrain_steps"] == 15
+    assert [m["step"] for m in ds.metrics[:5]] == [18, 21, 24, 27, 30] and ds.metrics[0]["phase"] == "trajectory"
+    assert ds.loss_curves.shape == (2, 30)
+    identity = [list(range(n)) for n in (5, 6, 9)]
+    assert ds.config["perms"][0] == identity and ds.config["perms"][1] != identity
+    with pytest.raises(ValueError, match="unknown zoo kind 'seeds'"):
+        W.build_zoo({**cfg, "kind": "seeds"})
