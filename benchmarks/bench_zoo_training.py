@@ -1,59 +1,30 @@
-"""Benchmark: training the zoo's CNN the naive way vs the in-memory way, in one process.
+"""Benchmark: training the zoo's CNN the naive way against the in-memory and batched ways, in one process.
 
     python benchmarks/bench_zoo_training.py                   # 2 epochs, every core
     python benchmarks/bench_zoo_training.py --epochs 1 --threads 2 --models 4
     python benchmarks/bench_zoo_training.py --out /tmp/bench.json
 
-Trains the same CNN (``classifiers.default_spec("mnist")``) for the same number
-of epochs on the 60,000 MNIST training images, then measures MNIST test
-accuracy:
+Trains the same CNN (``classifiers.default_spec("mnist")``) on the 60,000 MNIST training images and
+measures its test accuracy, four ways:
 
-- **naive**: the original project's pipeline: ``torchvision.datasets.MNIST`` with
-  ``Compose([ToTensor(), Normalize(...)])`` and a ``DataLoader`` of batch 64
-  (one PIL image and two transforms per sample, per epoch), Adam 1e-3;
-- **in-memory, same hyper-parameters**: tensors normalised once, index
-  batches, batch 64, Adam 1e-3 (isolates the data-pipeline saving);
-- **zoo way**: what ``weights.build_zoo`` does for the trajectory zoo: in-memory,
-  batch 128, Adam 3e-3, ``--models`` networks trained together (``classifiers.train_stacked``)
-  (per-network time = wall time / models);
-- **many-seed way, K = 16 and K = 64** (``--many``): K networks, each with its own
-  initialisation and data order, stepped together by one batched computation, with a
-  one-cycle recipe (``FAST_RECIPE``: linear warm-up then linear decay of Adam's rate),
-  chosen on a validation split (the last 5,000 training images; not the test set),
-  8 networks per recipe, against the original project's hyper-parameters (batch 64,
-  Adam 1e-3, 2 epochs: mean validation accuracy 97.60 %). First choice: peak 1e-2,
-  batch 64, 0.75 epoch (98.09 % on validation; half an epoch reached 97.74 % but fell
-  0.1-0.2 points *below* the naive network on the test set). Second round (mean / min
-  validation accuracy of 8 networks; seconds per network on one thread of a busy machine,
-  only to compare recipes): batch 64, 1e-2, 0.75 epoch 98.09 / 97.80 (1.01 s);
-  batch 128, 1e-2, 0.75 epoch 97.81 / 97.52 (0.72 s); **batch 128, 2e-2, 0.75 epoch
-  97.92 / 97.74 (0.68 s)**; batch 128, 2e-2, 1 epoch 98.24 / 97.94 (0.90 s); batch 256,
-  2e-2, 1 epoch 97.89 / 97.62 (0.89 s); batch 256, 3e-2, 1 epoch 97.95 / 97.44 (0.83 s).
-  The bold one is kept: every network above the naive mean on validation, at two thirds
-  of the time on one thread. On the idle machine with 2 threads the gain was much smaller:
-  K = 64 took 0.41 s per network against 0.44 s with batch 64 (the batched step was
-  compute-bound, 17.5x). What moved it was the memory layout: the grouped convolutions
-  now run in channels-last order and 8 networks per chunk instead of 16
-  (``classifiers.stacked_forward``), 0.9 against 1.25 ms per network-step, K = 64 at
-  24.7x in a first idle run (the README has the final run's numbers). Eighth session: the
-  C allocator (``runtime.keep_freed_memory``, which ``runtime.setup`` applies in every
-  notebook and this benchmark applies to every side alike; ``--system-allocator`` turns it
-  off). glibc returned freed activation buffers to the system and the next step faulted
-  them back in: 1.6-2.1 ms per network-step over a process's first 0.1 epoch of K = 64
-  (1.5-2.1 million page faults) against 1.0-1.1 kept, and 0.75-0.85 ms either way once
-  glibc's own thresholds had grown. Three runs alone on the idle machine: K = 64 at
-  24.4x and 25.5x kept, 23.4x system allocator. (The many-seed
-  *zoo* of notebook 01 keeps its own recipe, batch 64, peak 1e-2, half an epoch: see
-  ``config.ZOO_MULTISEED``.) "Equal accuracy" is checked
-  on the test set and printed beside each ratio.
+- **naive**: the original project's pipeline, ``torchvision.datasets.MNIST`` with
+  ``Compose([ToTensor(), Normalize(...)])`` and a ``DataLoader`` of batch 64, Adam 1e-3;
+- **in memory, same hyper-parameters**: tensors normalised once, index batches, batch 64, Adam 1e-3
+  (isolates the data-pipeline saving);
+- **zoo way**: what ``weights.build_zoo`` does for the trajectory zoo: batch 128, Adam 3e-3,
+  ``--models`` networks trained together by ``classifiers.train_stacked`` (time per network =
+  wall time / models);
+- **many-seed way, K = 16 and K = 64** (``--many``): K networks, each with its own initialisation and
+  data order, stepped together with a one-cycle rate (``FAST_RECIPE``, chosen on the validation
+  split; the recipe search is in ``docs/research_notes/01_02_weights.md``).
 
-Prints times, speed ratios and accuracies; writes a JSON result to ``--out``
-(default ``$LDT_OUTPUT_DIR/benchmarks/bench_zoo_training.json`` or
-``benchmarks/results/``); if ``$LDT_RUN_DIR`` is set, logs
-``zoo_speedup_vs_naive`` (naive time / zoo-way time per network) and
-``zoo_speedup_k16_vs_naive`` / ``zoo_speedup_k64_vs_naive`` (naive time /
-many-seed time per network) to the run's metrics. Timings on a shared machine are inflated by other processes; run
-the comparison in one process so both sides see the same load.
+The C allocator setting (``runtime.keep_freed_memory``) is applied to every side alike
+(``--system-allocator`` turns it off). Prints times, speed ratios and accuracies; writes a JSON
+result to ``--out`` (default ``$LDT_OUTPUT_DIR/benchmarks/bench_zoo_training.json`` or
+``benchmarks/results/``); with ``$LDT_RUN_DIR`` set, logs ``zoo_speedup_vs_naive`` and
+``zoo_speedup_k16_vs_naive`` / ``zoo_speedup_k64_vs_naive`` to the run's metrics. Timings on a
+shared machine are inflated by other processes; both sides run in one process so they see the
+same load.
 """
 
 from __future__ import annotations
@@ -92,6 +63,12 @@ def train_naive(spec, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
             loss.backward()
             opt.step()
     return model, time.perf_counter() - t0
+
+
+def _accuracy(model, x, y) -> float:
+    """Test accuracy of a trained model, in %."""
+    vector = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return classifiers.evaluate_vectors(vector, model.spec, x, y).item()
 
 
 def train_in_memory(spec, epochs: int, seed: int, batch_size: int, lr: float) -> tuple[torch.nn.Module, float]:
@@ -159,17 +136,17 @@ def main(argv=None) -> dict:
 
     if not args.skip_naive:
         model, t = train_naive(spec, args.epochs, args.seed)
-        acc = classifiers.evaluate(model, x_test, y_test)
+        acc = _accuracy(model, x_test, y_test)
         result["naive"] = {"seconds": t, "test_acc": acc}
         print(f"naive DataLoader, batch 64      : {t:7.1f} s   test acc {acc:.2f} %")
 
     model, t = train_in_memory(spec, args.epochs, args.seed, 64, 1e-3)
-    acc = classifiers.evaluate(model, x_test, y_test)
+    acc = _accuracy(model, x_test, y_test)
     result["in_memory_b64"] = {"seconds": t, "test_acc": acc}
     print(f"in memory, batch 64 (same hp)   : {t:7.1f} s   test acc {acc:.2f} %")
 
     model, t = train_in_memory(spec, args.epochs, args.seed, 128, 3e-3)
-    acc = classifiers.evaluate(model, x_test, y_test)
+    acc = _accuracy(model, x_test, y_test)
     result["in_memory_b128"] = {"seconds": t, "test_acc": acc}
     print(f"in memory, batch 128, lr 3e-3   : {t:7.1f} s   test acc {acc:.2f} %")
 

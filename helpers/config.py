@@ -62,11 +62,12 @@ _ZOO_COMMON: dict[str, Any] = {
     "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
     "align": True, "val_size": 5000, "train_subset": None, "test_subset": None,
     "interp_points": 11, "threads": None,  # None: every core (runtime.setup_threads)
+    "scratch_steps": 300,  # steps of notebook 01's from-scratch training loop (not part of the zoo)
 }
 ZOO: dict[str, dict[str, Any]] = {
     "smoke": {**_ZOO_COMMON, "n_runs": 2, "epochs": 1, "trajectory_epochs": 0.5,
               "checkpoints_per_run": 10, "min_val_acc": 0.0, "train_subset": 8000,
-              "test_subset": 2000, "interp_points": 5},
+              "test_subset": 2000, "interp_points": 5, "scratch_steps": 100},
     "default": {**_ZOO_COMMON, "n_runs": 4, "epochs": 5, "trajectory_epochs": 1,
                 "checkpoints_per_run": 50, "min_val_acc": 97.5},
     "full": {**_ZOO_COMMON, "n_runs": 10, "epochs": 10, "trajectory_epochs": 1,
@@ -122,9 +123,8 @@ ZOO_WIDE: dict[str, dict[str, Any]] = {
 # sigma_in/sigma_z: p-diff's noise augmentation on input and latent (training only);
 # lr_step/lr_gamma: StepLR (multiply the learning rate by lr_gamma every lr_step epochs);
 # n_eval: checkpoints decoded and evaluated on MNIST test (None = all); n_test: test images
-# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: G.pt's
-# permutation augmentation, the probability that a training vector is replaced, per minibatch, by a
-# random hidden-unit permutation of itself (0 = off; helpers.vae.permute_augment).
+# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: must be 0
+# (G.pt's permutation augmentation was removed: docs/research_notes/01_02_weights.md).
 VAE: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
               "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,

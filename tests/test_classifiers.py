@@ -13,6 +13,11 @@ SMALL = {"arch": "cnn", "in_channels": 1, "image_size": 12, "channels": [4, 6],
          "kernel_size": 3, "stride": 1, "pool": True, "hidden": [8], "n_classes": 3}
 
 
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
 def _toy_data(n=384, seed=0, size=12):
     """Images whose class is the quadrant holding a bright blob (learnable in a few steps)."""
     g = torch.Generator().manual_seed(seed)
@@ -64,7 +69,7 @@ def test_short_training_lowers_the_loss():
     assert len(losses) == 4 * (384 // 32)
     after = F.cross_entropy(model(x), y).item()
     assert after < 0.5 * before
-    assert C.evaluate(model, x, y) > 80
+    assert _accuracy(model, x, y) > 80
 
 
 def test_stacked_training_equals_independent_training():
@@ -100,14 +105,6 @@ def test_stacked_forward_equals_each_network_alone(dataset, arch, shared):
         alone = C.forward({n: p[k] for n, p in params.items()}, x if shared else x[k], spec)
         torch.testing.assert_close(logits[k], alone, atol=1e-5, rtol=1e-5)
     assert (logits[0] - logits[1]).abs().max() > 1e-3       # different networks, different logits
-
-
-def test_to_grouped_puts_network_k_in_channels_k_times_c():
-    x = torch.arange(2 * 1 * 3 * 2 * 2, dtype=torch.float32).view(2, 1, 3, 2, 2)   # K=2, B=1, C=3
-    g = C.to_grouped(x)
-    assert g.shape == (1, 6, 2, 2) and g.is_contiguous(memory_format=torch.channels_last)
-    for k in range(2):
-        torch.testing.assert_close(g[:, 3 * k:3 * k + 3], x[k])
 
 
 @pytest.mark.parametrize("schedule,shift,chunk", [("constant", 0, None), ("linear", 1, 2)])
@@ -148,16 +145,15 @@ def test_batched_trainer_needs_one_generator_per_network():
         C.train_stacked(params, SMALL, x, y, generators=[torch.Generator(), torch.Generator()])
 
 
-@pytest.mark.parametrize("method", ["loop", "stacked"])
-def test_evaluate_vectors_equals_per_model_evaluate(method):
+def test_evaluate_vectors_equals_per_model_evaluate():
     x, y = _toy_data(n=300, seed=1)
     models = [C.build_model(SMALL, seed=s) for s in range(3)]
     C.train_epochs(models[0], x, y, epochs=2, batch_size=32, lr=1e-2)
     vectors = torch.stack([W.flatten(m.state_dict(), SMALL) for m in models])
-    accs = C.evaluate_vectors(vectors, SMALL, x, y, batch_size=128, method=method)
-    expected = torch.tensor([C.evaluate(m, x, y) for m in models])
+    accs = C.evaluate_vectors(vectors, SMALL, x, y, batch_size=128)
+    expected = torch.tensor([_accuracy(m, x, y) for m in models])
     torch.testing.assert_close(accs, expected.float())
-    preds = C.predict_vectors(vectors, SMALL, x, batch_size=128, method=method)
+    preds = C.predict_vectors(vectors, SMALL, x, batch_size=128)
     assert preds.dtype == torch.long and preds.shape == (3, 300)
     assert torch.equal(preds[1], models[1](x).argmax(1))
 
@@ -166,6 +162,8 @@ def test_evaluate_vectors_rejects_wrong_length():
     x, y = _toy_data(n=10)
     with pytest.raises(ValueError, match=r"expected D=\d+ parameters"):
         C.evaluate_vectors(torch.zeros(2, 7), SMALL, x, y)
+    with pytest.raises(ValueError, match="unknown method 'stacked'; expected 'loop'"):
+        C.predict_vectors(torch.zeros(C.count_params(SMALL)), SMALL, x, method="stacked")
 
 
 def test_random_shift_moves_pixels_within_bounds():

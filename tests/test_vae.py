@@ -144,100 +144,42 @@ def test_loading_with_wrong_dim_names_expected_and_found(tmp_path):
         vae.load_vae(path, dim=D, spec={"arch": "b"})
 
 
-def test_prior_samples_and_kind():
+def test_prior_samples_are_seeded_and_come_from_the_right_prior():
     x = _vectors(32)
-    for beta, word in ((0.0, "fitted"), (1e-2, "VAE prior")):
+    for beta in (0.0, 1e-2):
         model = _model(beta=beta)
         model.normalizer = _IdentityNormalizer()
         model.latent_standardizer = vae.LatentStandardizer().fit(vae.encode_dataset(model, x))
-        g = torch.Generator().manual_seed(0)
-        a = vae.sample_prior(model, 7, g)
+        a = vae.sample_prior(model, 7, torch.Generator().manual_seed(0))
         assert a.shape == (7, D)
         assert torch.equal(a, vae.sample_prior(model, 7, torch.Generator().manual_seed(0)))
-        assert word in vae.prior_kind(model)
+        eps = torch.randn(7, L, generator=torch.Generator().manual_seed(0))
+        # VAE: z ~ N(0, I); plain AE: u ~ N(0, I) in standardised units
+        expected = vae.decode_latents(model, eps) if beta > 0 else vae.decode_to_vectors(model, eps)
+        assert torch.equal(a, expected)
 
 
-# ---------------------------------------------------------------------------
-# Permutation augmentation (G.pt)
-# ---------------------------------------------------------------------------
-
-CNN = {"arch": "cnn", "in_channels": 1, "image_size": 12, "channels": [5, 6], "kernel_size": 3,
-       "stride": 1, "pool": True, "hidden": [9], "n_classes": 3}
-
-
-def _cnn_vectors(n=6, seed=0):
-    from helpers import classifiers
-    g = torch.Generator().manual_seed(seed)
-    return 0.5 * torch.randn(n, classifiers.count_params(CNN), generator=g)
-
-
-def test_permuted_networks_compute_the_same_function():
-    from helpers import classifiers, weights
-    x = _cnn_vectors()
-    images = torch.randn(32, 1, 12, 12, generator=torch.Generator().manual_seed(1))
-    out = vae.permute_augment(x, CNN, 1.0, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and not torch.equal(out, x)
-    for a, b in zip(x, out):
-        assert not torch.equal(a, b)                               # new coordinates ...
-        assert torch.equal(a.sort().values, b.sort().values)       # ... the same numbers ...
-        logits_a = classifiers.forward(classifiers.unflatten(a, CNN), images, CNN)
-        logits_b = classifiers.forward(classifiers.unflatten(b, CNN), images, CNN)
-        assert torch.allclose(logits_a, logits_b, atol=1e-5)       # ... the same function
-    # the flat index is weights.permute of the state dict
-    perms = [torch.randperm(5), torch.randperm(6), torch.randperm(9)]
-    idx = weights.permutation_index(CNN, perms)
-    assert torch.equal(x[0][idx], weights.flatten(weights.permute(weights.unflatten(x[0], CNN), perms, CNN), CNN))
-    # per-tensor normalisation commutes with a permutation: augmenting normalised vectors is exact
-    norm = weights.Normalizer().fit(x, CNN)
-    assert torch.allclose(norm.normalize(x[0])[idx], norm.normalize(x[0][idx]))
+def test_explicit_noise_fixes_the_training_loss():
+    x = _vectors(8)
+    model = _model(beta=1e-2).train()
+    g = torch.Generator().manual_seed(0)
+    noise = {"xi": torch.randn(8, D, generator=g), "eps": torch.randn(8, L, generator=g),
+             "zeta": torch.randn(8, L, generator=g)}
+    a, b = model.loss(x, noise)["loss"], model.loss(x, noise)["loss"]
+    assert torch.equal(a, b) and not torch.equal(a, model.loss(x)["loss"])
+    # with zero noise the training-mode reconstruction is the deterministic D(mu(x))
+    zero = {k: torch.zeros_like(v) for k, v in noise.items()}
+    recon = model.loss(x, zero)["recon"]
+    with torch.no_grad():
+        expected = ((model.eval().decode(model.encode(x)[0]) - x) ** 2).mean()
+    torch.testing.assert_close(recon.detach(), expected)
 
 
-def test_permutation_augmentation_draws_from_the_given_generator_only():
-    x = _cnn_vectors(40)
-    a = vae.permute_augment(x, CNN, 0.5, torch.Generator().manual_seed(3))
-    b = vae.permute_augment(x, CNN, 0.5, torch.Generator().manual_seed(3))
-    c = vae.permute_augment(x, CNN, 0.5, torch.Generator().manual_seed(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    changed = (a != x).any(dim=1)
-    assert 5 < int(changed.sum()) < 35                             # about half of the rows
-    g = torch.Generator().manual_seed(3)
-    assert vae.permute_augment(x, CNN, 0.0, g) is x                # off: nothing drawn
-    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(3)))
-
-
-def test_training_with_permutation_augmentation_is_reproducible_and_checked():
-    x = _cnn_vectors(16)
-    d = x.shape[1]
-    cfg = _cfg(epochs=3, batch_size=8, permute_augment=0.5)
-
-    def trained(c):
-        torch.manual_seed(0)
-        model = vae.ParamVAE(d, latent_dim=4, hidden=16, n_layers=1)
-        model.spec = CNN
-        hist = vae.train_vae(model, x, c)
-        return model, hist
-
-    m1, h1 = trained(cfg)
-    m2, h2 = trained(cfg)
-    m0, h0 = trained(_cfg(epochs=3, batch_size=8))
-    assert h1["loss"] == h2["loss"] and all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
-    assert h1["loss"] != h0["loss"]
-    # permute_augment = 0 is the old trainer exactly
-    m00, h00 = trained(_cfg(epochs=3, batch_size=8, permute_augment=0.0))
-    assert h00["loss"] == h0["loss"]
-    with pytest.raises(ValueError, match=r"^permute_augment: expected a probability in \[0, 1\], found 1.5$"):
-        trained(_cfg(epochs=1, permute_augment=1.5))
-    model = vae.ParamVAE(d, latent_dim=4, hidden=16, n_layers=1)
-    with pytest.raises(ValueError, match="expected model.spec, found None"):
-        vae.train_vae(model, x, cfg)
-
-
-def test_permutation_augmentation_has_its_own_cache_key_only_when_on():
+def test_permutation_augmentation_is_refused_and_not_in_the_cache_key():
     from helpers import config, weights
+    with pytest.raises(ValueError, match=r"^permute_augment: expected 0 \(permutation augmentation was removed\), found 0.5$"):
+        vae.train_vae(_model(), _vectors(16), _cfg(epochs=1, permute_augment=0.5))
     zoo_cfg = weights.zoo_config("smoke", "multiseed")
     vae_cfg = config.get_config("vae", "smoke")
-    key = vae.vae_key(zoo_cfg, vae_cfg)
-    assert "permute_augment" not in key["vae"]
-    assert key == vae.vae_key(zoo_cfg, {k: v for k, v in vae_cfg.items() if k != "permute_augment"})
-    on = vae.vae_key(zoo_cfg, {**vae_cfg, "permute_augment": 0.5})
-    assert on["vae"]["permute_augment"] == 0.5 and on != key
+    assert "permute_augment" not in vae.vae_key(zoo_cfg, vae_cfg)["vae"]
+    assert vae.vae_key(zoo_cfg, vae_cfg) != vae.vae_key(zoo_cfg, {**vae_cfg, "epochs": 3})

@@ -15,9 +15,13 @@ SMALL_CNN = {"arch": "cnn", "in_channels": 1, "image_size": 12, "channels": [5, 
              "kernel_size": 3, "stride": 1, "pool": True, "hidden": [9], "n_classes": 3}
 
 
+def _sd(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 def test_flatten_unflatten_round_trip_is_exact():
     model = C.build_model(SPEC, seed=0)
-    sd = W.state_dict_of(model)
+    sd = _sd(model)
     v = W.flatten(sd, SPEC)
     assert v.shape == (C.count_params(SPEC),) and v.dtype == torch.float32
     back = W.unflatten(v, SPEC)
@@ -47,12 +51,12 @@ def test_wrong_length_error_says_expected_and_found():
 
 def test_wrong_architecture_error_names_the_parameter():
     other = {**SPEC, "hidden": [32]}
-    sd = W.state_dict_of(C.build_model(other))
-    with pytest.raises(ValueError, match=r"parameter 'fc0.weight': expected shape \(24, 400\).*found \(32, 400\)"):
+    sd = _sd(C.build_model(other))
+    with pytest.raises(ValueError, match=r"expected parameters .*\('fc0.weight', \(24, 400\)\).*found .*\('fc0.weight', \(32, 400\)\)"):
         W.flatten(sd, SPEC)
-    sd = W.state_dict_of(C.build_model(SPEC))
+    sd = _sd(C.build_model(SPEC))
     sd["fc9.weight"] = sd.pop("fc1.weight")
-    with pytest.raises(ValueError, match="no parameter 'fc1.weight'"):
+    with pytest.raises(ValueError, match=r"does not fit spec .*found .*'fc9.weight'"):
         W.flatten(sd, SPEC)
 
 
@@ -86,7 +90,7 @@ def test_weight_dataset_save_load_round_trip(tmp_path):
     assert back.metrics == ds.metrics and back.config == ds.config
     assert torch.equal(back.run_vectors, ds.run_vectors) and torch.equal(back.loss_curves, ds.loss_curves)
     torch.testing.assert_close(back.test_acc, torch.arange(90.0, 96.0, dtype=torch.float64))
-    assert "| run_seed |" in back.table() or "run_seed" in back.table()
+    assert back.run_seed.tolist() == [0, 1, 0, 1, 0, 1]
 
 
 def test_weight_dataset_load_rejects_mismatch_and_corruption(tmp_path):
@@ -96,7 +100,12 @@ def test_weight_dataset_load_rejects_mismatch_and_corruption(tmp_path):
     # vectors of the wrong length for the stored spec
     artifacts.save_tensors(tmp_path / "bad.safetensors", {"vectors": torch.zeros(2, 5)},
                            {"format": W.FORMAT, "spec": MLP, "D": 5, "param_shapes": [], "metrics": [{}, {}]})
-    with pytest.raises(artifacts.ArtifactError, match=f"expected D={C.count_params(MLP)}"):
+    with pytest.raises(artifacts.ArtifactError, match=r"expected the parameters \[\('fc0.weight'"):
+        W.WeightDataset.load(tmp_path / "bad.safetensors")
+    shapes = [[n, list(s)] for n, s in C.param_shapes(MLP)]
+    artifacts.save_tensors(tmp_path / "bad.safetensors", {"vectors": torch.zeros(2, 5)},
+                           {"format": W.FORMAT, "spec": MLP, "D": 5, "param_shapes": shapes, "metrics": [{}, {}]})
+    with pytest.raises(artifacts.ArtifactError, match=rf"expected vectors of shape \(N, D={C.count_params(MLP)}\).*got \(2, 5\)"):
         W.WeightDataset.load(tmp_path / "bad.safetensors")
     raw = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
@@ -113,41 +122,35 @@ def test_weight_dataset_rejects_wrong_shape_in_memory():
 def test_alignment_recovers_a_permuted_copy(spec):
     torch.manual_seed(0)
     model = C.build_model(spec, seed=1)
-    sd = W.state_dict_of(model)
+    sd = _sd(model)
     layers = W._layers(spec)
     g = torch.Generator().manual_seed(5)
-    perms = [torch.randperm(sd[w].shape[0], generator=g) for w, _ in layers[:-1]]
+    perms = [torch.randperm(sd[w].shape[0], generator=g) for w, _, _ in layers[:-1]]
     shuffled = W.permute(sd, perms, spec)
     c, s = spec["in_channels"], spec["image_size"]
     x = torch.randn(8, c, s, s)
     # a permutation does not change the function...
     torch.testing.assert_close(W.load_into_model(W.flatten(shuffled, spec), spec)(x), model(x))
     assert not torch.equal(W.flatten(shuffled, spec), W.flatten(sd, spec))
+    # the flat form of the same permutation is one gather
+    assert torch.equal(W.flatten(sd, spec)[W.permutation_index(spec, perms)], W.flatten(shuffled, spec))
     # ...and weight matching undoes it exactly
-    aligned, found = W.align_to_reference(shuffled, sd, spec, return_perms=True)
+    found = W.weight_matching(sd, shuffled, spec)
+    aligned = W.permute(shuffled, found, spec)
     assert torch.equal(W.flatten(aligned, spec), W.flatten(sd, spec))
     for p, f in zip(perms, found):
         assert torch.equal(p[f], torch.arange(len(p)))
     torch.testing.assert_close(W.load_into_model(W.flatten(aligned, spec), spec)(x), model(x))
 
 
-def test_interpolate_accuracy_endpoints():
-    x = torch.randn(50, 1, 6, 6)
-    a, b = C.build_model(MLP, seed=0), C.build_model(MLP, seed=1)
-    y = a(x).argmax(1)
-    alphas, accs = W.interpolate_accuracy(W.flatten(a.state_dict()), W.flatten(b.state_dict()), MLP, x, y, 5)
-    assert alphas.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert accs[0] == 100.0 and accs[-1] == C.evaluate(b, x, y)
-
-
 def test_common_reference_alignment_undoes_permutations_of_one_network():
     """Permuted copies of one network (plus small noise) all land in one unit order,
     keep their function, and the iteration stops once no assignment changes."""
-    base = W.state_dict_of(C.build_model(SMALL_CNN, seed=2))
+    base = _sd(C.build_model(SMALL_CNN, seed=2))
     g = torch.Generator().manual_seed(0)
     copies = []
     for i in range(5):
-        perms = [torch.randperm(base[w].shape[0], generator=g) for w, _ in W._layers(SMALL_CNN)[:-1]]
+        perms = [torch.randperm(base[w].shape[0], generator=g) for w, _, _ in W._layers(SMALL_CNN)[:-1]]
         v = W.flatten(W.permute(base, perms, SMALL_CNN), SMALL_CNN)
         copies.append(v + 1e-3 * torch.randn(v.shape, generator=g))
     vectors = torch.stack(copies)
@@ -171,14 +174,6 @@ def test_interpolation_barriers_of_identical_pairs_are_zero():
     assert out["end_acc"][0] == 100.0
     with pytest.raises(ValueError, match=r"expected two \(P, D\) tensors of equal shape, got \(3, \d+\) and \(2, \d+\)"):
         W.interpolation_barriers(a, a[:2], MLP, x, y)
-
-
-def test_random_pairs_are_distinct_and_checked():
-    pairs = W.random_pairs(6, 10, seed=1)
-    assert pairs.shape == (10, 2) and (pairs[:, 0] < pairs[:, 1]).all()
-    assert len({tuple(p) for p in pairs.tolist()}) == 10
-    with pytest.raises(ValueError, match="asked for 16 pairs of 6 networks; there are only 15"):
-        W.random_pairs(6, 16)
 
 
 def test_zoo_config_kinds():
@@ -205,4 +200,25 @@ def test_multiseed_zoo_builds_aligned_checkpoints(monkeypatch):
     assert len(ds) == 6 and ds.run_vectors.shape == (3, C.count_params(SMALL_CNN))
     assert [m["step"] for m in ds.metrics[:2]] == [12, 15] and ds.metrics[0]["phase"] == "multiseed"
     assert ds.loss_curves.shape == (3, 15)
-    torch.testing.assert_close(W.aligned_run_vectors(ds), ds.vectors[1::2])
+    # the stored permutations map each unaligned end point onto its aligned last checkpoint
+    for v, p, last in zip(ds.run_vectors, ds.config["perms"], ds.vectors[1::2]):
+        assert torch.equal(v[W.permutation_index(SMALL_CNN, [torch.tensor(q) for q in p])], last)
+
+
+def test_trajectory_zoo_pretrains_then_keeps_evenly_spaced_aligned_checkpoints(monkeypatch):
+    """A tiny trajectory zoo on random data: a first phase without checkpoints, then checkpoints
+    every few steps; run 0 keeps its unit order, run 1 is permuted by its stored permutation."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 1, 12, 12, generator=g), torch.randint(0, 3, (400,), generator=g)
+    monkeypatch.setattr(C, "load_split", lambda dataset, split, n=None: (x[:n], y[:n]) if n else (x, y))
+    cfg = {**W.zoo_config("smoke"), "spec": SMALL_CNN, "n_runs": 2, "val_size": 100, "train_subset": None,
+           "test_subset": 100, "batch_size": 20, "epochs": 1, "trajectory_epochs": 1, "checkpoints_per_run": 5,
+           "min_val_acc": 0.0, "threads": None}
+    ds = W.build_zoo(cfg, verbose=False)
+    assert len(ds) == 10 and ds.config["pretrain_steps"] == 15
+    assert [m["step"] for m in ds.metrics[:5]] == [18, 21, 24, 27, 30] and ds.metrics[0]["phase"] == "trajectory"
+    assert ds.loss_curves.shape == (2, 30)
+    identity = [list(range(n)) for n in (5, 6, 9)]
+    assert ds.config["perms"][0] == identity and ds.config["perms"][1] != identity
+    with pytest.raises(ValueError, match="unknown zoo kind 'seeds'"):
+        W.build_zoo({**cfg, "kind": "seeds"})
