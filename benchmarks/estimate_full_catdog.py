@@ -17,9 +17,9 @@ the real code and the real model sizes on a small amount of work, and scales it:
 - **denoiser**: ``--den-steps`` steps of the preset's denoiser objective (flow matching or
   DDPM) at its batch size, scaled to ``den_steps``;
 - **sampling**: the denoiser's forward pass on a batch of 500 codes, per code, times the
-  number of code evaluations the notebook makes (the guidance sweep at ``ddim_steps``
-  and the step sweep at the chosen w, two evaluations per step for classifier-free
-  guidance, w = 0 too: an upper bound).
+  number of code evaluations the notebook makes (the evaluation set at every w of the
+  guidance grid and at w = 1, ``ddim_steps`` each, two evaluations per step for
+  classifier-free guidance: an upper bound).
 
 t-SNE panels, decoding, the judge's scoring and the figures are left out: in
 `default` they are about a tenth of the notebook. The same estimate is made for
@@ -63,15 +63,14 @@ def estimate(preset: str, n_images: int, den_steps: int) -> dict:
 
     # 1. autoencoder: one epoch on n_images, scaled to n_train images x ae_epochs
     t = _timed(lambda: image_ae.train_autoencoder(
-        x, y, cfg.ae_channels, cfg.latent_dim, 1, cfg.ae_batch_size, cfg.ae_lr, cfg.ae_w_cls,
-        cfg.ae_w_center, cfg.ae_latent_noise, cfg.seed, latent_channels=cfg.latent_channels,
-        w_l1=cfg.ae_w_l1, w_grad=cfg.ae_w_grad, n_cab=cfg.ae_n_cab))
+        x, y, cfg.ae_channels, cfg.latent_channels, 1, cfg.ae_batch_size, cfg.ae_lr, cfg.ae_w_cls,
+        cfg.ae_w_center, cfg.ae_latent_noise, cfg.seed, w_l1=cfg.ae_w_l1, n_cab=cfg.ae_n_cab))
     out["autoencoder"] = t * per_image_epoch * cfg.ae_epochs
 
     # 1b. the sharper decoder (helpers.adversarial): adv_steps steps at its batch size, scaled to ae_adv_steps
     out["sharper_decoder"] = 0.0
     if cfg.get("ae_adv_steps"):
-        ae = image_ae.ImageAutoencoder(cfg.ae_channels, cfg.latent_dim, 2, cfg.latent_channels, cfg.ae_n_cab)
+        ae = image_ae.ImageAutoencoder(cfg.ae_channels, cfg.latent_channels, 2, cfg.ae_n_cab)
         adv_steps = max(2, den_steps // 4)
         t = _timed(lambda: adversarial.finetune_decoder(
             ae, x, steps=adv_steps, batch_size=cfg.ae_adv_batch_size, warmup=0, d_width=cfg.ae_adv_width))
@@ -85,7 +84,7 @@ def estimate(preset: str, n_images: int, den_steps: int) -> dict:
     out["selector"] = t * (n_train - cfg.val_size) / n_images * cfg.sel_epochs
 
     # 3. the denoiser: den_steps steps at its batch size, scaled
-    shape = (cfg.latent_channels, 8, 8) if cfg.latent_channels else (cfg.latent_dim,)
+    shape = (cfg.latent_channels, 8, 8)
     codes = torch.randn(4 * cfg.den_batch_size, *shape)
     labels = torch.arange(len(codes)) % 2
     model = image_generation.make_denoiser(cfg, shape)
@@ -107,8 +106,7 @@ def estimate(preset: str, n_images: int, den_steps: int) -> dict:
         t = _timed(lambda: model(batch, torch.full((500,), 0.5), labels[:1].repeat(500)))
     per_code = t / 500
     n_eval = 2 * cfg.n_eval_per_class
-    evaluations = n_eval * cfg.ddim_steps * len(cfg.guidance_sweep) \
-        + n_eval * sum(s for s in cfg.sweep_steps if s != cfg.ddim_steps)
+    evaluations = n_eval * cfg.ddim_steps * len(set(cfg.guidance_sweep) | {1.0})
     out["sampling"] = 2 * evaluations * per_code
     out["sampling_code_evaluations"] = 2 * evaluations
     out["total"] = sum(out[k] for k in PIECES)

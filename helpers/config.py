@@ -215,69 +215,49 @@ WIDE_CONDITIONING: dict[str, dict[str, Any]] = {
 }
 
 # Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
-# ae_*: the image autoencoder (helpers.image_ae): latent_channels C gives a spatial code
-# (C, 8, 8) (None: the flat code of latent_dim numbers), ae_n_cab CABs at 8x8, ae_w_l1 and
-# ae_w_grad an L1 pixel term and an edge term beside the MSE; clf_*: the independent judge
-# (helpers.image_eval); val_size/sel_*: the selector, a second classifier trained on the
-# training images minus val_size held out, which chooses the guidance weight
-# (helpers.image_generation.choose_guidance: lowest validation FD among the w whose selector
-# class consistency reaches guidance_target %); den_*: the latent denoiser (den_objective "ddpm":
-# noise prediction sampled with DDIM, "flow": rectified flow sampled with flow_method Euler/Heun;
-# den_kind "unet": width/mults/res/attention; "mlp": hidden/blocks; den_flip: also learn the codes
-# of the left-right mirrored training images); then sampling and evaluation: guidance_interval
-# (lo, hi): classifier-free guidance only at noise levels t in [lo, hi] (t = 1 pure noise), the
-# plain conditional model elsewhere (diffusion.guidance_at; None = every step); [0.1, 0.8] chosen
-# on the validation split with the selector (see the README; 25 steps: FD 0.38 at 94 % against 0.45 at 91 %);
-# ddim_steps: sampler steps (DDIM, or Euler steps of the flow; 50 chosen on the validation split:
-# FD 0.354 and nearest-neighbour distance 0.1735 against 0.379 and 0.1707 with 25); gif_frames: at most
-# that many frames of a run in the GIFs and the slider (evenly spaced, the final sample kept).
-# den_ema: inert in `default` (5,000 steps; see diffusion.ema_decay_at): 0.998, 0.999 and 0.9995 gave the
-# same validation numbers to the last printed digit (sixth session, see the README).
-# default: 8 latent channels, 12 AE epochs, 5,000 flipped denoiser steps, chosen on the validation
-# split (selector FD of reconstructions 0.45 vs 0.85 for 4 channels, 8 epochs; see the README).
-# ae_adv_*: the second stage of the autoencoder (helpers.adversarial): its decoder fine-tuned for ae_adv_steps
-# against a patch discriminator of ae_adv_width channels (hinge loss, adaptive weight ae_adv_weight after
-# ae_adv_warmup steps), the encoder frozen; 0 steps = off. Chosen on the validation split (README, notebook 04):
-# 1,000 steps, width 32 lowered the selector FD of the samples at w = 7 from 0.354 to 0.178 (0.273 with another
-# seed of the stage), PSNR 27.9 -> 27.2 dB; width 64 / 3,000 steps: 0.165 for 4.6x the time. full: 5,000 steps, width 64.
-# compare_flat: also train the flat 128-d model (flat_* settings) for the comparison table.
+# ae_*: the image autoencoder (helpers.image_ae): code (latent_channels, 8, 8), ae_n_cab CABs at 8x8,
+# ae_w_l1 an L1 pixel term beside the MSE; ae_adv_*: its second stage (helpers.adversarial), the decoder
+# fine-tuned for ae_adv_steps against a patch discriminator ae_adv_width wide (adaptive weight
+# ae_adv_weight after ae_adv_warmup steps; 0 steps = off); clf_*: the judge (helpers.image_eval);
+# val_size/sel_*: the selector, trained on the training images minus val_size held out, which chooses
+# the guidance weight from guidance_sweep (helpers.image_generation.choose_guidance: the lowest
+# validation FD among the w whose selector class consistency reaches guidance_target %);
+# den_*: the latent U-Net (den_objective "flow": rectified flow sampled with flow_method Euler/Heun,
+# "ddpm": noise prediction sampled with DDIM (T, schedule, eta); den_flip: also learn the codes of the
+# mirrored images); ddim_steps: sampler steps; guidance_interval (lo, hi): guidance only at noise
+# levels t in [lo, hi] (t = 1 pure noise); gif_frames: at most that many frames of a run in the GIFs
+# and the slider. How these values were chosen: docs/research_notes/04_catdog.md.
 # n_train None = all 10,000 training images.
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None,
-    "ae_channels": [16, 32, 64], "latent_dim": 128, "latent_channels": 8, "ae_n_cab": 1,
+    "ae_channels": [16, 32, 64], "latent_channels": 8, "ae_n_cab": 1,
     "ae_epochs": 12, "ae_batch_size": 64, "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05,
-    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_w_grad": 0.0,
+    "ae_latent_noise": 0.1, "ae_w_l1": 1.0,
     "ae_adv_steps": 1000, "ae_adv_batch_size": 64, "ae_adv_lr": 2e-4, "ae_adv_weight": 0.5, "ae_adv_warmup": 100,
     "ae_adv_width": 32,
     "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3,
     "clf_blur": 0.5,
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
-    "den_objective": "flow", "flow_method": "euler", "den_kind": "unet", "den_width": 32, "den_mults": [1, 2], "den_res": 1, "den_attention": True,
-    "den_hidden": 512, "den_blocks": 3, "den_time_dim": 64, "den_steps": 5000,
+    "den_objective": "flow", "flow_method": "euler", "den_width": 32, "den_mults": [1, 2], "den_res": 1,
+    "den_attention": True, "den_time_dim": 64, "den_steps": 5000,
     "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1, "den_flip": True,
     "T": 1000, "schedule": "cosine",
     "ddim_steps": 50, "eta": 1.0, "n_eval_per_class": 250, "guidance_interval": [0.1, 0.8],
-    "sweep_steps": [10, 25, 50], "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0, 10.0],
-    "compare_flat": False, "flat_ae_epochs": 12, "flat_ae_batch_size": 32, "flat_den_steps": 3000,
-    "flat_guidance": 5.0,
-    "tsne_points": 600, "tsne_every": 2, "n_show": 16, "gif_fps": 8, "gif_frames": 26,
+    "guidance_sweep": [6.0, 7.0, 8.0],
+    "tsne_points": 600, "n_show": 16, "gif_fps": 8, "gif_frames": 26,
 }
 CATDOG: dict[str, dict[str, Any]] = {
     "smoke": {**_CATDOG_DEFAULT, "n_train": 1000, "ae_channels": [8, 16, 32], "ae_epochs": 1,
               "ae_adv_steps": 20, "ae_adv_warmup": 5, "ae_adv_width": 16,
               "clf_channels": [8, 16, 32], "clf_epochs": 1, "val_size": 200, "sel_channels": [8, 16, 16],
               "sel_epochs": 1, "den_width": 16, "den_steps": 100, "T": 200, "ddim_steps": 5,
-              "n_eval_per_class": 50, "sweep_steps": [3, 5], "guidance_sweep": [1.0, 3.0],
-              "compare_flat": False, "flat_ae_epochs": 1, "flat_den_steps": 50,
-              "tsne_points": 200, "tsne_every": 1, "n_show": 8},
+              "n_eval_per_class": 50, "guidance_sweep": [1.0, 3.0], "tsne_points": 200, "n_show": 8},
     "default": dict(_CATDOG_DEFAULT),
     "full": {**_CATDOG_DEFAULT, "ae_channels": [64, 128, 256], "ae_n_cab": 2, "ae_epochs": 60,
              "ae_adv_steps": 5000, "ae_adv_width": 64,
              "clf_channels": [32, 64, 128], "clf_epochs": 30, "sel_channels": [32, 64, 128], "sel_epochs": 30,
              "den_width": 128, "den_res": 2, "den_steps": 50000, "den_ema": 0.9995, "ddim_steps": 50,
-             "n_eval_per_class": 1000, "sweep_steps": [10, 25, 50, 100],
-             "guidance_sweep": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0], "flat_ae_epochs": 40,
-             "flat_den_steps": 30000, "tsne_points": 2000, "tsne_every": 5},
+             "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0], "tsne_points": 2000},
 }
 
 # Notebook 05: evaluation of generated networks (owned by notebook 05).
