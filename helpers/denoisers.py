@@ -1,13 +1,8 @@
-r"""Denoisers: residual MLPs :math:`\epsilon_\theta(x_t, t, c)` that predict the added noise (notebook 03).
+r"""Residual MLP denoisers :math:`\epsilon_\theta(x_t, t, c)` (notebook 03 writes the same network from scratch).
 
-The step :math:`t` becomes sinusoidal features and then a small MLP (:math:`e_t`); the condition
-becomes :math:`e_c` (a scalar through an MLP, a class through an embedding table; both with a learned
-**null** embedding for classifier-free guidance). Every residual block is modulated by
-:math:`e = e_t + e_c` (FiLM). The output layer starts at zero, so training starts from
-:math:`\hat\epsilon = 0`. Notebook 03 writes this network from scratch and loads these weights into it.
-
-Calling convention (shared with :mod:`helpers.diffusion`): ``model(x_t, t, cond=None, drop_cond=None)``;
-``cond=None`` means the null condition for the whole batch, ``drop_cond`` (B,) bool for some rows.
+Time (sinusoidal features, then an MLP) and condition (a scalar or a class, with a learned null embedding for
+classifier-free guidance) are summed, :math:`e = e_t + e_c`, and modulate every block by FiLM; the output
+layer starts at zero. Called as ``model(x_t, t, cond=None, drop_cond=None)`` like every denoiser here.
 """
 
 from __future__ import annotations
@@ -59,14 +54,9 @@ class ResidualBlock(nn.Module):
 
 
 class MLPDenoiser(nn.Module):
-    r"""A residual MLP noise predictor on vectors (B, ``dim``) (or any (B, ...) with ``dim`` numbers a row).
-
-    ``hidden``, ``n_blocks``: width and depth; ``time_dim``: sinusoidal features; ``cond_kind``: None,
-    ``"scalar"`` (a float per row, e.g. a standardised accuracy) or ``"class"`` (a label in
-    ``[0, n_classes)``); ``input_skip`` adds :math:`g(t)\,x_t` (a learned scalar gain, zero at the start)
-    to the output: an MLP of width ``hidden`` can only predict noise in a ``hidden``-dimensional subspace,
-    too little for 10,000-d weight vectors (the direct baseline of notebook 03).
-    """
+    r"""A residual MLP noise predictor on (B, ``dim``) rows; ``cond_kind``: None, ``"scalar"`` or ``"class"``
+    (labels in ``[0, n_classes)``); ``input_skip`` adds :math:`g(t)\,x_t` (zero at the start), since an MLP of
+    width ``hidden`` predicts noise only in a ``hidden``-dimensional subspace (notebook 03's direct baseline)."""
 
     def __init__(self, dim: int, hidden: int = 256, n_blocks: int = 3, time_dim: int = 64,
                  cond_kind: str | None = None, n_classes: int | None = None, dropout: float = 0.0,

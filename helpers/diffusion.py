@@ -1,16 +1,10 @@
-r"""Denoising diffusion and flow matching: the shared core of notebooks 03, 04 and 06.
+r"""Denoising diffusion and flow matching, the shared core of notebooks 03 (which writes each piece from
+scratch and checks it against this module), 04 and 06: schedules, the forward jump, the ε- and x0-losses,
+EMA and the trainer, DDPM/DDIM sampling with classifier-free guidance, flow matching, latent standardisation.
 
-Notebook 03 derives and writes each piece from scratch and checks it against this module:
-the noise schedule (:class:`NoiseSchedule`), the forward jump :math:`q(x_t \mid x_0)` (:func:`q_sample`),
-the ε-prediction loss of Ho et al. 2020, Algorithm 1 (:func:`diffusion_loss`), the EMA
-(:func:`update_ema`), DDIM sampling (Song et al. 2021, eq. 12; :func:`ddim_sample`) and
-classifier-free guidance (Ho & Salimans 2022; :func:`guided_eps`). Notebook 06 teaches flow
-matching (:func:`flow_matching_loss`, :func:`flow_sample`).
-
-Every denoiser is called as ``model(x_t, t, cond=None, drop_cond=None)``: ``t`` (B,) step
-indices in ``[0, T)`` (flow models get :math:`t \cdot 1000`); ``cond=None`` is unconditional;
-``drop_cond`` (B,) bool marks the rows that use the null condition. Everything is rank-generic:
-weight latents ``(B, d)``, image latents ``(B, C, H, W)``.
+Denoisers are called as ``model(x_t, t, cond=None, drop_cond=None)``: ``t`` (B,) steps in ``[0, T)`` (flow
+models get :math:`1000\,t`); ``cond=None`` is unconditional; ``drop_cond`` (B,) bool rows use the null
+condition. Everything is rank-generic: weight latents ``(B, d)``, image latents ``(B, C, H, W)``.
 """
 
 from __future__ import annotations
@@ -28,7 +22,6 @@ from .runtime import device_of as _device_of, progress as _progress
 
 
 # --- Schedules and the forward process ---
-
 def extract(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
     """``a[t]`` per batch row, shaped ``(B, 1, ..., 1)`` to broadcast against ``x_shape``."""
     t = torch.as_tensor(t, device=a.device).long()
@@ -39,12 +32,8 @@ def extract(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
 
 @dataclass
 class NoiseSchedule:
-    r"""The per-step tables (float32, shape (T,)) of a schedule; index ``t`` runs over ``0..T-1``.
-
-    ``betas`` :math:`\beta_t`, ``alphas`` :math:`1-\beta_t`, ``alphas_cumprod`` :math:`\bar\alpha_t`,
-    ``alphas_cumprod_prev`` :math:`\bar\alpha_{t-1}` (1 at t=0), their square roots, and
-    ``posterior_variance`` :math:`\tilde\beta_t`.
-    """
+    r"""The per-step tables (float32, (T,), ``t`` in ``0..T-1``): :math:`\beta_t, \alpha_t, \bar\alpha_t,
+    \bar\alpha_{t-1}`, square roots and the posterior variance :math:`\tilde\beta_t`."""
 
     betas: torch.Tensor
     alphas: torch.Tensor
@@ -125,24 +114,9 @@ def eps_from_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: to
             / extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape))
 
 
-PREDICTIONS = ("eps", "x0")
-"""What a denoiser's output stands for: the noise (:func:`diffusion_loss`) or the clean point (:func:`x0_loss`)."""
-
-
-def check_prediction(prediction) -> str:
-    """``prediction`` if it is one of :data:`PREDICTIONS`, else a one-line ValueError."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {', '.join(repr(p) for p in PREDICTIONS)}, "
-                         f"found {prediction!r}")
-    return prediction
-
-
 class EpsFromX0(nn.Module):
-    r"""An :math:`\hat x_0`-network (:func:`x0_loss`, as in G.pt) seen by the samplers as a noise predictor.
-
-    Its output is converted by :func:`eps_from_x0`, so DDIM, clipping and guidance run unchanged;
-    the wrapped ``x0_model`` is what gets saved.
-    """
+    r"""An :math:`\hat x_0`-network (:func:`x0_loss`) seen by the samplers as a noise predictor
+    (:func:`eps_from_x0`); the wrapped ``x0_model`` is what gets saved."""
 
     def __init__(self, x0_model: nn.Module, sched: NoiseSchedule):
         super().__init__()
@@ -156,7 +130,6 @@ class EpsFromX0(nn.Module):
 
 
 # --- Guidance and the training losses ---
-
 def guided_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond=None,
                guidance: float = 1.0) -> torch.Tensor:
     r"""Noise estimate with classifier-free guidance from one batched call (``w = 1``: plain conditional)."""
@@ -201,18 +174,14 @@ def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, con
 
 def x0_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
             p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The :math:`x_0`-prediction loss (as in G.pt): same draws as :func:`diffusion_loss`, target :math:`x_0`.
-
-    It equals the ε-loss weighted by :math:`1/\mathrm{SNR}(t) = (1-\bar\alpha_t)/\bar\alpha_t`:
-    the network spends its capacity on the high-noise guesses of the clean point.
-    """
+    r"""The :math:`x_0`-prediction loss (as in G.pt), the draws of :func:`diffusion_loss`: the ε-loss
+    weighted by :math:`1/\mathrm{SNR}(t) = (1-\bar\alpha_t)/\bar\alpha_t`."""
     x_t, t, _, drop = _training_draws(sched, x0, cond, p_uncond, generator)
     # || x_0 - \hat x_0(x_t, t) ||^2
     return torch.mean((model(x_t, t, cond=cond, drop_cond=drop) - x0) ** 2)
 
 
 # --- Samplers ---
-
 def _start(model, shape, noise, generator):
     device = _device_of(model)
     return device, (noise.to(device).clone() if noise is not None else _randn(shape, generator, device))
@@ -290,14 +259,10 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
                 cond=None, guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
                 clip_x0: float | None = None, progress: bool = False, guidance_interval=None):
-    r"""DDIM (Song et al. 2021, eq. 12) with ``steps`` network calls and noise level ``eta`` (0: deterministic).
-
-    ``cond``, ``guidance``: :func:`guided_eps`; ``guidance_interval``: :func:`guidance_at` with :math:`t/T`;
-    ``noise``: the start :math:`x_T` (else drawn from ``generator``); ``clip_x0``: clamp :math:`\hat x_0`
-    to ``[-clip_x0, clip_x0]`` (near :math:`t = T` it amplifies every error of :math:`\hat\epsilon`).
-    Returns ``x_0``, or ``(x_0, trajectory)``: ``steps + 1`` dicts ``{"t", "x_t", "x0_pred"}`` (CPU), the
-    last with ``t = -1`` and the final sample.
-    """
+    r"""DDIM (Song et al. 2021, eq. 12), ``steps`` network calls, noise level ``eta``; ``cond``, ``guidance``:
+    :func:`guided_eps`, ``guidance_interval``: :func:`guidance_at`; ``noise``: :math:`x_T` (else drawn from
+    ``generator``); ``clip_x0`` bounds :math:`\hat x_0`. Returns ``x_0`` or ``(x_0, trajectory)``: ``steps + 1``
+    dicts ``{"t", "x_t", "x0_pred"}`` on the CPU, the last (``t = -1``) the final sample."""
     device, x = _start(model, shape, noise, generator)
     sched = sched.to(device)
     ts = ddim_timesteps(sched.T, steps)
@@ -325,7 +290,6 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
 
 
 # --- EMA and the shared trainer ---
-
 @torch.no_grad()
 def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     r"""In place, :math:`\theta_{ema} \leftarrow d\,\theta_{ema} + (1-d)\,\theta`; buffers are copied."""
@@ -336,10 +300,8 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
-    r"""The decay used at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)` (with ``warmup``).
-
-    The warm-up binds for long: it stays below 0.999 until step 8,990.
-    """
+    r"""The decay at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)` with ``warmup``
+    (below 0.999 until step 8,990)."""
     if step < 0:
         raise ValueError(f"ema_decay_at: step must be >= 0; got {step}")
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
@@ -363,13 +325,10 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
                     weight_decay: float = 0.0, warmup_steps: int = 0, lr_schedule: str = "constant",
                     grad_clip: float | None = 1.0, ema_warmup: bool = True,
                     progress: bool = True, desc: str = "diffusion", loss_fn: Callable | None = None):
-    r"""Train a denoiser on in-memory ``data`` (N, ...) with ``cond`` (N,) or None; return ``(ema_model, history)``.
-
-    Each step: a random minibatch (indices drawn from ``generator``), :func:`diffusion_loss` (or
-    ``loss_fn(model, x0, cond, p_uncond, generator)``), AdamW at ``lr`` times :func:`_lr_factor`, the
-    gradient norm clipped at ``grad_clip``, then :func:`update_ema` with :func:`ema_decay_at`.
-    ``callback(step, loss, model, ema_model)`` runs after each step. ``history``: ``loss``, ``lr``, ``seconds``.
-    """
+    r"""Train on in-memory ``data`` (N, ...) and ``cond`` (N,) or None: ``(ema_model, history)``. A step: a
+    minibatch drawn from ``generator``, :func:`diffusion_loss` (or ``loss_fn(model, x0, cond, p_uncond,
+    generator)``), AdamW at ``lr`` x :func:`_lr_factor`, gradient norm clipped at ``grad_clip``, then
+    :func:`update_ema` with :func:`ema_decay_at` and ``callback(step, loss, model, ema_model)``."""
     if data.ndim < 2:
         raise ValueError(f"data must be (N, ...) with N points; got shape {tuple(data.shape)}")
     if cond is not None:
@@ -499,7 +458,6 @@ def train_flow(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int
 
 
 # --- Latent standardisation: what every diffusion model of the series sees ---
-
 class LatentStandardizer:
     r""":math:`u = (z - \bar z) / s` and back: one mean and spread per dimension for flat latents (N, L),
     per channel for codes (N, C, H, W) (shaped (C, 1, 1)); :math:`s` is floored at ``eps``."""

@@ -1,11 +1,7 @@
-r"""Evaluating generated networks: accuracy, novelty against memorisation, cheap baselines (notebook 05).
+r"""Evaluating generated networks (notebook 05): accuracy, error-set IoU novelty, cheap baselines, the frontier.
 
-Novelty is measured in function space as p-diff and the memorisation study of Zeng et al. 2025 do: with
-:math:`E(f)` the test images a network gets wrong, :math:`\mathrm{IoU}(f, g) = |E(f)\cap E(g)| / |E(f)\cup E(g)|`,
-and a network's *maximum similarity* is its IoU with the closest training checkpoint. The cheap baselines
-(a checkpoint plus noise, a soup, a per-coordinate Gaussian, a noisy latent decoded) draw the
-accuracy-novelty curve a generator has to beat (:func:`frontier_margin`). Networks are flat raw weight
-vectors ``(K, D)`` with the architecture ``spec`` of :mod:`helpers.classifiers`.
+Networks are flat raw weight vectors ``(K, D)`` with the architecture ``spec`` of :mod:`helpers.classifiers`;
+novelty is a network's highest IoU of error sets with any training checkpoint (p-diff, Zeng et al. 2025).
 """
 
 from __future__ import annotations
@@ -60,7 +56,6 @@ def summarize_accuracies(acc, bar: float = 95.0) -> dict[str, float]:
 
 
 # --- Novelty: error-set similarity and weight-space distance ---
-
 def error_sets(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Wrong-prediction masks ``E`` (K, N) bool: ``E[k, n] = preds[k, n] != y[n]``."""
     preds = torch.as_tensor(preds)
@@ -110,7 +105,6 @@ def _norm(vectors, normalizer):
 
 
 # --- Baselines: cheap ways to get "new" networks from the checkpoints ---
-
 def noise_baseline(train_vectors: torch.Tensor, n: int, sigma: float, normalizer=None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     r"""``n`` random checkpoints plus noise of scale σ in normalised units: :math:`\mathrm{denorm}(\mathrm{norm}(w_i) + \sigma\varepsilon)`."""
@@ -150,14 +144,12 @@ def latent_noise_baseline(latents: torch.Tensor, n: int, scale: float, decode,
 
 
 # --- All methods side by side, and the frontier of the cheap baselines ---
-
 def evaluate_methods(methods: Mapping[str, torch.Tensor], train_vectors: torch.Tensor, spec,
                      x_test: torch.Tensor, y_test: torch.Tensor, normalizer=None,
                      train_preds: torch.Tensor | None = None) -> list[dict]:
-    """One row per method: ``name, n, mean, median, best, worst`` (%), ``max_iou`` and ``nearest_dist`` (means;
-    RMS distance to the nearest checkpoint in normalised units), ``copies`` (distance 0) and the per-network
-    ``accs``, ``max_ious``, ``dists``. A method whose vectors *are* the checkpoints is compared with the
-    *other* checkpoints."""
+    """One row per method: ``name, n, mean, median, best, worst`` (%), mean ``max_iou`` and ``nearest_dist``
+    (normalised RMS units), ``copies`` and per network ``accs``, ``max_ious``, ``dists``; the checkpoints
+    themselves are compared with the *other* checkpoints."""
     train_vectors = _check_vectors(train_vectors, "train_vectors")
     if train_preds is None:
         train_preds = predict_labels(train_vectors, spec, x_test)
@@ -254,7 +246,6 @@ def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], s
 
 
 # --- Fine-tuning from given weights ---
-
 def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, steps: int,
                      lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> torch.Tensor:
     """K networks trained ``steps`` more Adam steps at once (own data order each, seeds ``seed + k``),

@@ -1,11 +1,8 @@
-r"""Generating network weights with latent diffusion: the cached pipeline of notebook 03 (reused by 05).
+r"""Generating network weights with latent diffusion (p-diff's recipe): notebook 03's cached pipeline, reused by 05.
 
-The recipe of p-diff: the zoo's weight vectors :math:`w` (notebook 01), their standardised VAE latents
-:math:`u = (z - \bar z)/s` (notebook 02), a diffusion model on :math:`u` (:mod:`helpers.diffusion`,
-:class:`helpers.denoisers.MLPDenoiser`), optionally conditioned on the checkpoint's accuracy
-:math:`c = (a - \bar a)/s_a`, then DDIM and the decoder :math:`\hat w = \mathrm{dec}(\bar z + s\hat u)`.
-The *direct baseline* runs the same diffusion on the normalised weight vectors themselves.
-Denoisers are cached under ``artifacts/``, keyed by the settings that trained them.
+Standardised VAE latents of the zoo's checkpoints, an :class:`helpers.denoisers.MLPDenoiser` trained on them
+(optionally conditioned on accuracy), DDIM, then the decoder; and the *direct* baseline on the normalised
+weight vectors. Denoisers are cached under ``artifacts/``, keyed by the settings that trained them.
 """
 
 from __future__ import annotations
@@ -18,8 +15,7 @@ import torch
 from . import artifacts, classifiers, config, diffusion, runtime, vae, weights
 from .denoisers import MLPDenoiser
 
-KINDS = {"latent": "latent_weight_denoiser", "direct": "direct_weight_denoiser"}
-"""The artifact kind of each of the two weight denoisers."""
+KINDS = {"latent": "latent_weight_denoiser", "direct": "direct_weight_denoiser"}  # artifact kinds
 
 # The settings that change what is trained (the cache keys); sampling and display knobs are not among them.
 LATENT_TRAIN_KEYS = ("seed", "schedule", "T", "hidden", "n_blocks", "time_dim", "dropout", "conditional",
@@ -28,12 +24,10 @@ LATENT_TRAIN_KEYS = ("seed", "schedule", "T", "hidden", "n_blocks", "time_dim", 
 DIRECT_TRAIN_KEYS = ("seed", "schedule", "T", "time_dim", "dropout", "batch_size", "weight_decay",
                      "warmup_steps", "lr_schedule", "ema_decay", "direct_input_skip", "direct_hidden",
                      "direct_n_blocks", "direct_train_steps", "direct_lr")
-CONDITIONS = ("test_acc", "val_acc", "decoded_val_acc")
-"""What the latent denoiser may be conditioned on (see :func:`build_or_load_weight_diffusion`)."""
+CONDITIONS = ("test_acc", "val_acc", "decoded_val_acc")  # what the latent denoiser may be conditioned on
 
 
 # --- Denoisers: build, save, load, train ---
-
 def make_denoiser(dim: int, diffusion_cfg: Mapping[str, Any], direct: bool = False) -> MLPDenoiser:
     """A fresh :class:`MLPDenoiser` for vectors of length ``dim`` (``direct``: the baseline's sizes, unconditional)."""
     c = diffusion_cfg
@@ -68,7 +62,7 @@ def load_denoiser(path, dim: int | None = None, kind: str = "latent", device=Non
     info = {k: v for k, v in meta.items() if k != "arch"}
     info.update(kind=kind, history={"loss": tensors["history.loss"].tolist()}, path=str(path),
                 tensors={k: v for k, v in tensors.items() if not k.startswith("history.")})
-    if diffusion.check_prediction(info.get("prediction", "eps")) == "x0":
+    if prediction_of(info) == "x0":
         model = diffusion.EpsFromX0(model, _schedule(info))
     return model, info
 
@@ -78,8 +72,11 @@ def _schedule(info: Mapping[str, Any]) -> diffusion.NoiseSchedule:
 
 
 def prediction_of(diffusion_cfg: Mapping[str, Any]) -> str:
-    """``"eps"`` (the default, also when the key is absent) or ``"x0"``: what the latent denoiser predicts."""
-    return diffusion.check_prediction(diffusion_cfg.get("prediction", "eps"))
+    """What the latent denoiser predicts: ``"eps"`` (the default, also when the key is absent) or ``"x0"``."""
+    prediction = diffusion_cfg.get("prediction", "eps")
+    if prediction not in ("eps", "x0"):
+        raise ValueError(f"prediction: expected one of 'eps', 'x0', found {prediction!r}")
+    return prediction
 
 
 def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=None):
@@ -110,15 +107,9 @@ def _info(kind, history, diffusion_cfg, n_train, **more) -> dict:
 
 
 # --- The latent diffusion model ---
-
 def training_latents(vae_model, ds) -> torch.Tensor:
     r"""Standardised latents :math:`u` (N, L) of every checkpoint of the zoo ``ds``."""
     return vae_model.latent_standardizer.standardize(vae.encode_dataset(vae_model, ds))
-
-
-def standardize_accuracy(acc, info: Mapping[str, Any]) -> torch.Tensor:
-    r"""Accuracy in % -> the condition :math:`c = (a - \bar a)/s_a` (statistics of the training set)."""
-    return (torch.as_tensor(acc, dtype=torch.float32) - float(info["cond_mean"])) / float(info["cond_std"])
 
 
 def weight_diffusion_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
@@ -148,14 +139,10 @@ def _condition_values(condition, vae_model, ds, zoo_cfg) -> torch.Tensor:
 def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
                                    diffusion_cfg: Mapping[str, Any], rebuild: bool = False, device=None,
                                    condition: str = "test_acc"):
-    """The latent denoiser (EMA weights) of ``diffusion_cfg`` on the VAE latents: loaded or trained.
-
-    ``condition`` (if ``conditional``): ``"test_acc"`` (the checkpoint's test accuracy), ``"val_acc"``
-    or ``"decoded_val_acc"`` (the validation accuracy of the checkpoint as the VAE reconstructs it;
-    notebook 03's last section). Returns ``(ema_denoiser, info)``; ``info`` has ``history``,
-    ``train_seconds``, ``schedule``, ``T``, ``cond_mean``/``cond_std``, ``path``, ``vae``, ``vae_info``,
-    ``dataset`` and, for another condition than the test accuracy, ``condition_values`` (%, numpy).
-    """
+    """``(ema_denoiser, info)``: the latent denoiser of ``diffusion_cfg``, loaded or trained. ``condition``:
+    ``"test_acc"``, ``"val_acc"`` or ``"decoded_val_acc"`` (the validation accuracy of each checkpoint as the VAE
+    reconstructs it; then ``info["condition_values"]``). ``info`` also has ``history``, ``train_seconds``,
+    ``schedule``, ``T``, ``cond_mean``/``cond_std``, ``path``, ``vae``, ``vae_info`` and ``dataset``."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; expected one of {', '.join(CONDITIONS)}")
     if condition != "test_acc" and not diffusion_cfg["conditional"]:
@@ -199,11 +186,8 @@ def sample_latents(denoiser, info: Mapping[str, Any], n: int, steps: int = 50, e
                    generator: torch.Generator | None = None, seed: int | None = None,
                    target_acc=None, guidance: float = 1.0, clip_x0: float | None = None,
                    noise: torch.Tensor | None = None, return_trajectory: bool = False):
-    r"""``n`` standardised latents :math:`\hat u` (n, L) by DDIM, on the CPU (a trajectory too if asked).
-
-    ``target_acc`` (a number or (n,) accuracies, %) conditions with guidance weight ``guidance``;
-    ``seed`` makes a generator when ``generator`` is None.
-    """
+    r"""``n`` standardised latents :math:`\hat u` (n, L) by DDIM on the CPU (and a trajectory if asked);
+    ``target_acc`` (%, a number or (n,)) conditions with weight ``guidance``; ``seed``: a fresh generator."""
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     cond = None
@@ -211,7 +195,8 @@ def sample_latents(denoiser, info: Mapping[str, Any], n: int, steps: int = 50, e
         if not info.get("conditional", False):
             raise ValueError("this denoiser was trained without the accuracy condition "
                              "(weight_diffusion config conditional=False)")
-        cond = standardize_accuracy(target_acc, info)
+        # c = (a - mean a) / s_a with the training set's statistics
+        cond = (torch.as_tensor(target_acc, dtype=torch.float32) - float(info["cond_mean"])) / float(info["cond_std"])
         cond = (cond.expand(n) if cond.ndim == 0 else cond).to(runtime.device_of(denoiser))
     out = diffusion.ddim_sample(denoiser, _schedule(info), (n, denoiser.dim), steps=steps, eta=eta, cond=cond,
                                 guidance=guidance, noise=noise, generator=generator,
@@ -242,7 +227,6 @@ def accuracy_targets_run(denoiser, vae_model, info, targets, n_per_target: int, 
 
 
 # --- The direct baseline: diffusion on the normalised weight vectors ---
-
 def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
                                    rebuild: bool = False, device=None):
     r"""The same diffusion on :math:`x = (w - m_k)/s_k` (unconditional, ``direct_*`` sizes): ``(ema, info)``
@@ -283,15 +267,7 @@ def generate_direct(n: int, denoiser, info: Mapping[str, Any], steps: int = 50, 
     return info["normalizer"].denormalize(x.cpu())
 
 
-def checkpoint_accuracies(ds, zoo_cfg: Mapping[str, Any], n_test, evaluate) -> torch.Tensor:
-    """Test accuracies (%) of the zoo's checkpoints on notebook 03's test images (notebook 01's if the same)."""
-    if zoo_cfg.get("test_subset") == n_test:
-        return ds.test_acc.to(torch.float32)
-    return torch.as_tensor(evaluate(ds.vectors), dtype=torch.float32)
-
-
 # --- Watching a network appear: slider frames of one sampling run ---
-
 def slider_frames(trajectory, vae_model, spec: Mapping, evaluate, reference: torch.Tensor | None = None,
                   index: int = 0, dpi: int = 80):
     r"""``(frames, captions, accuracies)`` of one DDIM run: at every step the latent :math:`u_{t_k}` is
@@ -327,9 +303,8 @@ def slider_frames(trajectory, vae_model, spec: Mapping, evaluate, reference: tor
 
 
 def wide_conditioning_configs(preset: str | None = None, dataset: str | None = None, **overrides):
-    """``(cfg, zoo_cfg, vae_cfg, diffusion_cfg)`` of notebook 03's last section: the ``wide_conditioning``
-    section, the wide zoo's config, and the preset's ``vae`` and ``weight_diffusion`` sections with
-    ``cfg["vae"]`` and ``cfg["diffusion"]`` laid over them."""
+    """``(cfg, zoo_cfg, vae_cfg, diffusion_cfg)`` of notebook 03's last section (the wide zoo; ``cfg["vae"]``
+    and ``cfg["diffusion"]`` laid over the preset's sections)."""
     cfg = config.get_config("wide_conditioning", preset, dataset=dataset, **overrides)
     zoo_cfg = weights.zoo_config(cfg.preset, "wide", dataset=dataset, **dict(cfg["zoo"]))
     vae_cfg = config.get_config("vae", cfg.preset, dataset=dataset, **dict(cfg["vae"]))

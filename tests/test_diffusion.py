@@ -306,12 +306,6 @@ def test_a_few_steps_of_x0_training_lower_the_x0_loss():
     assert held_out_loss(model) < 0.5 * before
 
 
-def test_prediction_setting_refuses_other_values_in_one_line():
-    assert D.check_prediction("eps") == "eps" and D.check_prediction("x0") == "x0"
-    with pytest.raises(ValueError, match=r"^prediction: expected one of 'eps', 'x0', found 'v'$"):
-        D.check_prediction("v")
-
-
 # ---------------------------------------------------------------------------
 # Guidance interval
 # ---------------------------------------------------------------------------
