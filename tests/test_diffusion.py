@@ -1,6 +1,5 @@
 """Tests of helpers.diffusion: schedules, forward process, samplers, guidance, EMA, trainer."""
 
-import copy
 
 import pytest
 import torch
