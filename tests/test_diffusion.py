@@ -1,6 +1,5 @@
 """Tests of helpers.diffusion: schedules, forward process, samplers, guidance, EMA, trainer."""
 
-
 import pytest
 import torch
 from torch import nn
