@@ -152,15 +152,9 @@ VAE: dict[str, dict[str, Any]] = {
 # the headline numbers; n_test: MNIST test images used (None = all 10,000);
 # direct_*: the same diffusion on the normalised raw weight vectors (no autoencoder;
 # direct_input_skip adds g(t) x_t to the denoiser's output, see helpers.denoisers);
-# cond_quantiles: requested accuracies for accuracy-conditioned generation, as quantiles of
-# the zoo's test accuracies (so they fit any zoo), n_per_target networks each, guidance
-# weight w; gif_fps: the denoising GIF; prediction: what the latent denoiser outputs, "eps" (the
-# noise) or "x0" (the clean latent, as in G.pt; helpers.diffusion.x0_loss and EpsFromX0);
-# heldout_*: generalisation against memorisation (generation.heldout_split, fixed_draw_loss):
-# heldout_runs networks of the zoo (all their checkpoints; 0 = none, the default) are kept out of
-# the denoiser's training set and its loss on their latents (heldout_draws fixed draws of (t, noise)
-# each) is logged every heldout_every steps beside the same loss on as many training latents;
-# heldout_keep_best returns the EMA weights at the held-out minimum (early stopping).
+# guidance: the classifier-free guidance weight w of the checks; gif_fps: the denoising GIF;
+# prediction: what the latent denoiser outputs, "eps" (the noise) or "x0" (the clean latent, as in
+# G.pt; helpers.diffusion.x0_loss and EpsFromX0).
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
               "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
@@ -168,27 +162,21 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
               "warmup_steps": 20, "lr_schedule": "cosine", "ema_decay": 0.99,
               "ddim_steps": 10, "eta": 0.0, "clip_x0": 5.0, "n_generated": 8, "n_test": 2000,
               "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 1, "direct_train_steps": 100,
-              "direct_lr": 1e-3, "cond_quantiles": [0.1, 0.5, 0.9], "n_per_target": 4,
-              "guidance": 2.0, "gif_fps": 6, "prediction": "eps",
-              "heldout_runs": 0, "heldout_every": 100, "heldout_draws": 16, "heldout_keep_best": False},
+              "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 6, "prediction": "eps"},
     "default": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 256, "n_blocks": 2,
                 "time_dim": 64, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
                 "train_steps": 3000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
                 "warmup_steps": 100, "lr_schedule": "cosine", "ema_decay": 0.999,
                 "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
                 "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 2, "direct_train_steps": 1500,
-                "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
-                "guidance": 2.0, "gif_fps": 8, "prediction": "eps",
-                "heldout_runs": 0, "heldout_every": 200, "heldout_draws": 16, "heldout_keep_best": False},
+                "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
     "full": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 512, "n_blocks": 4,
              "time_dim": 128, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
              "train_steps": 20000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
              "warmup_steps": 500, "lr_schedule": "cosine", "ema_decay": 0.9995,
              "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
              "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
-             "direct_lr": 1e-3, "cond_quantiles": [0.05, 0.35, 0.65, 0.95], "n_per_target": 8,
-             "guidance": 2.0, "gif_fps": 8, "prediction": "eps",
-             "heldout_runs": 0, "heldout_every": 500, "heldout_draws": 16, "heldout_keep_best": False},
+             "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
 }
 
 # Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).
@@ -265,9 +253,9 @@ CATDOG: dict[str, dict[str, Any]] = {
 # dataset: the zoo's dataset ("mnist", "fashion_mnist", "cifar10"), passed to the ZOO config;
 # n_generated: networks per method (generated and every baseline); n_test: test images (None = all);
 # noise_sigma: checkpoint + N(0, sigma^2) in normalised units (memorisation study: 0.06-0.12);
-# soup_size: checkpoints averaged per soup; ensemble_sizes: members of the growing ensembles;
-# finetune_*: Adam steps, learning rate, batch, evaluation interval, training images (None = all).
-# frontier_*: section 10, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
+# soup_size: checkpoints averaged per soup; finetune_lr/finetune_batch: the Adam steps of the frontier's
+# fine-tuning at equal budget.
+# frontier_*: section 4, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
 # frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
 # frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
 # reference); frontier_latent_scales: the latent-noise baseline (a training latent + N(0, s^2), decoded by
@@ -275,14 +263,13 @@ CATDOG: dict[str, dict[str, Any]] = {
 # to generated and noise networks (ablation);
 # multiseed_prediction / multiseed_eta / multiseed_clip_x0: what the many-seed zoo's latent denoiser
 # predicts ("x0" or "eps", laid over WEIGHT_DIFFUSION for that zoo only) and its DDIM sampler, chosen
-# on the validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation
-# table: x0, eta 1, clip 1.0 gave +0.26, and +0.24 with a second denoiser seed; eps, eta 1, clip 5 -0.24).
+# on the validation split by the mean frontier margin over 3 sampling seeds (docs/research_notes/05_evaluation.md:
+# x0, eta 1, clip 1.0 gave +0.26, and +0.24 with a second denoiser seed; eps, eta 1, clip 5 -0.24).
 _EVALUATION_DEFAULT: dict[str, Any] = {
     "seed": 0, "zoo_preset": "default", "vae_preset": "default",
     "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
     "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
-    "ensemble_sizes": [1, 2, 3, 5, 10, 20], "finetune_steps": 300, "finetune_lr": 1e-3,
-    "finetune_batch": 128, "finetune_eval_every": 50, "finetune_n_train": None,
+    "finetune_lr": 1e-3, "finetune_batch": 128,
     "frontier_zoos": ["trajectory", "multiseed"],
     "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
     "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
@@ -292,16 +279,14 @@ _EVALUATION_DEFAULT: dict[str, Any] = {
 EVALUATION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
               "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
-              "n_test": 2000, "noise_sigma": 0.1, "soup_size": 16, "ensemble_sizes": [1, 2, 4, 8],
-              "finetune_steps": 10, "finetune_lr": 1e-3, "finetune_batch": 128,
-              "finetune_eval_every": 5, "finetune_n_train": 2000,
+              "n_test": 2000, "noise_sigma": 0.1, "soup_size": 16, "finetune_lr": 1e-3, "finetune_batch": 128,
               "frontier_zoos": ["trajectory", "multiseed"], "frontier_sigmas": [0.05, 0.2, 0.5],
               "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
               "frontier_latent_scales": [0.4, 1.0], "frontier_finetune_steps": 5,
               "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0},
     "default": dict(_EVALUATION_DEFAULT),
     "full": {**_EVALUATION_DEFAULT, "zoo_preset": "full", "vae_preset": "full",
-             "weight_diffusion_preset": "full", "finetune_steps": 500, "n_fresh": 8},
+             "weight_diffusion_preset": "full", "n_fresh": 8},
 }
 
 # Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).

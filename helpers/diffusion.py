@@ -1,104 +1,17 @@
-r"""Denoising diffusion: the forward process, the ε-prediction loss, DDPM and DDIM sampling, EMA.
+r"""Denoising diffusion and flow matching, the shared core of notebooks 03 (which writes each piece from
+scratch and checks it against this module), 04 and 06: schedules, the forward jump, the ε- and x0-losses,
+EMA and the trainer, DDPM/DDIM sampling with classifier-free guidance, flow matching, latent standardisation.
 
-The idea in five lines
-----------------------
-Take a data point :math:`x_0` (here: a latent vector of a trained network, or
-an image latent) and destroy it in :math:`T` small Gaussian steps. Train a
-network :math:`\epsilon_\theta(x_t, t)` to say which noise was added. Then start
-from pure noise and undo the steps one at a time with that network.
-
-Forward process (Ho et al. 2020, eq. 2 and 4)
----------------------------------------------
-Each step shrinks the signal a little and adds noise of variance :math:`\beta_t`:
-
-.. math::  q(x_t \mid x_{t-1}) = \mathcal N\big(\sqrt{1-\beta_t}\,x_{t-1},\ \beta_t I\big).
-
-With :math:`\alpha_t = 1-\beta_t` and :math:`\bar\alpha_t = \prod_{s\le t}\alpha_s`
-the steps compose into one jump from the clean data to any step:
-
-.. math::  x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon,
-           \qquad \epsilon \sim \mathcal N(0, I).
-
-So training needs no simulation: draw :math:`t`, draw :math:`\epsilon`, jump.
-The *noise schedule* :math:`\beta_1..\beta_T` decides how fast :math:`\bar\alpha_t`
-falls from ~1 (clean) to ~0 (pure noise); :func:`linear_beta_schedule` and
-:func:`cosine_beta_schedule` are the two classic choices.
-
-Training (Ho et al. 2020, Algorithm 1)
---------------------------------------
-Minimise the "simple" loss :math:`\lVert \epsilon - \epsilon_\theta(x_t, t)\rVert^2`
-over random :math:`t` and :math:`\epsilon` (:func:`diffusion_loss`). Predicting
-the noise is equivalent to predicting the clean point, because the jump above
-can be inverted:
-
-.. math::  \hat x_0 = \big(x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta\big) / \sqrt{\bar\alpha_t}.
-
-A network may also be trained to output :math:`\hat x_0` itself (:func:`x0_loss`, as G.pt
-does); :class:`EpsFromX0` converts its output back to :math:`\hat\epsilon` for the samplers.
-
-DDPM sampling (Ho et al. 2020, Algorithm 2)
--------------------------------------------
-Walk back through all :math:`T` steps, each time taking the mean of the
-reverse Gaussian and adding fresh noise (except at the last step):
-
-.. math::  x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,
-           \epsilon_\theta(x_t,t)\Big) + \sigma_t z .
-
-DDIM sampling (Song et al. 2021, eq. 12)
-----------------------------------------
-The same trained network also defines a family of non-Markovian reverse
-processes that may skip steps. From :math:`t` to an earlier :math:`s`:
-
-.. math::  x_s = \sqrt{\bar\alpha_s}\,\hat x_0
-                 + \sqrt{1-\bar\alpha_s-\sigma^2}\;\epsilon_\theta(x_t,t) + \sigma z,
-           \qquad \sigma = \eta\sqrt{\tfrac{1-\bar\alpha_s}{1-\bar\alpha_t}}
-                           \sqrt{1-\tfrac{\bar\alpha_t}{\bar\alpha_s}} .
-
-With :math:`\eta = 0` the sampler is deterministic: the same starting noise
-always gives the same sample, in as few as 10-50 network calls instead of
-:math:`T`. With :math:`\eta = 1` it is DDPM-like.
-
-Conditioning and classifier-free guidance (Ho & Salimans 2022)
---------------------------------------------------------------
-A conditional denoiser :math:`\epsilon_\theta(x_t, t, c)` is trained with the
-condition replaced by a learned "null" condition with probability
-``p_uncond``, so the same network is also unconditional. At sampling time,
-
-.. math::  \tilde\epsilon = \epsilon_\theta(x_t,t,\varnothing)
-           + w\,\big(\epsilon_\theta(x_t,t,c) - \epsilon_\theta(x_t,t,\varnothing)\big),
-
-(:math:`w = 1`: plain conditional; :math:`w = 0`: unconditional; :math:`w>1`:
-pushed harder towards the condition). Both terms come from ONE batched call.
-
-Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023)
---------------------------------------------------------------------
-The same networks can learn a *velocity* instead of a noise: on the straight
-path :math:`x_t=(1-t)\,x_0+t\,\epsilon`, :math:`t\in[0,1]`, regress
-:math:`v_\theta(x_t,t,c)\approx\epsilon-x_0` (:func:`flow_matching_loss`, :func:`train_flow`)
-and integrate :math:`dx/dt=v` from noise (:math:`t=1`) to data (:math:`t=0`) with
-Euler or Heun steps (:func:`flow_sample`); guidance mixes velocities exactly as above.
-
-Model calling convention
-------------------------
-Every denoiser in this series is called as ``model(x_t, t, cond=None, drop_cond=None)``:
-``t`` is a long tensor ``(B,)`` of step indices in ``[0, T)``; ``cond=None``
-means unconditional for the whole batch; ``drop_cond`` is a bool tensor ``(B,)``
-marking the rows that use the null condition.
-
-Exponential moving average
---------------------------
-Samples come from an exponential moving average of the weights seen during
-training (:func:`update_ema`), which is smoother than the last iterate.
-
-Shapes: everything here is rank-generic. Weight latents are ``(B, d)``,
-image tensors ``(B, C, H, W)``; :func:`extract` broadcasts a per-step
-coefficient to either.
+Denoisers are called as ``model(x_t, t, cond=None, drop_cond=None)``: ``t`` (B,) steps in ``[0, T)`` (flow
+models get :math:`1000\,t`); ``cond=None`` is unconditional; ``drop_cond`` (B,) bool rows use the null
+condition. Everything is rank-generic: weight latents ``(B, d)``, image latents ``(B, C, H, W)``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -107,74 +20,20 @@ from torch import nn
 
 from .runtime import device_of as _device_of, progress as _progress
 
-__all__ = [
-    "extract", "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",
-    "q_sample", "predict_x0", "PREDICTIONS", "check_prediction", "eps_from_x0", "EpsFromX0",
-    "guided_eps", "guidance_at", "check_guidance_interval", "diffusion_loss", "x0_loss", "ddpm_sample",
-    "ddim_timesteps", "ddim_sample", "update_ema", "ema_decay_at", "train_diffusion",
-    "flow_interpolate", "logit_normal_t", "flow_matching_loss", "flow_timesteps", "flow_sample",
-    "train_flow",
-]
 
-
-# ---------------------------------------------------------------------------
-# Coefficients and schedules
-# ---------------------------------------------------------------------------
-
+# --- Schedules and the forward process ---
 def extract(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
-    """Pick ``a[t]`` for each batch row and shape it to broadcast against ``x_shape``.
-
-    ``a`` is a per-step table ``(T,)`` (e.g. :math:`\\sqrt{\\bar\\alpha_t}`), ``t``
-    a long tensor ``(B,)``. The result has shape ``(B, 1, ..., 1)`` with as many
-    ones as ``x_shape`` has trailing dimensions, so it serves 2-D latents
-    ``(B, d)`` and 4-D images ``(B, C, H, W)`` alike.
-    """
+    """``a[t]`` per batch row, shaped ``(B, 1, ..., 1)`` to broadcast against ``x_shape``."""
     t = torch.as_tensor(t, device=a.device).long()
     if t.ndim == 0:
         t = t.expand(x_shape[0])
-    out = a.gather(0, t)
-    return out.reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
-
-
-def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
-    r"""Ho et al. 2020: :math:`\beta_t` evenly spaced from ``beta_start`` to ``beta_end`` (T values).
-
-    These defaults were chosen for T = 1000; see :meth:`NoiseSchedule.make` for
-    the rescaling used when T is smaller.
-    """
-    # \beta_t = \beta_1 + (t-1)/(T-1) (\beta_T - \beta_1)
-    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-
-
-def cosine_beta_schedule(T: int, s: float = 0.008) -> torch.Tensor:
-    r"""Nichol & Dhariwal 2021, eq. 17: :math:`\bar\alpha_t` follows a squared cosine.
-
-    The signal is destroyed more evenly over the steps than with the linear
-    schedule; :math:`\beta_t` is clipped at 0.999 to avoid a singular last step.
-    That leaves :math:`\bar\alpha_{T}` around 1e-9, so samplers that start at
-    the last step should bound :math:`\hat x_0` (``clip_x0``) for an imperfect model.
-    """
-    steps = torch.arange(T + 1, dtype=torch.float64)
-    # f(t) = cos^2( (t/T + s) / (1 + s) * pi/2 ),  \bar\alpha_t = f(t) / f(0)
-    f = torch.cos((steps / T + s) / (1 + s) * math.pi / 2) ** 2
-    alphas_cumprod = f / f[0]
-    # \beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}
-    betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
-    return betas.clamp(max=0.999)
+    return a.gather(0, t).reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
 
 
 @dataclass
 class NoiseSchedule:
-    r"""All per-step tables of a schedule, computed once from :math:`\beta_t`.
-
-    Index ``t`` runs over ``0..T-1`` (the paper's :math:`t = 1..T`). Attributes
-    (each a float32 tensor of shape ``(T,)``):
-
-    - ``betas`` :math:`\beta_t`, ``alphas`` :math:`\alpha_t = 1-\beta_t`,
-    - ``alphas_cumprod`` :math:`\bar\alpha_t`, ``alphas_cumprod_prev`` :math:`\bar\alpha_{t-1}` (1 at t=0),
-    - ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``,
-    - ``posterior_variance`` :math:`\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t`.
-    """
+    r"""The per-step tables (float32, (T,), ``t`` in ``0..T-1``): :math:`\beta_t, \alpha_t, \bar\alpha_t,
+    \bar\alpha_{t-1}`, square roots and the posterior variance :math:`\tilde\beta_t`."""
 
     betas: torch.Tensor
     alphas: torch.Tensor
@@ -197,110 +56,71 @@ class NoiseSchedule:
         # \tilde\beta_t = (1 - \bar\alpha_{t-1}) / (1 - \bar\alpha_t) \beta_t   (Ho et al. 2020, eq. 7)
         posterior_variance = (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * betas
         f32 = lambda x: x.to(torch.float32)  # noqa: E731  (tables are computed in float64)
-        return cls(
-            betas=f32(betas), alphas=f32(alphas), alphas_cumprod=f32(alphas_cumprod),
-            alphas_cumprod_prev=f32(alphas_cumprod_prev),
-            sqrt_alphas_cumprod=f32(alphas_cumprod.sqrt()),
-            sqrt_one_minus_alphas_cumprod=f32((1 - alphas_cumprod).sqrt()),
-            posterior_variance=f32(posterior_variance), name=name,
-        )
+        return cls(betas=f32(betas), alphas=f32(alphas), alphas_cumprod=f32(alphas_cumprod),
+                   alphas_cumprod_prev=f32(alphas_cumprod_prev),
+                   sqrt_alphas_cumprod=f32(alphas_cumprod.sqrt()),
+                   sqrt_one_minus_alphas_cumprod=f32((1 - alphas_cumprod).sqrt()),
+                   posterior_variance=f32(posterior_variance), name=name)
 
     @classmethod
     def make(cls, name: str, T: int) -> "NoiseSchedule":
-        """``"linear"`` or ``"cosine"`` schedule with ``T`` steps.
-
-        ``"linear"`` uses Ho et al.'s β range (1e-4 to 2e-2) scaled by 1000/T
-        (as in Nichol & Dhariwal's code), so that a short schedule still ends in
-        (almost) pure noise; for T = 1000 it is exactly Ho et al.'s.
-        """
+        """``"linear"`` (Ho et al.'s β range scaled by 1000/T, so a short schedule still ends in
+        almost pure noise) or ``"cosine"``, with ``T`` steps."""
         if T < 2:
             raise ValueError(f"a schedule needs at least 2 steps; got T={T}")
         if name == "linear":
+            # Ho et al. 2020: \beta_t evenly spaced from 1e-4 to 2e-2 at T = 1000
             scale = 1000.0 / T
-            return cls.from_betas(linear_beta_schedule(T, 1e-4 * scale, min(2e-2 * scale, 0.999)), name)
+            return cls.from_betas(torch.linspace(1e-4 * scale, min(2e-2 * scale, 0.999), T, dtype=torch.float64), name)
         if name == "cosine":
-            return cls.from_betas(cosine_beta_schedule(T), name)
+            # Nichol & Dhariwal 2021, eq. 17: f(t) = cos^2((t/T + s)/(1 + s) pi/2), \bar\alpha_t = f(t)/f(0), s = 0.008
+            f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + 0.008) / 1.008 * math.pi / 2) ** 2
+            ac = f / f[0]
+            # \beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}, at most 0.999
+            return cls.from_betas((1 - ac[1:] / ac[:-1]).clamp(max=0.999), name)
         raise ValueError(f"unknown schedule {name!r}: expected 'linear' or 'cosine'")
 
     @property
     def T(self) -> int:
-        """Number of diffusion steps."""
         return int(self.betas.shape[0])
 
     def to(self, device) -> "NoiseSchedule":
-        """A copy with every table on ``device``."""
-        fields = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
-        return NoiseSchedule(**fields)
+        return NoiseSchedule(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()})
 
-
-# ---------------------------------------------------------------------------
-# Forward process and training loss
-# ---------------------------------------------------------------------------
 
 def _randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Standard normal noise drawn on the CPU generator (reproducible), moved to ``device``."""
     return torch.randn(tuple(shape), generator=generator).to(device)
 
 
-def q_sample(sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
-             noise: torch.Tensor) -> torch.Tensor:
-    r"""Jump from clean :math:`x_0` to step :math:`t` in one go (Ho et al. 2020, eq. 4).
-
-    ``x0`` :math:`x_0` (B, ...), ``t`` (B,) long, ``noise`` :math:`\epsilon` like ``x0``.
-    """
+def q_sample(sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    r"""Jump from :math:`x_0` to step :math:`t` in one go (Ho et al. 2020, eq. 4)."""
     # x_t = \sqrt{\bar\alpha_t} x_0 + \sqrt{1 - \bar\alpha_t} \epsilon
     return (extract(sched.sqrt_alphas_cumprod, t, x0.shape) * x0
             + extract(sched.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
 
 
-def predict_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor,
-               eps: torch.Tensor) -> torch.Tensor:
-    r"""Invert :func:`q_sample` with a noise estimate: :math:`\hat x_0` from :math:`x_t` and :math:`\hat\epsilon`."""
+def predict_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    r"""Invert :func:`q_sample` with a noise estimate."""
     # \hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t} \hat\epsilon) / \sqrt{\bar\alpha_t}
     return ((x_t - extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * eps)
             / extract(sched.sqrt_alphas_cumprod, t, x_t.shape))
 
 
-PREDICTIONS = ("eps", "x0")
-"""What a denoiser's output stands for: the noise ("eps", :func:`diffusion_loss`) or the clean point ("x0", :func:`x0_loss`)."""
-
-
-def check_prediction(prediction) -> str:
-    """``prediction`` if it is one of :data:`PREDICTIONS`, else a one-line ValueError."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {', '.join(repr(p) for p in PREDICTIONS)}, "
-                         f"found {prediction!r}")
-    return prediction
-
-
-def eps_from_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor,
-                x0: torch.Tensor) -> torch.Tensor:
-    r"""The noise estimate that goes with a clean-point estimate: the inverse of :func:`predict_x0`.
-
-    Solving :math:`x_t = \sqrt{\bar\alpha_t}\,\hat x_0 + \sqrt{1-\bar\alpha_t}\,\hat\epsilon`
-    for :math:`\hat\epsilon`, so that ``predict_x0(sched, x_t, t, eps_from_x0(sched, x_t, t, x0))``
-    gives back ``x0``.
-    """
+def eps_from_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    r"""The noise estimate that goes with a clean-point estimate (the inverse of :func:`predict_x0`)."""
     # \hat\epsilon = (x_t - \sqrt{\bar\alpha_t} \hat x_0) / \sqrt{1 - \bar\alpha_t}
     return ((x_t - extract(sched.sqrt_alphas_cumprod, t, x_t.shape) * x0)
             / extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape))
 
 
 class EpsFromX0(nn.Module):
-    r"""A network trained to predict :math:`\hat x_0` (:func:`x0_loss`), seen by the samplers as an
-    :math:`\epsilon`-predictor.
-
-    ``forward(x_t, t, cond, drop_cond)`` calls ``x0_model`` and converts its output with
-    :func:`eps_from_x0`, so DDPM, DDIM, clipping and classifier-free guidance run unchanged
-    (guidance mixes :math:`\hat\epsilon`, which is affine in :math:`\hat x_0` at a given
-    :math:`x_t`, so it is the same mixture of :math:`\hat x_0`). ``dim`` is the wrapped
-    model's; the wrapped model is what gets saved (``x0_model``).
-    """
+    r"""An :math:`\hat x_0`-network (:func:`x0_loss`) seen by the samplers as a noise predictor
+    (:func:`eps_from_x0`); the wrapped ``x0_model`` is what gets saved."""
 
     def __init__(self, x0_model: nn.Module, sched: NoiseSchedule):
         super().__init__()
-        self.x0_model = x0_model
-        self.sched = sched
+        self.x0_model, self.sched = x0_model, sched
         self.dim = getattr(x0_model, "dim", None)
         self.train(x0_model.training)
 
@@ -309,25 +129,15 @@ class EpsFromX0(nn.Module):
         return eps_from_x0(self.sched.to(x_t.device), x_t, t, x0)
 
 
-def _repeat_cond(cond: torch.Tensor, n: int) -> torch.Tensor:
-    """Broadcast a single condition (scalar / 0-d) to a batch of ``n``; pass batches through."""
-    cond = torch.as_tensor(cond)
-    if cond.ndim == 0:
-        cond = cond.expand(n)
-    return cond
-
-
+# --- Guidance and the training losses ---
 def guided_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond=None,
                guidance: float = 1.0) -> torch.Tensor:
-    r"""Noise estimate with classifier-free guidance, from one batched model call.
-
-    ``cond=None`` → unconditional. ``guidance`` is :math:`w`; ``w == 1`` is the
-    plain conditional call (no extra work).
-    """
+    r"""Noise estimate with classifier-free guidance from one batched call (``w = 1``: plain conditional)."""
     B = x_t.shape[0]
     if cond is None:
         return model(x_t, t, cond=None)
-    cond = _repeat_cond(cond, B).to(x_t.device)
+    cond = torch.as_tensor(cond)
+    cond = (cond.expand(B) if cond.ndim == 0 else cond).to(x_t.device)
     if guidance == 1.0:
         return model(x_t, t, cond=cond)
     # one call on [x_t; x_t]: first half with the condition, second half with the null condition
@@ -340,9 +150,7 @@ def guided_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond=None,
 
 def _training_draws(sched: NoiseSchedule, x0: torch.Tensor, cond, p_uncond: float,
                     generator: torch.Generator | None):
-    """The random draws of one training minibatch, shared by :func:`diffusion_loss` and
-    :func:`x0_loss` (in this order, so both losses see the same draws): the steps t, the
-    noise and the dropped conditions. Returns ``(x_t, t, noise, drop)``."""
+    """The draws of one minibatch, in this order: steps t, noise, dropped conditions -> ``(x_t, t, noise, drop)``."""
     B, device = x0.shape[0], x0.device
     # Algorithm 1, line 3: t ~ Uniform({1, ..., T})
     t = torch.randint(0, sched.T, (B,), generator=generator).to(device)
@@ -357,131 +165,77 @@ def _training_draws(sched: NoiseSchedule, x0: torch.Tensor, cond, p_uncond: floa
 
 def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
                    p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The ε-prediction loss of Ho et al. 2020, Algorithm 1 (one minibatch).
-
-    ``x0`` a batch of clean data :math:`x_0`; ``cond`` its conditions
-    :math:`c` (or None); ``p_uncond`` the probability of replacing :math:`c` by
-    the null condition (classifier-free guidance training).
-    """
+    r"""The ε-prediction loss of Ho et al. 2020, Algorithm 1, on one minibatch; ``p_uncond``: the
+    probability of replacing the condition by the null condition (classifier-free guidance training)."""
     x_t, t, noise, drop = _training_draws(sched, x0, cond, p_uncond, generator)
-    # Algorithm 1, line 5: gradient step on || \epsilon - \epsilon_\theta(x_t, t) ||^2
-    eps = model(x_t, t, cond=cond, drop_cond=drop)
-    return torch.mean((eps - noise) ** 2)
+    # Algorithm 1, line 5: || \epsilon - \epsilon_\theta(x_t, t) ||^2
+    return torch.mean((model(x_t, t, cond=cond, drop_cond=drop) - noise) ** 2)
 
 
 def x0_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
             p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The :math:`x_0`-prediction loss (as in G.pt): the network outputs :math:`\hat x_0` directly.
-
-    Same draws as :func:`diffusion_loss` (:math:`t`, :math:`\epsilon`, the dropped conditions),
-    target :math:`x_0` instead of :math:`\epsilon`: :math:`\lVert x_0 - \hat x_0(x_t, t)\rVert^2`.
-
-    **How it weights the steps.** Write :math:`\hat\epsilon` for the noise estimate that goes
-    with :math:`\hat x_0` (:func:`eps_from_x0`). Both :math:`x_0` and :math:`\hat x_0` are
-    :math:`(x_t - \sqrt{1-\bar\alpha_t}\,\cdot)/\sqrt{\bar\alpha_t}` of :math:`\epsilon` and
-    :math:`\hat\epsilon`, so
-
-    .. math::  \lVert x_0 - \hat x_0\rVert^2 = \frac{1-\bar\alpha_t}{\bar\alpha_t}\,
-               \lVert \epsilon - \hat\epsilon\rVert^2 = \frac{1}{\mathrm{SNR}(t)}\,
-               \lVert \epsilon - \hat\epsilon\rVert^2 .
-
-    Against the ε-loss, each step is weighted by :math:`1/\mathrm{SNR}(t)`: almost nothing
-    near the data (:math:`t \to 0`, weight ~2e-4 for T = 500 linear) and very much near pure
-    noise (weight ~3e4 at the last step). The x0-network spends its capacity on the coarse,
-    high-noise guesses of the clean point; the ε-network on the fine, low-noise corrections.
-    """
+    r"""The :math:`x_0`-prediction loss (as in G.pt), the draws of :func:`diffusion_loss`: the ε-loss
+    weighted by :math:`1/\mathrm{SNR}(t) = (1-\bar\alpha_t)/\bar\alpha_t`."""
     x_t, t, _, drop = _training_draws(sched, x0, cond, p_uncond, generator)
-    x0_hat = model(x_t, t, cond=cond, drop_cond=drop)
     # || x_0 - \hat x_0(x_t, t) ||^2
-    return torch.mean((x0_hat - x0) ** 2)
+    return torch.mean((model(x_t, t, cond=cond, drop_cond=drop) - x0) ** 2)
 
 
-# ---------------------------------------------------------------------------
-# Samplers
-# ---------------------------------------------------------------------------
-
-@torch.no_grad()
-def ddpm_sample(model: nn.Module, sched: NoiseSchedule, shape, cond=None, guidance: float = 1.0,
-                generator: torch.Generator | None = None, return_trajectory: bool = False,
-                noise: torch.Tensor | None = None, clip_x0: float | None = None,
-                progress: bool = False):
-    r"""Ancestral sampling through all T steps (Ho et al. 2020, Algorithm 2).
-
-    ``shape`` of the sample, e.g. ``(n, d)``; ``cond``/``guidance`` as in
-    :func:`guided_eps`; ``noise`` an optional :math:`x_T`. Uses
-    :math:`\sigma_t^2 = \tilde\beta_t` and adds no noise at the last step.
-    ``clip_x0`` as in :func:`ddim_sample`.
-    Returns ``x_0`` or, with ``return_trajectory``, ``(x_0, trajectory)``
-    (see :func:`ddim_sample` for the trajectory format).
-    """
+# --- Samplers ---
+def _start(model, shape, noise, generator):
     device = _device_of(model)
-    sched = sched.to(device)
-    # Algorithm 2, line 1: x_T ~ N(0, I)
-    x = noise.to(device).clone() if noise is not None else _randn(shape, generator, device)
-    traj = []
-    for step in _progress(range(sched.T - 1, -1, -1), disable=not progress, desc="DDPM"):
-        t = torch.full((x.shape[0],), step, dtype=torch.long, device=device)
-        eps = guided_eps(model, x, t, cond, guidance)
-        x0 = predict_x0(sched, x, t, eps)
-        if clip_x0 is not None:
-            x0, eps = _clip_prediction(sched, x, t, x0, clip_x0)
-        if return_trajectory:
-            traj.append({"t": step, "x_t": x.cpu(), "x0_pred": x0.cpu()})
-        # Algorithm 2, line 4: x_{t-1} = 1/\sqrt{\alpha_t} (x_t - \beta_t / \sqrt{1-\bar\alpha_t} \epsilon_\theta) + \sigma_t z
-        mean = (x - extract(sched.betas, t, x.shape) / extract(sched.sqrt_one_minus_alphas_cumprod, t, x.shape) * eps) \
-            / extract(sched.alphas, t, x.shape).sqrt()
-        if step > 0:
-            # Algorithm 2, line 3: z ~ N(0, I) if t > 1, else z = 0
-            z = _randn(x.shape, generator, device)
-            x = mean + extract(sched.posterior_variance, t, x.shape).sqrt() * z
-        else:
-            x = mean
+    return device, (noise.to(device).clone() if noise is not None else _randn(shape, generator, device))
+
+
+def _x0_and_eps(sched, x, t, eps, clip_x0):
+    r""":math:`\hat x_0` from :math:`\hat\epsilon`; with ``clip_x0``, :math:`\hat x_0` clamped and :math:`\hat\epsilon` re-derived."""
+    x0 = predict_x0(sched, x, t, eps)
+    if clip_x0 is None:
+        return x0, eps
+    x0 = x0.clamp(-clip_x0, clip_x0)
+    return x0, eps_from_x0(sched, x, t, x0)
+
+
+def _finish(x, traj, return_trajectory):
     if return_trajectory:
         traj.append({"t": -1, "x_t": x.cpu(), "x0_pred": x.cpu()})
         return x, traj
     return x
 
 
-def _clip_prediction(sched: NoiseSchedule, x_t, t, x0, bound: float):
-    r"""Clamp :math:`\hat x_0` to ``[-bound, bound]`` and return it with the matching :math:`\hat\epsilon`."""
-    x0 = x0.clamp(-bound, bound)
-    # \hat\epsilon = (x_t - \sqrt{\bar\alpha_t} \hat x_0) / \sqrt{1 - \bar\alpha_t}
-    eps = ((x_t - extract(sched.sqrt_alphas_cumprod, t, x_t.shape) * x0)
-           / extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape))
-    return x0, eps
+@torch.no_grad()
+def ddpm_sample(model: nn.Module, sched: NoiseSchedule, shape, cond=None, guidance: float = 1.0,
+                generator: torch.Generator | None = None, return_trajectory: bool = False,
+                noise: torch.Tensor | None = None, clip_x0: float | None = None, progress: bool = False):
+    r"""Ancestral sampling through all T steps (Ho et al. 2020, Algorithm 2), :math:`\sigma_t^2 = \tilde\beta_t`,
+    no noise at the last step; arguments and return value as in :func:`ddim_sample`."""
+    device, x = _start(model, shape, noise, generator)
+    sched = sched.to(device)
+    traj = []
+    for step in _progress(range(sched.T - 1, -1, -1), disable=not progress, desc="DDPM"):
+        t = torch.full((x.shape[0],), step, dtype=torch.long, device=device)
+        x0, eps = _x0_and_eps(sched, x, t, guided_eps(model, x, t, cond, guidance), clip_x0)
+        if return_trajectory:
+            traj.append({"t": step, "x_t": x.cpu(), "x0_pred": x0.cpu()})
+        # Algorithm 2, line 4: x_{t-1} = 1/\sqrt{\alpha_t} (x_t - \beta_t / \sqrt{1-\bar\alpha_t} \epsilon_\theta) + \sigma_t z
+        x = (x - extract(sched.betas, t, x.shape) / extract(sched.sqrt_one_minus_alphas_cumprod, t, x.shape) * eps) \
+            / extract(sched.alphas, t, x.shape).sqrt()
+        if step > 0:
+            x = x + extract(sched.posterior_variance, t, x.shape).sqrt() * _randn(x.shape, generator, device)
+    return _finish(x, traj, return_trajectory)
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` step indices evenly spread over ``[0, T)``, from the last to 0 (always including both)."""
+    """``steps`` step indices evenly spread over ``[0, T)``, from the last to 0 (both included)."""
     if not 1 <= steps <= T:
         raise ValueError(f"DDIM needs 1 <= steps <= T={T}; got steps={steps}")
     if steps == 1:
         return [T - 1]
-    ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
-    return sorted(set(ts), reverse=True)
-
-
-def guidance_at(w: float, t: float, interval=None) -> float:
-    r"""The guidance weight at noise level ``t`` with a guidance interval (Kynkäänniemi et al. 2024).
-
-    ``t`` is the fraction of the way from data (0) to pure noise (1): the flow time, or
-    the DDPM step over T. Guidance is applied only inside ``interval = (lo, hi)``; outside
-    it the sampler uses the plain conditional model:
-
-    .. math:: w(t) = \begin{cases} w & t_{lo} \le t \le t_{hi} \\ 1 & \text{otherwise.} \end{cases}
-
-    At high noise (:math:`t > t_{hi}`) a large :math:`w` pushes every sample of a class
-    toward the same few layouts (the images lose variety); at low noise it only sharpens
-    details that the class does not decide. ``interval=None`` guides at every step.
-    """
-    if interval is None:
-        return float(w)
-    lo, hi = check_guidance_interval(interval)
-    return float(w) if lo <= t <= hi else 1.0
+    return sorted(set(torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()), reverse=True)
 
 
 def check_guidance_interval(interval) -> tuple[float, float]:
-    """``interval`` as ``(lo, hi)`` floats, after checking ``0 <= lo < hi <= 1``; a clear error otherwise."""
+    """``interval`` as ``(lo, hi)`` floats with ``0 <= lo < hi <= 1``; a one-line error otherwise."""
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):
@@ -491,34 +245,26 @@ def check_guidance_interval(interval) -> tuple[float, float]:
     return lo, hi
 
 
+def guidance_at(w: float, t: float, interval=None) -> float:
+    r"""The guidance weight at noise level ``t`` (0 data, 1 noise): ``w`` inside ``interval = (lo, hi)``,
+    1 (plain conditional) outside (Kynkäänniemi et al. 2024); ``interval=None`` guides everywhere."""
+    if interval is None:
+        return float(w)
+    lo, hi = check_guidance_interval(interval)
+    return float(w) if lo <= t <= hi else 1.0
+
+
 @torch.no_grad()
 def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, eta: float = 0.0,
                 cond=None, guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
                 clip_x0: float | None = None, progress: bool = False, guidance_interval=None):
-    r"""DDIM sampling (Song et al. 2021, eq. 12) with any number of ``steps`` and noise level ``eta``.
-
-    - ``shape``: shape of the sample, e.g. ``(n, d)`` or ``(n, C, H, W)``;
-    - ``steps``: number of network calls (a subsequence of the T training steps);
-    - ``eta``: :math:`\eta`; 0 = deterministic (same ``noise`` → same sample), 1 ≈ DDPM;
-    - ``cond``, ``guidance``: condition :math:`c` and guidance weight :math:`w` (:func:`guided_eps`);
-    - ``guidance_interval``: ``(lo, hi)``: guide only at steps with :math:`t/T` inside it
-      (:func:`guidance_at`); None = at every step;
-    - ``noise``: the starting point :math:`x_T` (drawn from ``generator`` if None);
-    - ``clip_x0``: if set, clamp :math:`\hat x_0` to ``[-clip_x0, clip_x0]`` (and
-      re-derive :math:`\hat\epsilon` from it). Near :math:`t = T`,
-      :math:`\sqrt{\bar\alpha_t}` is tiny and :math:`\hat x_0` amplifies every error in
-      :math:`\hat\epsilon` (by ~2e4 for the cosine schedule's last step), so a
-      bound on the data range keeps an imperfect model's first steps sane.
-
-    Returns ``x_0``, or ``(x_0, trajectory)`` with ``return_trajectory``: a list
-    of ``steps + 1`` dicts ``{"t", "x_t", "x0_pred"}`` (CPU tensors), the first
-    holding the starting noise and the model's first guess of :math:`x_0`, the
-    last (``t = -1``) the final sample. Sliders and GIFs index this list.
-    """
-    device = _device_of(model)
+    r"""DDIM (Song et al. 2021, eq. 12), ``steps`` network calls, noise level ``eta``; ``cond``, ``guidance``:
+    :func:`guided_eps`, ``guidance_interval``: :func:`guidance_at`; ``noise``: :math:`x_T` (else drawn from
+    ``generator``); ``clip_x0`` bounds :math:`\hat x_0`. Returns ``x_0`` or ``(x_0, trajectory)``: ``steps + 1``
+    dicts ``{"t", "x_t", "x0_pred"}`` on the CPU, the last (``t = -1``) the final sample."""
+    device, x = _start(model, shape, noise, generator)
     sched = sched.to(device)
-    x = noise.to(device).clone() if noise is not None else _randn(shape, generator, device)
     ts = ddim_timesteps(sched.T, steps)
     if guidance_interval is not None:
         check_guidance_interval(guidance_interval)
@@ -526,10 +272,8 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
     for i in _progress(range(len(ts)), disable=not progress, desc="DDIM"):
         t = torch.full((x.shape[0],), ts[i], dtype=torch.long, device=device)
         eps = guided_eps(model, x, t, cond, guidance_at(guidance, ts[i] / sched.T, guidance_interval))
-        # \hat x_0 = (x_t - \sqrt{1-\bar\alpha_t} \epsilon_\theta) / \sqrt{\bar\alpha_t}   (eq. 12, "predicted x_0")
-        x0 = predict_x0(sched, x, t, eps)
-        if clip_x0 is not None:
-            x0, eps = _clip_prediction(sched, x, t, x0, clip_x0)
+        # \hat x_0 = (x_t - \sqrt{1-\bar\alpha_t} \epsilon_\theta) / \sqrt{\bar\alpha_t}
+        x0, eps = _x0_and_eps(sched, x, t, eps, clip_x0)
         if return_trajectory:
             traj.append({"t": ts[i], "x_t": x.cpu(), "x0_pred": x0.cpu()})
         # \bar\alpha_s of the next (earlier) step s; 1 after the last step (clean data)
@@ -542,40 +286,24 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
         x = a_s.sqrt() * x0 + (1 - a_s - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(ts):
             x = x + sigma * _randn(x.shape, generator, device)
-    if return_trajectory:
-        traj.append({"t": -1, "x_t": x.cpu(), "x0_pred": x.cpu()})
-        return x, traj
-    return x
+    return _finish(x, traj, return_trajectory)
 
 
-# ---------------------------------------------------------------------------
-# EMA and the shared trainer
-# ---------------------------------------------------------------------------
-
+# --- EMA and the shared trainer ---
 @torch.no_grad()
 def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    r"""In place: :math:`\theta_{ema} \leftarrow d\,\theta_{ema} + (1-d)\,\theta` for every parameter.
-
-    Buffers (e.g. running statistics) are copied as they are.
-    """
+    r"""In place, :math:`\theta_{ema} \leftarrow d\,\theta_{ema} + (1-d)\,\theta`; buffers are copied."""
     for p_ema, p in zip(ema_model.parameters(), model.parameters()):
-        # \theta_ema = d \theta_ema + (1 - d) \theta
         p_ema.mul_(decay).add_(p.detach(), alpha=1 - decay)
     for b_ema, b in zip(ema_model.buffers(), model.buffers()):
         b_ema.copy_(b)
 
 
 def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
-    r"""The EMA decay :func:`train_diffusion` uses at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)`.
-
-    The warm-up keeps a short run's EMA from being dominated by the random
-    initialisation. It binds for long: it is below 0.999 until step 8,990, so in runs
-    of a few thousand steps it, not ``decay``, sets the average (0.997 at step 3,000,
-    0.998 at step 5,000), and decays of 0.999 or 0.9995 train the same EMA in any shorter run.
-    """
+    r"""The decay at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)` with ``warmup``
+    (below 0.999 until step 8,990)."""
     if step < 0:
         raise ValueError(f"ema_decay_at: step must be >= 0; got {step}")
-    # d_k = min(d, (1 + k) / (10 + k))
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
@@ -584,8 +312,7 @@ def _lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))))
     if schedule == "constant":
         return 1.0
     raise ValueError(f"unknown lr schedule {schedule!r}: expected 'constant' or 'cosine'")
@@ -598,25 +325,10 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
                     weight_decay: float = 0.0, warmup_steps: int = 0, lr_schedule: str = "constant",
                     grad_clip: float | None = 1.0, ema_warmup: bool = True,
                     progress: bool = True, desc: str = "diffusion", loss_fn: Callable | None = None):
-    r"""Train a denoiser with :func:`diffusion_loss` on in-memory data; return ``(ema_model, history)``.
-
-    - ``data``: the clean points :math:`x_0`, shape ``(N, ...)``, on the model's device;
-    - ``cond``: per-point conditions ``(N,)`` (scalars or class indices) or None;
-    - ``steps`` optimiser steps on random minibatches of ``batch_size`` (AdamW, ``lr``,
-      ``weight_decay``; optional linear ``warmup_steps`` and ``lr_schedule="cosine"``);
-    - ``ema_decay`` :math:`d` of :func:`update_ema`; with ``ema_warmup`` the decay
-      used at step k is :func:`ema_decay_at` (a warm-up that binds for thousands of steps);
-    - ``callback(step, loss, model, ema_model)`` is called after every step;
-    - ``loss_fn(model, x0, cond, p_uncond, generator)``: another objective in place of
-      :func:`diffusion_loss` (``sched`` may then be None); :func:`train_flow` passes
-      :func:`flow_matching_loss` here.
-
-    ``model`` is trained in place; the returned EMA copy (in eval mode) is what
-    to sample from. ``history`` holds per-step ``loss`` and ``lr`` lists and the
-    wall-clock ``seconds``.
-    """
-    import time
-
+    r"""Train on in-memory ``data`` (N, ...) and ``cond`` (N,) or None: ``(ema_model, history)``. A step: a
+    minibatch drawn from ``generator``, :func:`diffusion_loss` (or ``loss_fn(model, x0, cond, p_uncond,
+    generator)``), AdamW at ``lr`` x :func:`_lr_factor`, gradient norm clipped at ``grad_clip``, then
+    :func:`update_ema` with :func:`ema_decay_at` and ``callback(step, loss, model, ema_model)``."""
     if data.ndim < 2:
         raise ValueError(f"data must be (N, ...) with N points; got shape {tuple(data.shape)}")
     if cond is not None:
@@ -654,62 +366,31 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
     return ema_model, history
 
 
-# ---------------------------------------------------------------------------
-# Conditional flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023)
-# ---------------------------------------------------------------------------
-#
-# Instead of T discrete noising steps, join each data point x_0 to a noise
-# sample eps by a straight line in continuous time t in [0, 1]:
-#
-#     x_t = (1 - t) x_0 + t eps,            x_0 at t = 0, pure noise at t = 1.
-#
-# Along that line the velocity is constant, dx_t/dt = eps - x_0. A network
-# v_theta(x_t, t, c) is trained to regress it:
-#
-#     L = E_{t, x_0, eps} || (eps - x_0) - v_theta(x_t, t, c) ||^2 .
-#
-# The minimiser is the conditional mean E[eps - x_0 | x_t], a velocity field
-# whose ODE dx/dt = v(x, t) carries the noise distribution (t = 1) to the data
-# distribution (t = 0). Sampling integrates it backwards from t = 1 to 0 with
-# Euler or Heun steps. t is drawn from a logit-normal, t = sigmoid(m + s n),
-# n ~ N(0, 1) (Esser et al. 2024), which spends more training on middle t.
-# Classifier-free guidance is the same mixture as for the noise estimate:
-#     v~ = v(x, t, null) + w (v(x, t, c) - v(x, t, null))   (see guided_eps).
-#
-# Models follow the calling convention above; they receive t * time_scale
-# (default 1000), so the denoisers built for integer steps in [0, T) are reused
-# unchanged. Everything is rank-generic: (B, d) latents and (B, C, H, W) images.
+# --- Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023), taught in notebook 06 ---
+# The straight path x_t = (1 - t) x_0 + t eps (t in [0, 1]) has the velocity eps - x_0; a network
+# v_theta(x_t, t, c) regresses it, and sampling integrates dx/dt = v from t = 1 (noise) to t = 0 (data).
+# Models receive t * FLOW_TIME_SCALE, so the denoisers built for integer steps are reused unchanged.
 
 FLOW_TIME_SCALE = 1000.0
 
 
-def _bcast(t: torch.Tensor, x_shape) -> torch.Tensor:
-    """A per-row time (B,) shaped (B, 1, ..., 1) to broadcast against ``x_shape``."""
-    return t.reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
-
-
 def flow_interpolate(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    r"""The straight path between data and noise: :math:`x_t = (1-t)\,x_0 + t\,\epsilon`, ``t`` (B,) in [0, 1]."""
-    tb = _bcast(t.to(x0.dtype), x0.shape)
-    # x_t = (1 - t) x_0 + t \epsilon
+    r"""The straight path :math:`x_t = (1-t)\,x_0 + t\,\epsilon`, ``t`` (B,) in [0, 1]."""
+    tb = t.to(x0.dtype).reshape(t.shape[0], *([1] * (x0.ndim - 1)))
     return (1 - tb) * x0 + tb * noise
 
 
 def logit_normal_t(n: int, generator: torch.Generator | None = None, mean: float = 0.0,
                    std: float = 1.0) -> torch.Tensor:
-    r"""``n`` times in (0, 1) from a logit-normal: :math:`t = \sigma(m + s\,n)`, :math:`n\sim\mathcal N(0,1)`."""
-    # t = sigmoid(m + s n)
+    r"""``n`` times in (0, 1): :math:`t = \sigma(m + s\,n)`, :math:`n\sim\mathcal N(0,1)` (Esser et al. 2024)."""
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
 def flow_matching_loss(model: nn.Module, x0: torch.Tensor, cond=None, p_uncond: float = 0.0,
                        generator: torch.Generator | None = None, t_sampling: str = "logit_normal",
                        time_scale: float = FLOW_TIME_SCALE) -> torch.Tensor:
-    r"""Conditional flow matching loss on one minibatch: :math:`\lVert(\epsilon-x_0)-v_\theta(x_t,t,c)\rVert^2`.
-
-    ``t_sampling``: ``"logit_normal"`` (default) or ``"uniform"``; ``cond`` and
-    ``p_uncond`` as in :func:`diffusion_loss`.
-    """
+    r""":math:`\lVert(\epsilon-x_0)-v_\theta(x_t,t,c)\rVert^2` on one minibatch; ``t_sampling``:
+    ``"logit_normal"`` or ``"uniform"``; ``cond``, ``p_uncond`` as in :func:`diffusion_loss`."""
     B, device = x0.shape[0], x0.device
     if t_sampling == "logit_normal":
         t = logit_normal_t(B, generator)
@@ -740,25 +421,13 @@ def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler",
                 guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
                 time_scale: float = FLOW_TIME_SCALE, progress: bool = False, guidance_interval=None):
-    r"""Integrate :math:`dx/dt = \tilde v(x, t, c)` from :math:`t=1` (noise) to :math:`t=0` (data).
-
-    - ``steps``: number of steps of size :math:`h = 1/\text{steps}`;
-    - ``method``: ``"euler"`` (one model call a step) or ``"heun"`` (two; second order);
-    - ``cond``, ``guidance``: class and classifier-free guidance weight (:func:`guided_eps`);
-    - ``guidance_interval``: ``(lo, hi)``: guide only at times :math:`t` inside it
-      (:func:`guidance_at`); None = at every step;
-    - ``noise``: the start :math:`x_1` (drawn from ``generator`` if None).
-
-    Returns ``x_0`` or ``(x_0, trajectory)`` with the same trajectory format as
-    :func:`ddim_sample` (``"t"`` is the continuous time; ``"x0_pred"`` is
-    :math:`\hat x_0 = x_t - t\,\tilde v`, the point the current velocity aims at).
-    """
+    r"""Integrate :math:`dx/dt = \tilde v(x, t, c)` from :math:`t=1` to :math:`t=0` in ``steps`` steps,
+    ``method`` ``"euler"`` or ``"heun"``; guidance and the trajectory (with
+    :math:`\hat x_0 = x_t - t\,\tilde v`) as in :func:`ddim_sample`."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown flow sampler {method!r}: expected 'euler' or 'heun'")
-    device = _device_of(model)
-    x = noise.to(device).clone() if noise is not None else _randn(shape, generator, device)
-    ts = flow_timesteps(steps)
-    B = x.shape[0]
+    device, x = _start(model, shape, noise, generator)
+    ts, B = flow_timesteps(steps), x.shape[0]
     if guidance_interval is not None:
         check_guidance_interval(guidance_interval)
 
@@ -769,31 +438,18 @@ def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler",
     traj = []
     for i in _progress(range(steps), disable=not progress, desc="flow"):
         t, s = ts[i], ts[i + 1]
-        h = t - s
-        v = vel(x, t)
+        h, v = t - s, vel(x, t)
         if return_trajectory:
-            # \hat x_0 = x_t - t v   (follow the current velocity to t = 0)
             traj.append({"t": t, "x_t": x.cpu(), "x0_pred": (x - t * v).cpu()})
-        # Euler: x_s = x_t - h v(x_t, t)
+        # Euler: x_s = x_t - h v(x_t, t);  Heun: x_s = x_t - h/2 (v(x_t, t) + v(x_euler, s))
         x_euler = x - h * v
-        if method == "heun":
-            # Heun: x_s = x_t - h/2 (v(x_t, t) + v(x_euler, s))
-            x = x - 0.5 * h * (v + vel(x_euler, s))
-        else:
-            x = x_euler
-    if return_trajectory:
-        traj.append({"t": -1, "x_t": x.cpu(), "x0_pred": x.cpu()})
-        return x, traj
-    return x
+        x = x - 0.5 * h * (v + vel(x_euler, s)) if method == "heun" else x_euler
+    return _finish(x, traj, return_trajectory)
 
 
 def train_flow(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, lr: float,
                t_sampling: str = "logit_normal", time_scale: float = FLOW_TIME_SCALE, **kwargs):
-    r"""Train a velocity model with :func:`flow_matching_loss`; return ``(ema_model, history)``.
-
-    Every other argument (``cond``, ``p_uncond``, ``ema_decay``, ``generator``,
-    learning-rate schedule, ...) is that of :func:`train_diffusion`, which runs the loop.
-    """
+    r"""Train a velocity model with :func:`flow_matching_loss` by :func:`train_diffusion` (same keywords)."""
     def loss_fn(m, x0, c, p, g):
         return flow_matching_loss(m, x0, c, p, g, t_sampling=t_sampling, time_scale=time_scale)
 
@@ -801,29 +457,16 @@ def train_flow(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int
     return train_diffusion(model, data, None, steps, batch_size, lr, loss_fn=loss_fn, **kwargs)
 
 
-# ---------------------------------------------------------------------------
-# Latent standardisation: what every diffusion model of the series sees
-# ---------------------------------------------------------------------------
-
+# --- Latent standardisation: what every diffusion model of the series sees ---
 class LatentStandardizer:
-    r"""Standardisation of latents before diffusion: :math:`u = (z - \bar z) / s`, and back.
-
-    Diffusion assumes data of about unit scale (its noise is :math:`\mathcal N(0, I)`);
-    the anchors' users report collapse when latents are not standardised. Flat latents
-    (N, L) get one mean :math:`\bar z` and spread :math:`s` per dimension, shaped (L,);
-    spatial codes (N, C, H, W) one per *channel* (over samples and positions), shaped
-    (C, 1, 1) to broadcast. :math:`s` is the standard deviation, floored at ``eps`` so
-    a dead dimension is not blown up. Both stories use it: the weight VAE stores its
-    standardiser in its artifact (:func:`helpers.vae.save_vae`), the image notebooks fit
-    one on the training codes.
-    """
+    r""":math:`u = (z - \bar z) / s` and back: one mean and spread per dimension for flat latents (N, L),
+    per channel for codes (N, C, H, W) (shaped (C, 1, 1)); :math:`s` is floored at ``eps``."""
 
     def __init__(self, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None):
         self.mean, self.scale = mean, scale
 
     @classmethod
     def fit(cls, z: torch.Tensor, eps: float = 1e-6) -> "LatentStandardizer":
-        """A standardiser fitted on latents (N, L) or codes (N, C, H, W), N >= 2."""
         z = z.detach().to(torch.float32)
         if z.ndim not in (2, 4) or z.shape[0] < 2:
             raise ValueError(f"fit needs latents of shape (N >= 2, L) or (N >= 2, C, H, W), found {tuple(z.shape)}")
@@ -839,17 +482,14 @@ class LatentStandardizer:
             raise RuntimeError("LatentStandardizer is not fitted: use LatentStandardizer.fit(latents)")
 
     def standardize(self, z: torch.Tensor) -> torch.Tensor:
-        r""":math:`u = (z - \bar z) / s` (on ``z``'s device)."""
         self._fitted()
         return (z - self.mean.to(z)) / self.scale.to(z)
 
     def unstandardize(self, u: torch.Tensor) -> torch.Tensor:
-        r""":math:`z = \bar z + s\,u` (on ``u``'s device)."""
         self._fitted()
         return u * self.scale.to(u) + self.mean.to(u)
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The tensors to store with a model: ``mean`` and ``scale``."""
         self._fitted()
         return {"mean": self.mean.clone(), "scale": self.scale.clone()}
 

@@ -1,7 +1,5 @@
 """Tests of helpers.diffusion: schedules, forward process, samplers, guidance, EMA, trainer."""
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -304,12 +302,6 @@ def test_a_few_steps_of_x0_training_lower_the_x0_loss():
     D.train_diffusion(model, data, s, steps=150, batch_size=32, lr=3e-3, generator=g, progress=False,
                       loss_fn=lambda m, x0, c, p, gen: D.x0_loss(m, s, x0, c, p_uncond=p, generator=gen))
     assert held_out_loss(model) < 0.5 * before
-
-
-def test_prediction_setting_refuses_other_values_in_one_line():
-    assert D.check_prediction("eps") == "eps" and D.check_prediction("x0") == "x0"
-    with pytest.raises(ValueError, match=r"^prediction: expected one of 'eps', 'x0', found 'v'$"):
-        D.check_prediction("v")
 
 
 # ---------------------------------------------------------------------------

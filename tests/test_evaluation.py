@@ -1,12 +1,10 @@
-"""Tests for helpers.evaluation: novelty (IoU), baselines, summaries, ensembles."""
+"""Tests for helpers.evaluation: novelty (IoU, distances), baselines, the frontier, fine-tuning."""
 
-import math
 
 import pytest
 import torch
 
 from helpers import evaluation as ev
-
 
 # ---------------------------------------------------------------------------
 # Error sets and IoU
@@ -19,18 +17,15 @@ def test_error_sets_marks_wrong_predictions():
     assert err.dtype == torch.bool
     assert err.tolist() == [[False] * 4, [True, False, True, False]]
 
-
 def test_error_sets_rejects_wrong_length():
     with pytest.raises(ValueError, match="3 samples but there are 4 labels"):
         ev.error_sets(torch.zeros(2, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long))
-
 
 def test_iou_identical_is_one_disjoint_is_zero():
     a = torch.tensor([[1, 1, 0, 0, 0]], dtype=torch.bool)
     b = torch.tensor([[0, 0, 1, 1, 0]], dtype=torch.bool)
     assert ev.iou_matrix(a, a).item() == 1.0
     assert ev.iou_matrix(a, b).item() == 0.0
-
 
 def test_iou_known_example_and_shape():
     # E_a = {0,1,2}, E_b = {1,2,3,4}: |∩| = 2, |∪| = 5
@@ -41,7 +36,6 @@ def test_iou_known_example_and_shape():
     assert iou[0, 0].item() == pytest.approx(2 / 5)
     assert iou[0, 1].item() == 1.0
     assert iou[1].tolist() == [0.0, 0.0, 1.0]
-
 
 def test_iou_matches_loop_on_random_sets():
     g = torch.Generator().manual_seed(0)
@@ -54,14 +48,12 @@ def test_iou_matches_loop_on_random_sets():
             union = (a[i] | b[j]).sum().item()
             assert iou[i, j].item() == pytest.approx(inter / union if union else 1.0)
 
-
 def test_max_similarity_picks_the_max_and_respects_exclude():
     gen = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
     train = torch.tensor([[0, 0, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
     assert ev.max_similarity(gen, train).tolist() == [1.0]
     exclude = torch.tensor([[False, False, True]])
     assert ev.max_similarity(gen, train, exclude=exclude).tolist() == [0.5]
-
 
 def test_mean_pairwise_iou_skips_the_diagonal():
     err = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
@@ -70,15 +62,18 @@ def test_mean_pairwise_iou_skips_the_diagonal():
     with pytest.raises(ValueError):
         ev.mean_pairwise_iou(err[:1])
 
+def _nearest(v, train, norm=None):
+    """Each row's RMS distance to its nearest training row (in normalised units with ``norm``)."""
+    f = (lambda w: w) if norm is None else norm.normalize
+    return ev.pairwise_rms_distance(f(v), f(train)).min(dim=1).values
 
-def test_nearest_checkpoint_distance_is_rms_and_can_skip_copies():
+def test_pairwise_rms_distance_is_rms_and_exact_for_copies():
     train = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
     v = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    d = ev.nearest_checkpoint_distance(v, train)
-    assert d.tolist() == pytest.approx([1.0, 0.0])
-    d2 = ev.nearest_checkpoint_distance(v, train, exclude_identical=True)
-    assert d2.tolist() == pytest.approx([1.0, 2.0])
-
+    d = ev.pairwise_rms_distance(v, train)
+    assert d.shape == (2, 2) and d.flatten().tolist() == pytest.approx([1.0, 1.0, 0.0, 2.0])
+    w = torch.randn(3, 1000) * 100
+    assert torch.all(torch.diagonal(ev.pairwise_rms_distance(w, w)) == 0)   # no |a|^2 + |b|^2 - 2ab rounding
 
 class _ScaleNormalizer:
     """A stand-in normaliser: z = (w - 1) / 10."""
@@ -89,13 +84,6 @@ class _ScaleNormalizer:
     def denormalize(self, z):
         return z * 10.0 + 1.0
 
-
-def test_nearest_distance_uses_normalised_space():
-    train = torch.zeros(1, 4)
-    v = torch.full((1, 4), 10.0)
-    assert ev.nearest_checkpoint_distance(v, train, _ScaleNormalizer()).item() == pytest.approx(1.0)
-
-
 # ---------------------------------------------------------------------------
 # Baselines
 # ---------------------------------------------------------------------------
@@ -104,22 +92,19 @@ def _train(m=20, d=30, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(m, d, generator=g) * torch.linspace(0.1, 2.0, d) + torch.linspace(-1, 1, d)
 
-
 def test_noise_baseline_sigma_zero_returns_checkpoints():
     train = _train()
     out = ev.noise_baseline(train, 12, 0.0, _ScaleNormalizer(), torch.Generator().manual_seed(1))
     assert out.shape == (12, train.shape[1])
-    d = ev.nearest_checkpoint_distance(out, train)
+    d = _nearest(out, train)
     assert d.max().item() < 1e-5
-
 
 def test_noise_baseline_noise_has_scale_sigma_in_normalised_units():
     train = _train()
     norm = _ScaleNormalizer()
     out = ev.noise_baseline(train, 200, 0.1, norm, torch.Generator().manual_seed(2))
-    d = ev.nearest_checkpoint_distance(out, train, norm)
+    d = _nearest(out, train, norm)
     assert d.mean().item() == pytest.approx(0.1, rel=0.15)
-
 
 def test_baselines_are_deterministic_given_generator():
     train = _train()
@@ -130,14 +115,12 @@ def test_baselines_are_deterministic_given_generator():
         b = fn(torch.Generator().manual_seed(3))
         assert torch.equal(a, b)
 
-
 def test_soup_of_identical_checkpoints_is_that_checkpoint():
     w = torch.randn(1, 25)
     train = w.repeat(30, 1)
     out = ev.soup_baseline(train, 4, k=16, generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 25)
     assert torch.allclose(out, w.expand(4, -1), atol=1e-6)
-
 
 def test_soup_averages_k_distinct_checkpoints():
     # checkpoint i is the one-hot vector e_i: a soup of k distinct ones has k entries equal to 1/k
@@ -149,16 +132,14 @@ def test_soup_averages_k_distinct_checkpoints():
     out = ev.soup_baseline(train, 4, k=16, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out, torch.full_like(out, 0.1))
 
-
 def test_gaussian_baseline_matches_mean_and_std():
     train = _train(m=50, d=8)
     out = ev.gaussian_baseline(train, 20000, torch.Generator().manual_seed(0))
     assert torch.allclose(out.mean(0), train.mean(0), atol=0.05)
     assert torch.allclose(out.std(0), train.std(0), rtol=0.03)
 
-
 # ---------------------------------------------------------------------------
-# Summaries, tables, ensembles
+# Accuracy summaries
 # ---------------------------------------------------------------------------
 
 def test_summarize_accuracies():
@@ -171,59 +152,11 @@ def test_summarize_accuracies():
     with pytest.raises(ValueError, match="expected at least one accuracy, found none"):
         ev.summarize_accuracies([])
 
-
-def test_results_table_is_markdown():
-    rows = [{"name": "generated", "n": 3, "mean": 97.123, "median": 97.0, "best": 98.0,
-             "worst": 96.0, "max_iou": 0.812, "nearest_dist": 0.05}]
-    text = ev.results_table(rows)
-    lines = text.splitlines()
-    assert lines[0].startswith("| method |") and len(lines) == 3
-    assert "97.12" in lines[2] and "0.812" in lines[2]
-
-
-def test_ensemble_of_identical_members_equals_single_model():
-    g = torch.Generator().manual_seed(0)
-    p = torch.softmax(torch.randn(200, 10, generator=g), -1)
-    y = torch.randint(10, (200,), generator=g)
-    single = ((p.argmax(-1) == y).float().mean() * 100).item()
-    probs = p.unsqueeze(0).repeat(5, 1, 1)
-    assert ev.ensemble_accuracy_from_probs(probs, y, [1, 2, 5]) == pytest.approx([single] * 3)
-
-
-def test_ensemble_averages_probabilities():
-    # two members, one sample: averaged probabilities pick class 1 though neither member's argmax ties
-    probs = torch.tensor([[[0.6, 0.4, 0.0]], [[0.0, 0.45, 0.55]]])
-    y = torch.tensor([1])
-    assert ev.ensemble_accuracy_from_probs(probs, y, [1, 2]) == [0.0, 100.0]
-    with pytest.raises(ValueError, match="only 2 members"):
-        ev.ensemble_accuracy_from_probs(probs, y, [3])
-
-
-def _rows_for_verdict(gen_iou):
-    base = {"median": 0.0, "best": 0.0, "worst": 0.0, "nearest_dist": 0.1, "n": 5}
-    return [dict(base, name="checkpoints", mean=98.0, max_iou=0.80),
-            dict(base, name="generated", mean=97.9, max_iou=gen_iou),
-            dict(base, name="noise", mean=97.8, max_iou=0.85),
-            dict(base, name="gaussian", mean=10.0, max_iou=0.02)]
-
-
-def test_verdict_names_baselines_that_reach_the_generator():
-    text = ev.verdict(_rows_for_verdict(0.9))
-    assert "not new" in text
-    assert "same accuracy/novelty region: noise" in text
-    assert "gaussian (10.0%)" in text          # flagged as not useful, not as "newer"
-    text = ev.verdict(_rows_for_verdict(0.5))
-    assert "no baseline reaches" in text
-    with pytest.raises(KeyError, match="generated"):
-        ev.verdict([{"name": "checkpoints"}])
-
-
 # ---------------------------------------------------------------------------
 # With real (tiny) networks of helpers.classifiers
 # ---------------------------------------------------------------------------
 
 TINY = {"arch": "mlp", "in_channels": 1, "image_size": 4, "hidden": [6], "n_classes": 3}
-
 
 def _tiny_problem(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -233,20 +166,10 @@ def _tiny_problem(n=300, seed=0):
     y = (f[:, :8].sum(1) > 0).long() + (f[:, 8:].sum(1) > 1).long()
     return x, y
 
-
 def _tiny_vectors(k, seed=0):
-    return torch.stack([ev.random_init_vector(TINY, seed=seed + i) for i in range(k)])
+    from helpers import classifiers, weights
 
-
-def test_layer_slices_cover_the_vector():
-    from helpers import classifiers
-
-    slices = ev.layer_slices(TINY)
-    assert [name for name, _ in slices] == ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"]
-    assert slices[-1][1].stop == classifiers.count_params(TINY)
-    stats = ev.layer_weight_stats({"a": _tiny_vectors(3)}, TINY)
-    assert stats["fc0.weight"]["a"].shape == (3 * 6 * 16,)
-
+    return torch.stack([weights.flatten(classifiers.build_model(TINY, seed=seed + i).state_dict()) for i in range(k)])
 
 def test_predict_probs_agree_with_predicted_labels():
     x, _ = _tiny_problem(50)
@@ -255,16 +178,6 @@ def test_predict_probs_agree_with_predicted_labels():
     assert probs.shape == (3, 50, 3)
     assert torch.allclose(probs.sum(-1), torch.ones(3, 50), atol=1e-5)
     assert torch.equal(probs.argmax(-1), ev.predict_labels(v, TINY, x))
-
-
-def test_ensemble_curve_of_identical_networks_equals_single_accuracy():
-    from helpers import classifiers
-
-    x, y = _tiny_problem()
-    v = _tiny_vectors(1)
-    single = classifiers.evaluate_vectors(v, TINY, x, y).item()
-    assert ev.ensemble_curve(v.repeat(4, 1), TINY, x, y, [1, 2, 4]) == pytest.approx([single] * 3)
-
 
 def test_evaluate_methods_rows():
     x, y = _tiny_problem()
@@ -284,41 +197,15 @@ def test_evaluate_methods_rows():
     with pytest.raises(ValueError, match="expected"):
         ev.evaluate_methods({"bad": train[:, :-1]}, train, TINY, x, y)
 
-
 def test_finetune_curves_loss_falls_and_shares_batches():
     x, y = _tiny_problem(400)
-    start = ev.random_init_vector(TINY, seed=0)
+    start = _tiny_vectors(1)[0]
     hist = ev.finetune_curves({"a": start, "b": start.clone()}, TINY, (x, y, x, y), steps=60, lr=1e-2,
                               batch_size=64, eval_every=20, progress=False)
     a, b = hist["a"], hist["b"]
     assert a["eval_steps"] == [0, 20, 40, 60] and len(a["test_acc"]) == 4 and len(a["loss"]) == 60
     assert sum(a["loss"][-10:]) < sum(a["loss"][:10])
     assert a["loss"] == b["loss"]          # same start, same batches: identical curves
-
-
-def test_plot_functions_return_figures():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    g = torch.Generator().manual_seed(0)
-    rows = [{"name": n, "accs": 90 + torch.rand(6, generator=g) * 5, "max_ious": torch.rand(6, generator=g)}
-            for n in ("checkpoints", "generated", "noise")]
-    figs = [ev.plot_accuracy_scatter(rows[0]["accs"], rows[1]["accs"]),
-            ev.plot_method_strip(rows),
-            ev.plot_accuracy_vs_similarity(rows, zoom_min_acc=91.0),
-            ev.plot_layer_histograms(ev.layer_weight_stats({"a": _tiny_vectors(2), "b": _tiny_vectors(2, 5)},
-                                                           TINY)),
-            ev.plot_ensemble_curves({"generated": ([1, 2], [90.0, 91.0])}),
-            ev.plot_finetune_curves({"generated": {"loss": [1.0, 0.5, 0.4], "eval_steps": [0, 3],
-                                                   "test_acc": [50.0, 80.0]}})]
-    for fig in figs:
-        assert isinstance(fig, matplotlib.figure.Figure)
-    fig, ax = plt.subplots()
-    assert ev.plot_accuracy_scatter([1.0], [2.0], ax=ax) is fig
-    plt.close("all")
-
 
 # ---------------------------------------------------------------------------
 # The same evaluation on a zoo of another dataset, built by notebook 01's code
@@ -330,7 +217,6 @@ def test_evaluation_on_a_fashion_mnist_zoo_in_smoke(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     _fashion_pipeline(ev, classifiers, config, generation, vae, weights)
-
 
 def _fashion_pipeline(ev, classifiers, config, generation, vae, weights):
     cfg = config.get_config("evaluation", "smoke", dataset="fashion_mnist")
@@ -362,19 +248,6 @@ def _fashion_pipeline(ev, classifiers, config, generation, vae, weights):
     # noise of sigma in normalised units sits about sigma away from its checkpoint
     assert by["noise"]["nearest_dist"] == pytest.approx(cfg.noise_sigma, rel=0.1)
     assert all(0.0 <= r["max_iou"] <= 1.0 for r in rows)
-    assert "| generated |" in ev.results_table(rows) and "generated:" in ev.verdict(rows)
-    curve = ev.ensemble_curve(train[:2], zoo.spec, x, y, [1, 2])
-    assert curve[0] == pytest.approx(by["checkpoints"]["accs"][0].item(), abs=1e-3)
-
-
-def test_verdict_does_not_call_an_inaccurate_generator_novel():
-    rows = _rows_for_verdict(0.2)
-    rows[1]["mean"] = 40.0
-    text = ev.verdict(rows)
-    assert "far less accurate" in text
-    assert "more accurate than the generator: noise (97.80%)" in text
-    assert "share fewer mistakes" not in text
-
 
 def test_curve_accuracy_at_interpolates_and_clamps():
     curve = [{"value": 0.3, "max_iou": 0.2, "mean_acc": 80.0}, {"value": 0.02, "max_iou": 0.9, "mean_acc": 98.0},
@@ -386,7 +259,6 @@ def test_curve_accuracy_at_interpolates_and_clamps():
     assert ev.frontier_margin(curve, 85.0, 0.4) == pytest.approx(-3.0)
     with pytest.raises(ValueError, match="at least one point"):
         ev.curve_accuracy_at([], 0.5)
-
 
 def test_noise_curve_loses_accuracy_and_similarity_as_sigma_grows():
     x = torch.randn(200, 1, 6, 6)
@@ -407,7 +279,6 @@ def test_noise_curve_loses_accuracy_and_similarity_as_sigma_grows():
     with pytest.raises(ValueError, match="unknown baseline curve 'mix'; expected 'noise', 'soup' or 'latent noise'"):
         ev.baseline_curve("mix", [1], train, 3, spec, x, y, train_err)
 
-
 def test_finetune_vectors_trains_each_network_and_zero_steps_copies():
     from helpers import classifiers as C
     from helpers import weights as W
@@ -424,7 +295,6 @@ def test_finetune_vectors_trains_each_network_and_zero_steps_copies():
     after = C.evaluate_vectors(tuned, spec, x, y)
     assert (after > before + 10).all(), (before, after)
 
-
 def _tiny_zoo():
     """A 3-class MLP teacher labels 150 random images; 5 "checkpoints" are the teacher plus small noise."""
     from helpers import classifiers as C
@@ -437,7 +307,6 @@ def _tiny_zoo():
     train = teacher[None] + 0.05 * torch.randn(5, teacher.numel(), generator=torch.Generator().manual_seed(2))
     return spec, x, y, train
 
-
 def test_frontier_points_curves_and_margins_fit_together():
     spec, x, y, train = _tiny_zoo()
     out = ev.frontier(train, {"copies": train[:2].clone()}, spec, x, y, sigmas=(0.0, 0.5, 2.0),
@@ -449,21 +318,19 @@ def test_frontier_points_curves_and_margins_fit_together():
         expected = pt["mean_acc"] - ev.curve_accuracy_at(out["curves"]["noise"], pt["max_iou"])
         assert out["margins"][name] == pytest.approx(expected)
 
-
 def test_latent_noise_baseline_decodes_training_latents_plus_noise_of_scale_s():
     latents = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
     decode = lambda u: torch.cat([u, 2 * u], 1)              # a stand-in decoder, (n, 3) -> (n, 6)
     at_zero = ev.latent_noise_baseline(latents, 9, 0.0, decode, torch.Generator().manual_seed(1))
     assert at_zero.shape == (9, 6)
-    assert ev.nearest_checkpoint_distance(at_zero[:, :3], latents).max().item() < 1e-6   # copies of latents
+    assert _nearest(at_zero[:, :3], latents).max().item() < 1e-6   # copies of latents
     noisy = ev.latent_noise_baseline(latents, 400, 0.3, decode, torch.Generator().manual_seed(1))
     again = ev.latent_noise_baseline(latents, 400, 0.3, decode, torch.Generator().manual_seed(1))
     assert torch.equal(noisy, again)
     # the added noise has scale s: RMS distance to the latent it started from is about 0.3
-    assert ev.nearest_checkpoint_distance(noisy[:, :3], latents).mean().item() == pytest.approx(0.3, rel=0.25)
+    assert _nearest(noisy[:, :3], latents).mean().item() == pytest.approx(0.3, rel=0.25)
     with pytest.raises(ValueError, match=r"non-empty \(M, L\).*got shape \(3,\)"):
         ev.latent_noise_baseline(torch.zeros(3), 2, 0.1, decode)
-
 
 def test_frontier_adds_the_latent_noise_curve_and_its_margins():
     spec, x, y, train = _tiny_zoo()

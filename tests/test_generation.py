@@ -57,8 +57,12 @@ def test_generate_networks_shapes_determinism_and_condition():
     d, u = generation.generate_networks(4, den, vae_model, info, steps=5, seed=3, target_acc=92.0,
                                         guidance=2.0, return_latents=True)
     assert d.shape == (4, 151) and u.shape == (4, 4)
-    assert torch.allclose(generation.standardize_accuracy(torch.tensor([90.0, 94.0]), info),
-                          torch.tensor([0.0, 2.0]))
+    # the requested accuracy is standardised with the training set's statistics: (a - 90) / 2
+    sched = diffusion.NoiseSchedule.make("linear", 50)
+    asked = generation.sample_latents(den, info, 2, steps=3, seed=1, target_acc=torch.tensor([90.0, 94.0]))
+    direct = diffusion.ddim_sample(den, sched, (2, 4), steps=3, cond=torch.tensor([0.0, 2.0]),
+                                   generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(asked, direct)
     res = generation.accuracy_targets_run(den, vae_model, info, [88.0, 92.0], 3,
                                           evaluate=lambda v: torch.full((v.shape[0],), 50.0), steps=3)
     assert res["requested"].tolist() == [88.0] * 3 + [92.0] * 3 and res["achieved"].shape == (6,)
@@ -141,77 +145,29 @@ def test_prediction_option_keys_and_errors():
         config.get_config("weight_diffusion", "smoke", prediction=1)
 
 
-def test_heldout_split_is_deterministic_disjoint_and_checked():
-    runs = [5, 0, 3, 3, 1, 7, 2, 0, 6, 4]           # checkpoints' run ids, repeated and unordered
-    train, held = generation.heldout_split(runs, 3, seed=0)
-    assert (train, held) == generation.heldout_split(runs, 3, seed=0)
-    assert len(held) == 3 and not set(train) & set(held) and sorted(train + held) == list(range(8))
-    assert held == sorted(held) and train == sorted(train)
-    splits = {tuple(generation.heldout_split(runs, 3, seed=s)[1]) for s in range(6)}
-    assert len(splits) > 1                           # the seed chooses the held-out runs
-    assert generation.heldout_split(runs, 0, seed=0) == (list(range(8)), [])
-    with pytest.raises(ValueError, match=r"^heldout_runs: expected a whole number from 0 to 7 \(the zoo has 8 runs\), found 8$"):
-        generation.heldout_split(runs, 8, seed=0)
-
-
-def test_best_step_picks_the_minimum_of_a_curve():
-    assert generation.best_step([200, 400, 600, 800], [0.9, 0.7, 0.8, 0.7]) == (400, 0.7)   # earliest on ties
-    assert generation.best_step([100], [2.0]) == (100, 2.0)
-    with pytest.raises(ValueError, match=r"^best_step: expected as many steps as losses \(at least one\), found 2 steps and 1 losses$"):
-        generation.best_step([1, 2], [0.5])
-
-
-def test_fixed_draw_loss_is_the_objective_with_fixed_draws():
-    sched = diffusion.NoiseSchedule.make("linear", 50)
-    x0 = torch.randn(6, 4)
-
-    class Zero(torch.nn.Module):
-        def forward(self, x, t, cond=None):
-            return torch.zeros_like(x)
-
-    # predicting x0 = 0 costs the mean square of the data whatever the draws; eps = 0 about 1
-    assert generation.fixed_draw_loss(Zero(), sched, x0, prediction="x0") == pytest.approx(x0.pow(2).mean().item(), rel=1e-6)
-    assert 0.7 < generation.fixed_draw_loss(Zero(), sched, x0, prediction="eps", n_draws=64) < 1.3
-    den = generation.make_denoiser(4, WD)
-    torch.nn.init.normal_(den.out.weight, std=0.5)           # a fresh denoiser outputs zeros
-    den.eval()
-    c = torch.zeros(6)
-    a = generation.fixed_draw_loss(den, sched, x0, c, "x0", n_draws=8, seed=1)
-    assert a == generation.fixed_draw_loss(den, sched, x0, c, "x0", n_draws=8, seed=1)
-    assert a != generation.fixed_draw_loss(den, sched, x0, c, "x0", n_draws=8, seed=2)
-
-
-def test_heldout_runs_are_kept_out_logged_and_early_stopping_keeps_the_minimum(monkeypatch):
+def test_a_condition_other_than_the_test_accuracy_is_keyed_stored_and_checked(monkeypatch, tmp_path):
     from types import SimpleNamespace
     from helpers import config
+    monkeypatch.setenv("LDT_ARTIFACTS_DIR", str(tmp_path))
     vae_model, _ = _tiny_vae()
     torch.manual_seed(1)
-    vectors = 0.1 * torch.randn(24, 151)
-    ds = SimpleNamespace(vectors=vectors, metrics=[{"run": i // 3} for i in range(24)],    # 8 runs x 3 checkpoints
-                         test_acc=torch.linspace(90.0, 95.0, 24))
+    val = torch.linspace(40.0, 95.0, 24)
+    ds = SimpleNamespace(vectors=0.1 * torch.randn(24, 151), test_acc=torch.linspace(90.0, 95.0, 24),
+                         column=lambda key: {"val_acc": val.double(), "test_acc": torch.linspace(90.0, 95.0, 24).double()}[key])
     monkeypatch.setattr(vae, "build_or_load_vae", lambda *a, **k: (vae_model, {"dataset": ds}))
-    zoo_cfg, vae_cfg = weights.zoo_config("smoke", "multiseed"), config.get_config("vae", "smoke")
-    wd = config.get_config("weight_diffusion", "smoke", train_steps=60, warmup_steps=5, hidden=32, prediction="x0",
-                           heldout_runs=2, heldout_every=20, heldout_draws=4, heldout_keep_best=True)
-    assert "heldout_runs" not in generation.weight_diffusion_key(zoo_cfg, vae_cfg, {**wd, "heldout_runs": 0})["weight_diffusion"]
-    assert generation.weight_diffusion_key(zoo_cfg, vae_cfg, wd)["weight_diffusion"]["heldout_runs"] == 2
-    model, info = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd)
-    hd = info["heldout"]
-    assert hd["runs"] == generation.heldout_split(range(8), 2, 0)[1] and hd["n_heldout"] == 6 and info["n_train"] == 18
-    assert hd["step"] == [20, 40, 60] and len(hd["train"]) == len(hd["heldout"]) == 3
-    assert hd["kept_step"] == hd["best_step"] == generation.best_step(hd["step"], hd["heldout"])[0]
-    # the returned weights are those of the held-out minimum: their held-out loss is the logged minimum
-    held = torch.tensor([m["run"] in hd["runs"] for m in ds.metrics])
-    u = generation.training_latents(vae_model, ds)
-    acc = ds.test_acc[~held]
-    c_held = (ds.test_acc[held] - acc.mean()) / acc.std()
-    sched = diffusion.NoiseSchedule.make(wd.schedule, wd.T)
-    loss = generation.fixed_draw_loss(model.x0_model, sched, u[held], c_held, "x0", 4, wd.seed)
-    assert loss == pytest.approx(min(hd["heldout"]), rel=1e-5)
-    # without early stopping the last weights come back (same curve: the same training)
-    last, info_last = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, {**wd, "heldout_keep_best": False})
-    assert info_last["heldout"]["kept_step"] == 60 and info_last["heldout"]["heldout"] == pytest.approx(hd["heldout"])
-    assert generation.fixed_draw_loss(last.x0_model, sched, u[held], c_held, "x0", 4, wd.seed) == pytest.approx(hd["heldout"][-1], rel=1e-5)
-    # the curve is stored with the denoiser and comes back from the cache
-    _, again = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd)
-    assert again["heldout"]["heldout"] == pytest.approx(hd["heldout"])
+    zoo_cfg, vae_cfg = weights.zoo_config("smoke", "wide"), config.get_config("vae", "smoke")
+    wd = config.get_config("weight_diffusion", "smoke", train_steps=4, warmup_steps=1, hidden=32)
+    den, info = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd, condition="val_acc")
+    assert info["condition"] == "val_acc" and "conditioned_diffusion" in info["path"]
+    np.testing.assert_allclose(info["condition_values"], val.numpy())
+    assert info["cond_mean"] == pytest.approx(val.mean().item(), rel=1e-6)
+    # loaded the second time, with the condition values stored beside the weights
+    again, info2 = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd, condition="val_acc")
+    assert info2["path"] == info["path"] and np.array_equal(info2["condition_values"], info["condition_values"])
+    # the default condition (the test accuracy) is another artifact, with no condition values
+    _, info3 = generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd)
+    assert info3["path"] != info["path"] and "condition_values" not in info3
+    with pytest.raises(ValueError, match="unknown condition 'train_acc'; expected one of test_acc, val_acc, decoded_val_acc"):
+        generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, wd, condition="train_acc")
+    with pytest.raises(ValueError, match="expected a conditional weight_diffusion config"):
+        generation.build_or_load_weight_diffusion(zoo_cfg, vae_cfg, {**wd, "conditional": False}, condition="val_acc")
