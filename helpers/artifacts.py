@@ -166,12 +166,12 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
 
     path = Path(path)
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = dict(metadata or {})
+    meta = dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
     if _CURRENT.get("path") == path:
         meta["settings"] = _CURRENT["settings"]
     for name, t in payload.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            culprits = blame(meta.get("settings", {}))
+            culprits = blame(_CURRENT["settings"] if _CURRENT.get("path") == path else {})
             raise runtime.DivergenceError(
                 f"refusing to save {path}: tensor {name!r} holds {int((~torch.isfinite(t)).sum())} NaN/inf "
                 f"values, so training diverged and nothing was saved"
@@ -235,17 +235,16 @@ def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, tor
     bad = _implausible(meta)
     if bad:
         raise ArtifactError(f"artifact {path} holds an implausible {bad}.{fix}")
-    recorded = meta.get("settings")
-    name_key = re.fullmatch(r".+-([0-9a-f]{12})\.safetensors", path.name)
-    if recorded is not None and name_key and config_key(recorded) != name_key.group(1):
-        raise ArtifactError(f"artifact {path} was made with other settings than its name says "
-                            f"(recorded key {config_key(recorded)}, name {name_key.group(1)}).{fix}")
+    recorded, name_key = meta.get("settings"), re.fullmatch(r".+-([0-9a-f]{12})\.safetensors", path.name)
     if _CURRENT.get("path") == path:
         if recorded is None:
             raise ArtifactError(f"artifact {path} records no settings, so it cannot be matched to the requested ones.{fix}")
         if recorded != _CURRENT["settings"]:
             raise ArtifactError(f"artifact {path} was made with other settings: recorded "
                                 f"{_differences(recorded, _CURRENT['settings'])}.{fix}")
+    if recorded is not None and name_key and config_key(recorded) != name_key.group(1):
+        raise ArtifactError(f"artifact {path} was made with other settings than its name says "
+                            f"(recorded {recorded}).{fix}")
     return tensors, meta
 
 
@@ -302,7 +301,10 @@ def artifact_path(kind: str, cfg: Mapping[str, Any], suffix: str = ".safetensors
 
 
 @contextmanager
-def _expecting(path: Path, cfg: Mapping[str, Any]):
+def recording(path: str | os.PathLike, cfg: Mapping[str, Any]):
+    """Inside the block, :func:`save_tensors` to ``path`` records ``cfg`` as the file's settings and
+    :func:`load_tensors` of ``path`` requires them (what :func:`cached` does; for a file written by hand)."""
+    path = Path(path)
     before = dict(_CURRENT)        # a loader may itself load another artifact through cached()
     _CURRENT.update(path=path, settings=_normal(cfg))
     try:
@@ -326,7 +328,7 @@ def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
     remove_stale_tmp(path.parent)
     if path.exists() and not rebuild:
         try:
-            with _expecting(path, cfg):
+            with recording(path, cfg):
                 obj = load(path)
             if verbose:
                 print(f"loaded {kind} from {path}")
@@ -340,7 +342,7 @@ def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
             exc.add_note(f"(while loading the artifact {path}; the file was kept)")
             raise
     obj = build()
-    with _expecting(path, cfg):
+    with recording(path, cfg):
         save(obj, path)
     if verbose:
         print(f"saved {kind} to {path}")

@@ -118,9 +118,7 @@ SETUP = {
 }
 SETUP_RULES = {"seed": SEED, "datasets": ListOf(One("mnist", "fashion_mnist", "cifar10")), "n_show": Int(1, 1024)}
 
-# Notebook 01: a zoo of trained CNN classifiers (owned by notebook 01).
-# Independent runs (trained together), aligned to run 0, then a trajectory of
-# checkpoints per run; see helpers.weights.build_zoo for the meaning of each key.
+# Notebook 01: a zoo of trained CNN classifiers (helpers.weights.build_zoo).
 _ZOO_COMMON: dict[str, Any] = {
     "seed": 0, "dataset": "mnist", "arch": "cnn", "spec": None,
     "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
@@ -145,14 +143,8 @@ ZOO_RULES = {
 }
 ZOO_CROSS = [("train_subset", lambda c: (c["train_subset"] or 0) + c["val_size"] <= TRAIN_SIZE[c["dataset"]],
               "train_subset + val_size at most the training set (MNIST 60,000, CIFAR-10 50,000)")]
-# The many-seed zoo (weights.zoo_config(preset, "multiseed")): these keys are laid over the
-# preset's ZOO settings (so the trajectory zoo's settings, and its artifact key, stay as above).
-# n_runs independent networks (own init and data order) trained together with a one-cycle
-# Adam rate (peak lr, linear warm-up for a `warmup` fraction, then linear decay: lr_schedule),
-# the last checkpoints_per_run checkpoints kept, checkpoint_every steps apart; all aligned by
-# weight matching to an iterated common reference (re-aligned to the running mean, at most
-# align_iters rounds, until no assignment changes); barrier_pairs random pairs for the
-# interpolation barrier. Recipe chosen on the validation split (benchmarks/bench_zoo_training.py).
+# The many-seed zoo (weights.zoo_config(preset, "multiseed")): laid over the preset's ZOO settings; n_runs
+# independent networks with a one-cycle rate, the last checkpoints_per_run kept, checkpoint_every steps apart.
 _ZOO_MULTISEED_COMMON: dict[str, Any] = {
     "kind": "multiseed", "lr": 1e-2, "lr_schedule": "linear", "warmup": 0.05, "align_iters": 30,
 }
@@ -172,15 +164,9 @@ ZOO_MULTISEED_RULES = {
     "align_iters": Int(0, 1000), "n_runs": Int(1, 4096), "epochs": EPOCHS, "batch_size": BATCH,
     "checkpoints_per_run": Int(1, 10**5), "checkpoint_every": STEPS, "min_val_acc": PCT, "barrier_pairs": Int(0, 10**4),
 }
-# The wide-accuracy zoo (weights.zoo_config(preset, "wide"); notebook 03's last section): laid
-# over the preset's ZOO settings like ZOO_MULTISEED. n_runs networks trained together for `epochs`
-# epochs (lr, lr_schedule, warmup as above), all from one initialisation if shared_init (they
-# then differ only in their data order; align: weight-match each run to run 0, not needed then);
-# a checkpoint of each at checkpoints_per_run steps spaced geometrically from step
-# first_checkpoint (dense early, where accuracy rises fast); then at most per_bin checkpoints kept
-# in each of n_bins equal bins of VALIDATION accuracy (on its first select_val_size images;
-# None = all) over [acc_lo, acc_hi] % (weights.even_selection), so the accuracies are spread
-# evenly; min_val_acc is not used.
+# The wide-accuracy zoo (weights.zoo_config(preset, "wide")): laid over ZOO like ZOO_MULTISEED; checkpoints
+# spaced geometrically from first_checkpoint, then at most per_bin kept in each of n_bins validation-accuracy
+# bins over [acc_lo, acc_hi] %.
 _ZOO_WIDE_COMMON: dict[str, Any] = {
     "kind": "wide", "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear", "warmup": 0.05,
     "first_checkpoint": 2, "acc_lo": 30.0, "acc_hi": 99.5, "select_val_size": 1000,
@@ -202,14 +188,9 @@ ZOO_WIDE_RULES = {
 }
 ZOO_WIDE_CROSS = [("acc_hi", lambda c: c["acc_lo"] < c["acc_hi"], "above acc_lo = {acc_lo}")]
 
-# Notebook 02: the parameter autoencoder / VAE (owned by notebook 02).
-# latent_dim/hidden/n_layers: MLP encoder and decoder sizes; beta: KL weight (0 = plain AE);
-# sigma_in/sigma_z: p-diff's noise augmentation on input and latent (training only);
-# lr_step/lr_gamma: StepLR (multiply the learning rate by lr_gamma every lr_step epochs);
-# n_eval: checkpoints decoded and evaluated on MNIST test (None = all); n_test: test images
-# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: G.pt's
-# permutation augmentation, the probability that a training vector is replaced, per minibatch, by a
-# random hidden-unit permutation of itself (0 = off; helpers.vae.permute_augment).
+# Notebook 02: the parameter VAE. beta: KL weight (0 = plain AE); sigma_in/sigma_z: noise on input and
+# latent; lr_step/lr_gamma: StepLR; n_eval/n_test: None = all; permute_augment: G.pt's permutation
+# augmentation probability (0 = off).
 VAE: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
               "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,
@@ -231,27 +212,11 @@ VAE_RULES = {
     "n_eval": Int(1, 10**6, none=True), "n_test": N_TEST, "n_prior": Int(1, 10**5), "permute_augment": FRAC,
 }
 
-# Notebook 03: latent diffusion over network weights (owned by notebook 03).
-# schedule/T: noise schedule ("linear" or "cosine") and number of diffusion steps;
-# hidden/n_blocks/time_dim/dropout: the MLPDenoiser; conditional: condition on the
-# checkpoint's test accuracy (scalar, standardised), dropped with probability p_uncond
-# (classifier-free guidance); train_steps/batch_size/lr/weight_decay/warmup_steps/
-# lr_schedule/ema_decay: the trainer (ema_decay is an upper bound: diffusion.ema_decay_at warms the
-# decay up as (1+k)/(10+k), which stays below 0.999 until step 8,990, so in `default` the warm-up,
-# not ema_decay, sets the EMA; the same holds for den_ema and gen_ema below); ddim_steps/eta/clip_x0: the DDIM sampler (clip_x0
-# bounds the predicted standardised latent, None = off); n_generated: networks sampled for
-# the headline numbers; n_test: MNIST test images used (None = all 10,000);
-# direct_*: the same diffusion on the normalised raw weight vectors (no autoencoder;
-# direct_input_skip adds g(t) x_t to the denoiser's output, see helpers.denoisers);
-# cond_quantiles: requested accuracies for accuracy-conditioned generation, as quantiles of
-# the zoo's test accuracies (so they fit any zoo), n_per_target networks each, guidance
-# weight w; gif_fps: the denoising GIF; prediction: what the latent denoiser outputs, "eps" (the
-# noise) or "x0" (the clean latent, as in G.pt; helpers.diffusion.x0_loss and EpsFromX0);
-# heldout_*: generalisation against memorisation (generation.heldout_split, fixed_draw_loss):
-# heldout_runs networks of the zoo (all their checkpoints; 0 = none, the default) are kept out of
-# the denoiser's training set and its loss on their latents (heldout_draws fixed draws of (t, noise)
-# each) is logged every heldout_every steps beside the same loss on as many training latents;
-# heldout_keep_best returns the EMA weights at the held-out minimum (early stopping).
+# Notebook 03: latent diffusion over network weights. schedule/T: the noise schedule; hidden/n_blocks/
+# time_dim/dropout: the denoiser; p_uncond: label-drop probability (classifier-free guidance); ema_decay:
+# an upper bound (diffusion.ema_decay_at warms it up); ddim_steps/eta/clip_x0: the sampler (clip None = off);
+# direct_*: the same diffusion on raw weight vectors; cond_quantiles: requested accuracies as quantiles of
+# the zoo's; prediction: "eps" or "x0"; heldout_*: held-out networks (0 = none) and their logged loss.
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
               "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
@@ -296,16 +261,9 @@ WEIGHT_DIFFUSION_RULES = {
 WEIGHT_DIFFUSION_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T = {T}"),
                           ("warmup_steps", lambda c: c["warmup_steps"] <= c["train_steps"], "at most train_steps = {train_steps}")]
 
-# Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).
-# zoo/vae/diffusion: overrides laid over weights.zoo_config(preset, "wide") and the preset's VAE
-# and WEIGHT_DIFFUSION sections (generation.wide_conditioning_configs); condition: what the
-# denoiser is conditioned on ("decoded_val_acc": validation accuracy of each checkpoint as the VAE
-# reconstructs it; "val_acc": of the checkpoint itself; validation, so that achieved test accuracy
-# is an honest check; "test_acc"); n_targets requested accuracies evenly spaced between the
-# target_quantiles of that column, n_per_target networks each, DDIM with ddim_steps; the guidance
-# weight is the one of guidance_sweep with the best R^2 about the identity line measured on the
-# validation split; n_test: test images for the achieved accuracy (None = all 10,000);
-# run: False skips the study (per dataset in WEIGHT_DATASETS: CIFAR-10's budget in default and full).
+# Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo. zoo/vae/diffusion:
+# overrides of those sections; condition: the accuracy conditioned on; n_targets accuracies between the
+# target_quantiles, n_per_target networks each; run: False skips the study.
 _WIDE_CONDITIONING_COMMON: dict[str, Any] = {
     "seed": 0, "run": True, "zoo": {}, "vae": {}, "diffusion": {}, "condition": "decoded_val_acc",
     "n_targets": 10, "target_quantiles": [0.05, 0.95], "n_per_target": 8, "ddim_steps": 50,
@@ -327,34 +285,11 @@ WIDE_CONDITIONING_RULES = {
 WIDE_CONDITIONING_CROSS = [("target_quantiles", lambda c: c["target_quantiles"][0] < c["target_quantiles"][1],
                             "[low, high] with low < high")]
 
-# Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
-# ae_*: the image autoencoder (helpers.image_ae): latent_channels C gives a spatial code
-# (C, 8, 8) (None: the flat code of latent_dim numbers), ae_n_cab CABs at 8x8, ae_w_l1 and
-# ae_w_grad an L1 pixel term and an edge term beside the MSE; clf_*: the independent judge
-# (helpers.image_eval); val_size/sel_*: the selector, a second classifier trained on the
-# training images minus val_size held out, which chooses the guidance weight
-# (helpers.image_generation.choose_guidance: lowest validation FD among the w whose selector
-# class consistency reaches guidance_target %); den_*: the latent denoiser (den_objective "ddpm":
-# noise prediction sampled with DDIM, "flow": rectified flow sampled with flow_method Euler/Heun;
-# den_kind "unet": width/mults/res/attention; "mlp": hidden/blocks; den_flip: also learn the codes
-# of the left-right mirrored training images); then sampling and evaluation: guidance_interval
-# (lo, hi): classifier-free guidance only at noise levels t in [lo, hi] (t = 1 pure noise), the
-# plain conditional model elsewhere (diffusion.guidance_at; None = every step); [0.1, 0.8] chosen
-# on the validation split with the selector (see the README; 25 steps: FD 0.38 at 94 % against 0.45 at 91 %);
-# ddim_steps: sampler steps (DDIM, or Euler steps of the flow; 50 chosen on the validation split:
-# FD 0.354 and nearest-neighbour distance 0.1735 against 0.379 and 0.1707 with 25); gif_frames: at most
-# that many frames of a run in the GIFs and the slider (evenly spaced, the final sample kept).
-# den_ema: inert in `default` (5,000 steps; see diffusion.ema_decay_at): 0.998, 0.999 and 0.9995 gave the
-# same validation numbers to the last printed digit (see the README).
-# default: 8 latent channels, 12 AE epochs, 5,000 flipped denoiser steps, chosen on the validation
-# split (selector FD of reconstructions 0.45 vs 0.85 for 4 channels, 8 epochs; see the README).
-# ae_adv_*: the second stage of the autoencoder (helpers.adversarial): its decoder fine-tuned for ae_adv_steps
-# against a patch discriminator of ae_adv_width channels (hinge loss, adaptive weight ae_adv_weight after
-# ae_adv_warmup steps), the encoder frozen; 0 steps = off. Chosen on the validation split (README, notebook 04):
-# 1,000 steps, width 32 lowered the selector FD of the samples at w = 7 from 0.354 to 0.178 (0.273 with another
-# seed of the stage), PSNR 27.9 -> 27.2 dB; width 64 / 3,000 steps: 0.165 for 4.6x the time. full: 5,000 steps, width 64.
-# compare_flat: also train the flat 128-d model (flat_* settings) for the comparison table.
-# n_train None = all 10,000 training images.
+# Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs. ae_*: the image autoencoder
+# (latent_channels C: a (C, 8, 8) code; None: a flat latent_dim code); ae_adv_*: its adversarial decoder
+# stage (0 steps = off); clf_*: the independent judge; val_size/sel_*: the selector that chooses the guidance
+# weight; den_*: the latent denoiser (objective ddpm or flow, kind unet or mlp); guidance_interval [lo, hi]:
+# guidance only at those noise levels (None = every step); compare_flat/flat_*: the flat-code comparison.
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None,
     "ae_channels": [16, 32, 64], "latent_dim": 128, "latent_channels": 8, "ae_n_cab": 1,
@@ -420,23 +355,10 @@ CATDOG_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T =
                 ("guidance_interval", lambda c: c["guidance_interval"] is None
                  or c["guidance_interval"][0] < c["guidance_interval"][1], "[low, high] with low < high")]
 
-# Notebook 05: evaluation of generated networks (owned by notebook 05).
-# zoo/vae/weight_diffusion_preset: which preset of notebooks 01-03 made the artifacts evaluated;
-# dataset: the zoo's dataset ("mnist", "fashion_mnist", "cifar10"), passed to the ZOO config;
-# n_generated: networks per method (generated and every baseline); n_test: test images (None = all);
-# noise_sigma: checkpoint + N(0, sigma^2) in normalised units (memorisation study: 0.06-0.12);
-# soup_size: checkpoints averaged per soup; ensemble_sizes: members of the growing ensembles;
-# finetune_*: Adam steps, learning rate, batch, evaluation interval, training images (None = all).
-# frontier_*: section 10, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
-# frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
-# frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
-# reference); frontier_latent_scales: the latent-noise baseline (a training latent + N(0, s^2), decoded by
-# the zoo's VAE) swept over s, standardised latent units; frontier_finetune_steps Adam steps given alike
-# to generated and noise networks (ablation);
-# multiseed_prediction / multiseed_eta / multiseed_clip_x0: what the many-seed zoo's latent denoiser
-# predicts ("x0" or "eps", laid over WEIGHT_DIFFUSION for that zoo only) and its DDIM sampler, chosen
-# on the validation split by the mean frontier margin over 3 sampling seeds (notebook 05's ablation
-# table: x0, eta 1, clip 1.0 gave +0.26, and +0.24 with a second denoiser seed; eps, eta 1, clip 5 -0.24).
+# Notebook 05: evaluation of generated networks. *_preset: which preset of 01-03 made the artifacts;
+# n_generated: networks per method; noise_sigma, soup_size, ensemble_sizes, finetune_*: the baselines;
+# frontier_*: the accuracy-novelty frontier of frontier_zoos (noise sigmas, soup sizes, latent-noise
+# scales), n_fresh: networks trained from new seeds; multiseed_*: the many-seed zoo's denoiser and sampler.
 _EVALUATION_DEFAULT: dict[str, Any] = {
     "seed": 0, "zoo_preset": "default", "vae_preset": "default",
     "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
@@ -477,25 +399,11 @@ EVALUATION_RULES = {
 EVALUATION_CROSS = [("ensemble_sizes", lambda c: max(c["ensemble_sizes"]) <= c["n_generated"],
                      "sizes at most n_generated = {n_generated}")]
 
-# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).
-# val_size: training images held out as the validation split (settings are chosen on it, never
-# on the test set); n_train: training images used (None = all but val_size); n_test: the first
-# n_test test images (None = all 10,000);
-# vae_*: helpers.digit_models.DigitVAE (latent size, conv widths, epochs, batch, lr, KL weight
-# beta, weight of the linear class head on mu: 0 = unsupervised);
-# gen_*: the latent generators (size one of digit_models.GENERATOR_SIZES; steps, batch, lr, EMA,
-# label-drop probability for guidance), T/schedule: the DDPM's; sizes: the "how small" sweep;
-# sample_steps/sample_method: the flow sampler (Euler or Heun), ddim_steps: the DDPM's;
-# guidance_grid / guidance_target / n_select_per_class: guidance chosen on validation codes without
-# the judge (digit_eval.choose_guidance: lowest latent class-FD among the w whose selector, the
-# VAE's latent class head, assigns >= guidance_target % of the generated codes to their class);
-# n_eval_per_class: generated digits per class judged; quality_steps: the steps sweep;
-# bayes_n_noise: noise samples tried for the denoising estimators, n_bayes_val: validation images
-# for choosing the estimator, ode_steps/ode_probes/n_ode: the flow ODE likelihood (Heun steps,
-# Hutchinson probes, images); judge_*/cnn_*: classifiers.py specs, epochs and random-shift
-# augmentation (pixels) of the judge and of the discriminative baseline (cnn_shift 0 chosen on
-# validation: Fashion 87.6 % vs 84.1 % with shift 2, MNIST 98.40 vs 98.32); fashion / emnist:
-# also run Fashion-MNIST / try EMNIST.
+# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST. val_size: the validation
+# split (settings are chosen on it); None = all; vae_*: the digit VAE (vae_w_cls: its class head); gen_*:
+# the latent generators; sizes: the "how small" sweep; sample_*: the flow sampler, ddim_steps the DDPM's;
+# guidance_*: chosen on validation codes without the judge; bayes_*/ode_*/n_ode: the Bayes-rule scores
+# (noise samples, Heun steps, Hutchinson probes); judge_*/cnn_*: the judge and the discriminative baseline.
 _DIGITS_DEFAULT: dict[str, Any] = {
     "seed": 0, "val_size": 5000, "n_train": None, "n_test": None,
     "vae_latent": 16, "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128,
@@ -570,20 +478,10 @@ DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
 # Sections whose settings depend on the dataset (get_config lays WEIGHT_DATASETS over them).
 DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation", "wide_conditioning")
 
-# One entry per dataset: label (plots, tables), acc_bar (the "> X %" bar of the summaries,
-# metric generated_frac_above_<bar>), then per section (and "zoo_multiseed", laid over
-# ZOO_MULTISEED by weights.zoo_config) per preset the settings that differ from the presets
-# above. MNIST has none: its settings, numbers and artifact keys are the presets' own.
-# Fashion-MNIST: the MNIST CNN and recipe; only the accuracy thresholds follow the data
-# (validation accuracy of default's checkpoints, min_val_acc 0: trajectory zoo 87.8-89.4 %,
-# many-seed zoo 82.3-85.5 %, median 84.0 %; MNIST's: about 98.5 % and 97.6 %).
-# CIFAR-10: the original project's recipe (a tiny CNN, random flips, 4-px padded crops and colour jitter on
-# tensors, helpers.data.augment_images), sized for this CPU: conv 5x5/2 (3 -> 8), conv 3x3/2
-# (8 -> 16), fc 576 -> 16 -> 10, 11,178 weights (the MNIST CNN has 11,250), about 168k
-# multiply-adds per image (a 15,170-weight variant with 16/32 channels was ~3x slower per epoch
-# and no better on validation). Thresholds from validation accuracies: 4 networks after 8
-# epochs 52.3-55.5 % (10 epochs: 53.4-57.0 %), so min_val_acc 50 keeps every trajectory
-# checkpoint; the many-seed recipe (1 epoch, one-cycle) gave 41.8-46.3 %, so 40.
+# Per dataset: label, acc_bar (the "> X %" bar), then per section (and "zoo_multiseed") per preset the
+# settings that differ from the presets above. MNIST has none. Fashion-MNIST: only the thresholds differ.
+# CIFAR-10: the original project's recipe (a tiny CNN, flips, padded crops, colour jitter:
+# data.augment_images); thresholds from the validation accuracies of default's networks.
 _CIFAR_SPEC: dict[str, Any] = {"arch": "cnn", "in_channels": 3, "image_size": 32, "channels": [8, 16],
                                "kernel_size": [5, 3], "stride": 2, "pool": False, "hidden": [16],
                                "n_classes": 10}
@@ -800,18 +698,19 @@ def get_config(section: str, preset: str | None = None, **overrides: Any) -> Con
     if unknown:
         raise KeyError(f"unknown setting(s) {unknown} for section {section!r}; it has: {', '.join(sorted(values))}")
     cfg = Config({**values, **overrides}, preset=name, section=section)
-    _ACTIVE["preset"] = name
+    global _ACTIVE_PRESET
+    _ACTIVE_PRESET = name
     return cfg
 
 
 # The preset a notebook runs in: the last one get_config resolved in this process. Metrics and
 # figures are filed under it, so a notebook whose PRESET differs from $LDT_PRESET logs its own.
-_ACTIVE: dict[str, str | None] = {"preset": None}
+_ACTIVE_PRESET: str | None = None
 
 
 def active_preset(preset: str | None = None) -> str:
     """``preset``, else the one the last :func:`get_config` call used, else :func:`current_preset`."""
-    return current_preset(preset or _ACTIVE["preset"])
+    return current_preset(preset or _ACTIVE_PRESET)
 
 
 SMOKE_NOTE = ("NOTE: smoke preset: a tiny budget that only proves the code runs; "
