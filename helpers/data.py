@@ -160,7 +160,7 @@ _SHA_OK: set = set()
 
 
 def check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, origin) -> None:
-    """Compare one split with :data:`EXPECTED`: shapes, dtypes, sha256 of pixels and labels."""
+    """Compare one split with :data:`EXPECTED` (shapes, dtypes, sha256); errors name ``origin`` (or its x/y file)."""
     n, want_x, want_y = EXPECTED[name][split]
     fix = f"Fix: delete it and run {prepare_command(name)}"
     if x.shape != (n,) + SHAPE[name] or x.dtype != np.uint8 or y.shape != (n,):
@@ -170,6 +170,7 @@ def check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, origin) -> 
     if got_x != want_x or got_y != want_y:
         what = "pixels" if got_x != want_x else "labels"
         got, want = (got_x, want_x) if what == "pixels" else (got_y, want_y)
+        origin = origin[what == "labels"] if isinstance(origin, tuple) else origin     # (x file, y file)
         raise DataError(f"{origin} is corrupted: {name} {split} differs from the reference "
                         f"({what} sha256 {got[:12]}.. expected {want[:12]}..). {fix}")
 
@@ -185,7 +186,7 @@ def load_arrays(name: str, split: str, root: Path):
     x, y = _load_npy(px, (n,) + SHAPE[name], np.uint8, name), _load_npy(py, (n,), np.int64, name)
     key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (px, py))
     if key not in _SHA_OK:
-        check_split(name, split, x, y, px.parent)
+        check_split(name, split, x, y, (px, py))
         _SHA_OK.add(key)
     return x, y
 

@@ -34,13 +34,14 @@ def timestamp() -> str:
 
 @contextmanager
 def locked(path: Path):
-    """Hold an exclusive ``fcntl`` lock on ``<path>.lock`` (a file beside ``path``) for the block."""
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """Hold an exclusive ``fcntl`` lock on the folder of ``path`` for the block (no lock file left behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)           # closing the descriptor releases the lock
 
 
 def read_rows(path: Path, fields) -> list[list[str]]:
