@@ -263,7 +263,7 @@ def test_load_state_names_the_mismatched_parameter(tmp_path):
                              prefix="model.")
 
 
-# --- the preset a notebook runs in, quiet cells, notebook format (issue 11) ---
+# --- the preset a notebook runs in, quiet cells, notebook format -----------
 
 def test_metrics_are_filed_under_the_notebooks_preset_once_per_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LDT_RUN_DIR", str(tmp_path / "run"))
@@ -379,7 +379,7 @@ def test_make_lab_git_filter_keeps_outputs_out_of_commits(tmp_path):
     assert json.loads((repo / "n.ipynb").read_text())["cells"][1]["outputs"]  # the reader's file keeps them
 
 
-# --- threads that stay fast under load (issue 11) ------------------------------
+# --- threads that stay fast under load ----------------------------------------
 
 def test_default_threads_follow_the_load(monkeypatch):
     cores = os.cpu_count() or 1

@@ -19,7 +19,7 @@ from helpers import notebooks, runs, series
 
 NOTEBOOKS = series.notebook_paths()
 
-# Headline numbers each notebook must log (issue bars); checked after it runs.
+# Headline numbers each notebook must log (their bars); checked after it runs.
 EXPECTED_METRICS = {
     "01": ["zoo_mean_test_acc", "multiseed_n_networks", "multiseed_zoo_mean_test_acc",
            "multiseed_barrier_unaligned", "multiseed_barrier_aligned"],
