@@ -52,14 +52,12 @@ STALE_SECONDS = 60.0   # a temporary file this old whose writer is gone is left 
 
 def _pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (unknown counts as alive: never delete on a guess)."""
-    if pid == os.getpid() or os.name != "posix":
-        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0) if pid != os.getpid() and os.name == "posix" else None
     except ProcessLookupError:
         return False
     except OSError:
-        return True
+        pass
     return True
 
 
@@ -126,11 +124,6 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
 _CURRENT: dict[str, Any] = {}
 
 
-def _normal(cfg: Mapping[str, Any]) -> dict:
-    """``cfg`` as it reads back from JSON (tuples become lists, odd objects strings)."""
-    return json.loads(json.dumps(dict(cfg), sort_keys=True, default=str))
-
-
 def blame(settings: Mapping[str, Any]) -> str:
     """The settings most likely to make training diverge: the learning rates (``lr``, ``*_lr``)."""
     found = [f"{k}={v!r}" for k, v in settings.items() if re.search(r"(^|_)lr$", k)]
@@ -140,18 +133,13 @@ def blame(settings: Mapping[str, Any]) -> str:
 
 def _implausible(meta: Any, where: str = "") -> str | None:
     """The first accuracy (a key ``acc`` or ``*_acc``) in ``meta`` that is not a number in [0, 100], if any."""
-    if isinstance(meta, Mapping):
-        for k, v in meta.items():
-            if re.search(r"(^|_)acc$", str(k)) and isinstance(v, (int, float)) and not 0 <= v <= 100:
-                return f"{where}{k} = {v!r} (accuracies lie in [0, 100])"
-            bad = _implausible(v, f"{where}{k}.")
-            if bad:
-                return bad
-    elif isinstance(meta, list):
-        for i, v in enumerate(meta):
-            bad = _implausible(v, f"{where}[{i}].")
-            if bad:
-                return bad
+    items = meta.items() if isinstance(meta, Mapping) else enumerate(meta) if isinstance(meta, list) else []
+    for k, v in items:
+        if re.search(r"(^|_)acc$", str(k)) and isinstance(v, (int, float)) and not 0 <= v <= 100:
+            return f"{where}{k} = {v!r} (accuracies lie in [0, 100])"
+        bad = _implausible(v, f"{where}{k}." if isinstance(k, str) else f"{where}[{k}].")
+        if bad:
+            return bad
     return None
 
 
@@ -236,12 +224,11 @@ def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, tor
     if bad:
         raise ArtifactError(f"artifact {path} holds an implausible {bad}.{fix}")
     recorded, name_key = meta.get("settings"), re.fullmatch(r".+-([0-9a-f]{12})\.safetensors", path.name)
-    if _CURRENT.get("path") == path:
-        if recorded is None:
-            raise ArtifactError(f"artifact {path} records no settings, so it cannot be matched to the requested ones.{fix}")
+    if _CURRENT.get("path") == path and recorded is not None:
         if recorded != _CURRENT["settings"]:
             raise ArtifactError(f"artifact {path} was made with other settings: recorded "
                                 f"{_differences(recorded, _CURRENT['settings'])}.{fix}")
+        _CURRENT["matched"] = True
     if recorded is not None and name_key and config_key(recorded) != name_key.group(1):
         raise ArtifactError(f"artifact {path} was made with other settings than its name says "
                             f"(recorded {recorded}).{fix}")
@@ -306,7 +293,7 @@ def recording(path: str | os.PathLike, cfg: Mapping[str, Any]):
     :func:`load_tensors` of ``path`` requires them (what :func:`cached` does; for a file written by hand)."""
     path = Path(path)
     before = dict(_CURRENT)        # a loader may itself load another artifact through cached()
-    _CURRENT.update(path=path, settings=_normal(cfg))
+    _CURRENT.update(path=path, settings=json.loads(json.dumps(dict(cfg), sort_keys=True, default=str)))
     try:
         yield
     finally:
@@ -330,6 +317,9 @@ def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
         try:
             with recording(path, cfg):
                 obj = load(path)
+                if not _CURRENT.get("matched"):
+                    raise ArtifactError(f"artifact {path} records no settings, so it cannot be matched to the "
+                                        f"requested ones.")
             if verbose:
                 print(f"loaded {kind} from {path}")
             return obj

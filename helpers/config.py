@@ -27,6 +27,7 @@ the series, the notebook kernels and the data tool alike. Nothing is created on 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 import time
@@ -82,20 +83,10 @@ class Rule:
         return text + (" or None" if self.none else "")
 
 
-def Int(lo, hi, none=False):
-    return Rule("int", lo, hi, none=none)
-
-
-def Num(lo, hi, none=False, open_lo=False):
-    return Rule("float", lo, hi, none=none, open_lo=open_lo)
-
-
-def One(*choices):
-    return Rule("str", choices=choices)
-
-
-def ListOf(item, length=None, none=False):
-    return Rule("list", item=item, length=length, none=none)
+Int = functools.partial(Rule, "int")                                         # Int(lo, hi, none=False)
+Num = functools.partial(Rule, "float")                                       # Num(lo, hi, none=False, open_lo=False)
+One = lambda *choices: Rule("str", choices=choices)                          # noqa: E731  one of these strings
+ListOf = lambda item, **kw: Rule("list", item=item, **kw)                    # noqa: E731  a non-empty list of item
 
 
 SEED, BOOL, DICT = Int(0, 2**32 - 1), Rule("bool"), Rule("dict", none=True)
@@ -591,12 +582,9 @@ def check_config(section: str, values: Mapping[str, Any]) -> None:
 
 
 class Config(dict):
-    """A dict whose keys can also be read as attributes (``cfg.epochs``).
-
-    It remembers its preset and section (printed by :meth:`show`, kept out of the dict, so that
-    the dict is exactly the data that made an artifact). A config of a section with rules is
-    checked when made and on every assignment, and refuses unknown keys.
-    """
+    """A dict whose keys are also attributes (``cfg.epochs``); it remembers its preset and section (outside
+    the dict, which is exactly the data that made an artifact). With rules, it is checked when made and on
+    every assignment, and refuses unknown keys."""
 
     def __init__(self, *args, preset: str = "custom", section: str = "", **kwargs):
         super().__init__(*args, **kwargs)
@@ -678,12 +666,8 @@ def current_preset(preset: str | None = None) -> str:
 
 
 def get_config(section: str, preset: str | None = None, **overrides: Any) -> Config:
-    """Settings of one notebook section in one preset, with keyword overrides, checked.
-
-    An unknown key is a KeyError (a typo would otherwise be silently ignored); a value outside
-    its rule, or failing a cross-check, a one-line :class:`SettingError`. For the weight story's
-    sections, ``dataset=`` (else ``$LDT_DATASET``, else "mnist") lays that dataset's settings over.
-    """
+    """Settings of one section in one preset with keyword overrides, checked (unknown key: KeyError; a value
+    its rules refuse: :class:`SettingError`). Weight-story sections lay ``dataset``'s settings over."""
     install_short_errors()
     if section not in SECTIONS:
         raise KeyError(f"unknown config section {section!r}: expected one of {', '.join(SECTIONS)}")
@@ -718,9 +702,7 @@ SMOKE_NOTE = ("NOTE: smoke preset: a tiny budget that only proves the code runs;
 
 
 def install_short_errors() -> None:
-    """Under IPython, show the package's own errors (:class:`ShortError`) as one line, no traceback.
-
-    Called by :func:`get_config` and :func:`helpers.runtime.setup` (never on import)."""
+    """Under IPython, show :class:`ShortError` as one line, no traceback (by get_config and setup, never on import)."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is None or getattr(shell, "_ldt_short_errors", False):
@@ -792,22 +774,17 @@ def artifacts_dir() -> Path:
     return env_path("LDT_ARTIFACTS_DIR", output_dir() / "artifacts")
 
 
-def runs_dir() -> Path:
-    """Parent of the timestamped run folders (``<output>/runs``)."""
-    return output_dir() / "runs"
-
-
 def new_run_dir(root: Path | None = None) -> Path:
     """Create and return a fresh ``<runs>/<YYYYmmdd-HHMMSS>[-k]`` folder (unique even when two runs start at once)."""
-    base = (Path(root) if root else runs_dir()) / time.strftime("%Y%m%d-%H%M%S")
+    base = (Path(root) if root else output_dir() / "runs") / time.strftime("%Y%m%d-%H%M%S")
     base.parent.mkdir(parents=True, exist_ok=True)
     for k in range(1, 10000):
         path = base if k == 1 else base.with_name(f"{base.name}-{k}")
         try:
             path.mkdir()
             return path
-        except FileExistsError:
-            continue
+        except FileExistsError:            # another run took this name a moment ago: try the next
+            pass
     raise SettingError(f"no free run folder name under {base.parent}")
 
 
