@@ -601,7 +601,10 @@ class Config(dict):
                                  f"it has: {', '.join(sorted(self))}") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
+        try:
+            self[name] = value
+        except KeyError as exc:
+            raise AttributeError(exc.args[0]) from None
 
     def __setitem__(self, name: str, value: Any) -> None:
         section = self.__dict__.get("section", "")

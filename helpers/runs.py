@@ -101,9 +101,10 @@ def metric_tag(dataset: str | None = None, zoo: str = "trajectory") -> str:
 
 def is_accuracy(name: str) -> bool:
     """Whether a metric is an accuracy in %: its name has ``acc`` as a word (``generated_median_acc``),
-    not a difference of accuracies (``drop``, ``gap``, ``delta``, ``diff``, ``margin``, ``std``)."""
-    words = name.lower().split("_")
-    return "acc" in words and not {"drop", "gap", "delta", "diff", "margin", "std", "gain"} & set(words)
+    not a difference of accuracies (``drop``, ``gap``, ``delta``, ``diff``, ``margin``, ``error``, ...)."""
+    words = set(name.lower().split("_"))
+    return "acc" in words and not {"drop", "gap", "delta", "diff", "margin", "std", "gain", "change", "error",
+                                   "err", "shift", "pp"} & words
 
 
 def log_metric(notebook: str, name: str, value: float, preset: str | None = None, verbose: bool = True) -> None:

@@ -1,15 +1,13 @@
 """Reproducibility and the machine: seeds, device, CPU threads, progress bars, timers, early checks.
 
 Every notebook calls :func:`setup` once at the top; it checks everything before any work starts
-(environment variables, writable folders, the datasets the notebook needs) and prints one line
-of settings and one of absolute folders::
+(environment variables, writable folders, the datasets it needs) and prints the absolute folders::
 
     device = runtime.setup(seed=cfg.seed, needs=["mnist"])
 
-Helpers that train or sample take ``device=None``, meaning the device :func:`setup` chose.
-Random numbers are drawn from seeded CPU generators and then moved, so a run draws the same
-noise on any device. Training loops call :func:`check_finite` so that a diverging run stops at
-once with the model, the step and the settings to blame.
+Helpers that train or sample take ``device=None``: the device :func:`setup` chose. Random numbers
+come from seeded CPU generators, so a run draws the same noise on any device. Training loops call
+:func:`check_finite`, so a diverging run stops at once naming the model, the step and the settings.
 """
 
 from __future__ import annotations
@@ -34,10 +32,8 @@ class DivergenceError(_config.ShortError, FloatingPointError):
 
 
 def check_finite(value, model: str, step: int | None = None, blame: str = "") -> None:
-    """Raise :class:`DivergenceError` if ``value`` (a loss: number or tensor) holds NaN or inf.
-
-    ``blame``: the settings most likely at fault, e.g. ``f"lr={cfg.lr}"``. Call it on the loss of
-    every training step (a ``.item()`` the loop usually takes anyway)."""
+    """Raise :class:`DivergenceError` if ``value`` (a loss: number or tensor) holds NaN or inf; ``blame``:
+    the settings most likely at fault, e.g. ``f"lr={cfg.lr}"``."""
     finite = bool(torch.isfinite(value).all()) if torch.is_tensor(value) else math.isfinite(float(value))
     if not finite:
         at = f" at step {step}" if step is not None else ""
@@ -54,8 +50,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def get_device(prefer: str | None = None) -> torch.device:
-    """``prefer``, else ``$LDT_DEVICE``, else CUDA, Apple's MPS or the CPU, whichever exists first.
-    A requested device must exist (:class:`SettingError`), never a silent CPU run."""
+    """``prefer``, else ``$LDT_DEVICE`` (it must exist: :class:`SettingError`), else CUDA, MPS or the CPU."""
     name = prefer or os.environ.get("LDT_DEVICE", "").strip()
     if name:
         return check_device(name, "device" if prefer else "LDT_DEVICE")
@@ -185,11 +180,9 @@ def device_of(model: torch.nn.Module) -> torch.device:
 
 
 def setup(seed: int = 0, threads: int | None = None, verbose: bool = True, needs=()) -> torch.device:
-    """Check before any work, then seed everything, keep freed memory, set threads and the device.
-
-    Checked at once, each a one-line error: every ``LDT_*`` variable, the output and artifact
-    folders (writable), and the datasets in ``needs`` (prepared; the error gives the command).
-    Under IPython, the package's errors show as one line from here on."""
+    """Check every ``LDT_*`` variable, the output and artifact folders (writable) and the datasets in
+    ``needs`` (prepared) before any work, each a one-line error; then seed everything, keep freed memory,
+    set threads and the device, and print them with the absolute folders."""
     _config.install_short_errors()
     env = _config.check_environment()
     dev = get_device()

@@ -367,7 +367,7 @@ def test_derived_zoo_configs_are_checked_too():
 
 def test_config_refuses_unknown_keys_and_survives_copy_and_pickle():
     cfg = config.get_config("zoo", "smoke", epochs=2)
-    with pytest.raises(KeyError, match=r"config section 'zoo' has no setting 'epoch' \(a typo\?\)"):
+    with pytest.raises(AttributeError, match=r"config section 'zoo' has no setting 'epoch' \(a typo\?\)"):
         cfg.epoch = 3
     for method in (lambda c: c.update(epoch=3), lambda c: c.setdefault("epoch", 3)):
         with pytest.raises(KeyError, match="has no setting 'epoch'"):
