@@ -5,7 +5,6 @@ for places where widgets do not render (GitHub, HTML, PDF).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 

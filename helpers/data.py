@@ -43,7 +43,6 @@ import torch
 
 from . import artifacts
 from .config import DataError, ShortError, data_dir
-from .config import check_data as check_present
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 ALL_NAMES = DATASETS + ("catdog",)

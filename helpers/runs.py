@@ -27,11 +27,6 @@ FIELDS = ("notebook", "name", "value", "preset")
 TIMING_FIELDS = ("notebook", "seconds", "status", "preset")
 
 
-def timestamp() -> str:
-    """``YYYYmmdd-HHMMSS`` in local time (the run-folder name)."""
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
 @contextmanager
 def locked(path: Path):
     """Hold an exclusive ``fcntl`` lock on the folder of ``path`` for the block (no lock file left behind)."""

@@ -82,7 +82,7 @@ def run_series(preset: str | None = None, only: list[str] | None = None,
     preset = _config.current_preset(preset)
     dataset = _config.current_dataset(dataset)
     env = _config.check_environment()
-    run_dir = _config.check_writable(_config.absolute(run_dir), "--run-dir") if run_dir else _runs.new_run_dir()
+    run_dir = _config.check_writable(_config.absolute(run_dir), "--run-dir") if run_dir else _config.new_run_dir()
     folders = {"LDT_RUN_DIR": run_dir, "LDT_OUTPUT_DIR": env["output"], "LDT_ARTIFACTS_DIR": env["artifacts"],
                "LDT_DATA_DIR": env["data"]}
     kernel_env = {"LDT_PRESET": preset, "LDT_DATASET": dataset, **{k: str(v) for k, v in folders.items()}}
