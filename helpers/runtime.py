@@ -12,7 +12,6 @@ come from seeded CPU generators, so a run draws the same noise on any device. Tr
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import random
@@ -34,11 +33,12 @@ class DivergenceError(_config.ShortError, FloatingPointError):
 def check_finite(value, model: str, step: int | None = None, blame: str = "") -> None:
     """Raise :class:`DivergenceError` if ``value`` (a loss: number or tensor) holds NaN or inf; ``blame``:
     the settings most likely at fault, e.g. ``f"lr={cfg.lr}"``."""
-    finite = bool(torch.isfinite(value).all()) if torch.is_tensor(value) else math.isfinite(float(value))
-    if not finite:
+    values = torch.as_tensor(value).detach().flatten()
+    bad = values[~torch.isfinite(values)]
+    if len(bad):
         at = f" at step {step}" if step is not None else ""
-        raise DivergenceError(f"training of {model} diverged{at}: the loss is {float(torch.as_tensor(value).flatten()[0])}; "
-                              f"nothing was saved" + (f"; the settings most likely to blame: {blame} (lower them)" if blame else ""))
+        raise DivergenceError(f"training of {model} diverged{at}: the loss is {float(bad[0])}; nothing was saved"
+                              + (f"; the settings most likely to blame: {blame} (lower them)" if blame else ""))
 
 
 def seed_everything(seed: int) -> torch.Generator:
