@@ -193,8 +193,9 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True, needs
     set_device(dev)
     if verbose:
         print(f"seed {seed} | device {dev} | torch threads {n} ({_THREADS['why']}) | torch {torch.__version__}")
+        run = _config.run_dir() if os.environ.get("LDT_RUN_DIR") or _config._RUN_DIR else "made by the first metric"
         print(f"folders: data {env['data']} | artifacts {env['artifacts']} | "
-              f"figures {_config.preset_figures_dir()} | run {_config.run_dir()}")
+              f"figures {_config.preset_figures_dir()} | run {run}")
     return dev
 
 
