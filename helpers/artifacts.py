@@ -144,11 +144,9 @@ def _implausible(meta: Any, where: str = "") -> str | None:
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write tensors and JSON-able metadata (plus ``sha256``) to a safetensors file, atomically.
-
-    Refuses non-finite tensors (a diverged training: the message names the settings to blame)
-    and implausible accuracies. Inside :func:`cached`, the settings are recorded as ``settings``.
-    """
+    """Write tensors and JSON-able metadata (plus ``sha256``; inside :func:`cached`, the ``settings``) to a
+    safetensors file, atomically. Non-finite tensors (naming the settings to blame) and implausible accuracies
+    are refused."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -181,13 +179,10 @@ def _differences(recorded: Mapping, requested: Mapping) -> str:
 
 
 def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a file written by :func:`save_tensors`: ``(tensors, metadata)``, checked.
-
-    A missing, unreadable, corrupted or unchecked file, non-finite values, an implausible accuracy,
-    recorded settings that differ from the requested ones (inside :func:`cached`) or whose key
-    differs from the file name's raise :class:`ArtifactError`: one line naming the file and, via
-    ``hint``, how to make it again.
-    """
+    """Read a file written by :func:`save_tensors`: ``(tensors, metadata)``. A missing, unreadable, corrupted
+    or unchecked file, non-finite values, an implausible accuracy, or recorded settings that differ from the
+    requested ones or from the file name's key raise :class:`ArtifactError`: one line naming the file and,
+    via ``hint``, how to make it again."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -303,13 +298,10 @@ def recording(path: str | os.PathLike, cfg: Mapping[str, Any]):
 def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
            save: Callable[[Any, Path], None], load: Callable[[Path], Any],
            rebuild: bool = False, verbose: bool = True) -> Any:
-    """Load the ``kind`` artifact made by ``cfg`` if it exists and is sound, else build and save it.
-
-    ``save(obj, path)`` must write through :func:`save_tensors` (e.g. :func:`save_model`), which
-    records ``cfg`` in the file. A corrupted file (an :class:`ArtifactError` or a missing key:
-    checksum, format, settings) is reported in one line and rebuilt; any other error while
-    loading (out of memory, say) is raised as it is, with the file named.
-    """
+    """Load the ``kind`` artifact made by ``cfg`` if it exists and is sound, else build and save it
+    (``save`` writes through :func:`save_tensors`, which records ``cfg``). A corrupted file (checksum, format,
+    missing key, settings) is reported in one line and rebuilt; any other load error (out of memory, say)
+    is raised as it is, with the file named."""
     path = artifact_path(kind, cfg)
     remove_stale_tmp(path.parent)
     if path.exists() and not rebuild:

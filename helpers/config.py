@@ -97,9 +97,7 @@ TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 PRESET_NAMES = ("smoke", "default", "full")
 
-# ---------------------------------------------------------------------------
-# One block per notebook section: preset -> settings, then each key's rule.
-# ---------------------------------------------------------------------------
+# --- One block per notebook section: preset -> settings, then each key's rule. ---
 
 # Notebook 00: setup and data.
 SETUP = {
@@ -461,9 +459,7 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-# ---------------------------------------------------------------------------
-# The weight story's datasets: per-dataset settings laid over the presets above.
-# ---------------------------------------------------------------------------
+# --- The weight story's datasets: per-dataset settings laid over the presets above. ---
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
 # Sections whose settings depend on the dataset (get_config lays WEIGHT_DATASETS over them).
@@ -521,9 +517,7 @@ def dataset_info(dataset: str | None = None) -> Config:
                   preset="-", section="dataset")
 
 
-# ---------------------------------------------------------------------------
-# Checking settings and environment variables.
-# ---------------------------------------------------------------------------
+# --- Checking settings and environment variables. ---
 
 def env_int(name: str, minimum: int = 1, default: int | None = None, maximum: int | None = None) -> int | None:
     """The whole number in ``$name`` (``minimum``..``maximum``), or ``default`` if unset or empty."""
@@ -718,9 +712,7 @@ def install_short_errors() -> None:
     shell._ldt_short_errors = True
 
 
-# ---------------------------------------------------------------------------
-# Paths: functions, not constants, so environment variables set later take effect.
-# ---------------------------------------------------------------------------
+# --- Paths: functions, not constants, so environment variables set later take effect. ---
 
 def repo_root() -> Path:
     """The folder that holds ``helpers/`` and ``notebooks/``: where relative folders are taken from."""

@@ -4,12 +4,10 @@
     python -m helpers.series --preset smoke --only 01 02
     python -m helpers.series --dataset cifar10   # the weight story on CIFAR-10 (else $LDT_DATASET or "mnist")
 
-Each run gets a folder ``runs/<timestamp>/`` (``--run-dir``; a relative path is taken from the
-repository root, like every ``LDT_*`` folder) holding the executed notebooks, ``metrics.csv`` and
-``timings.csv``; it prints the absolute folders it uses. The kernels find the run folder
-through ``$LDT_RUN_DIR`` and get every folder as an absolute path, so the series and the kernels
-(which run in ``notebooks/``) write to the same places. Kernels talk to this process over IPC
-sockets in a private temporary folder (no TCP port, no unencrypted-traffic warning).
+Each run gets a folder ``runs/<timestamp>/`` (``--run-dir``: relative to the repository root, like every
+``LDT_*`` folder) for the executed notebooks, ``metrics.csv`` and ``timings.csv``. The kernels (which run in
+``notebooks/``) get every folder as an absolute path, printed at the start, and talk to this process over
+IPC sockets in a private temporary folder (no TCP port, no unencrypted-traffic warning).
 """
 
 from __future__ import annotations
@@ -40,11 +38,8 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
 
 def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None = None,
                      timeout: int = 3600, env: dict[str, str] | None = None):
-    """Execute a notebook with nbclient in its own folder (kernel over IPC); return the executed notebook.
-
-    ``env`` entries are set in this process's environment for the run, which the kernel inherits.
-    The executed copy is written to ``out_path`` even when a cell fails, then the error is re-raised.
-    """
+    """Execute a notebook in its own folder (kernel over IPC, inheriting ``env``); return it. The executed
+    copy is written to ``out_path`` even when a cell fails, then the error is re-raised."""
     import nbformat
     from nbclient import NotebookClient
     from traitlets.config import Config
