@@ -1,17 +1,10 @@
-"""Denoising animations: frames computed once, shown three ways.
-
-A sampling run is recorded once as a list of frames (RGB uint8 arrays). The same
-frames then become
-
-- an interactive slider (:func:`frame_slider`, ipywidgets, ``continuous_update=False``),
-- a looping GIF (:func:`write_gif`, imageio), and
-- a static grid (:func:`frames_grid`) for places where widgets do not render
-  (GitHub, HTML exports, PDF reports).
+"""Denoising animations: frames (RGB uint8 arrays) computed once, shown three ways: a slider
+(:func:`frame_slider`), a looping GIF (:func:`write_gif`) and a static grid (:func:`frames_grid`)
+for places where widgets do not render (GitHub, HTML, PDF).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -39,14 +32,8 @@ def _as_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
 def write_gif(frames: Sequence[np.ndarray], name: str | Path, fps: float = 8,
               hold_last: int = 4, directory: str | Path | None = None,
               preset: str | None = None) -> Path:
-    """Write frames as a looping GIF to ``<figures>/<name>.gif`` (atomically).
-
-    ``<figures>`` is the preset's figure folder (``figures/`` for `default`,
-    ``figures/<preset>/`` otherwise; :func:`helpers.config.preset_figures_dir`).
-
-    ``hold_last`` shows the final frame that many frame-times longer, so the
-    loop pauses on the result. The GIF holds exactly ``len(frames)`` frames.
-    """
+    """Write frames as a looping GIF ``<figures>/<name>.gif`` (atomically; the preset's figure folder)
+    of exactly ``len(frames)`` frames, the last one shown ``hold_last`` frame-times longer."""
     import imageio.v3 as iio
 
     frames = _as_frames(frames)
@@ -74,14 +61,9 @@ def gif_frame_count(path: str | Path) -> int:
 def frames_grid(frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,
                 n: int = 8, ncols: int | None = None, frame_dpi: float = 80, max_width: float = 13.0,
                 titles: bool = True):
-    """A static figure of ``n`` evenly spaced frames (always including the last).
-
-    Each frame is drawn at its own size (``frame_dpi``: the dpi it was rendered at), so the titles and axes drawn inside it stay as
-    readable as in the slider; ``ncols`` defaults to as many frames as fit in
-    ``max_width`` inches side by side (more columns shrink the frames to fit
-    ``max_width``). ``titles=False`` leaves out the titles above
-    the frames (for frames that carry their own caption).
-    """
+    """A static figure of ``n`` evenly spaced frames (the last included), each at its own size
+    (``frame_dpi``), as many per row as fit in ``max_width`` inches unless ``ncols`` is given;
+    ``titles=False`` for frames that carry their own caption."""
     import matplotlib.pyplot as plt
 
     frames = _as_frames(frames)
@@ -112,18 +94,10 @@ def _png_bytes(frame: np.ndarray) -> bytes:
 
 
 class FrameSlider:
-    """An ipywidgets slider over precomputed frames.
+    """An ipywidgets slider (``continuous_update=False``) over precomputed frames, as wide as the output.
 
-    ``slider`` (an ``IntSlider``), ``image`` (an ``Image`` widget) and ``label``
-    (an ``HTML`` caption) are public so that a test can set ``slider.value`` and
-    check what is shown, with no browser. Display it with ``display(s.widget)``
-    or just by leaving ``s`` as the last expression of a cell.
-
-    The slider spans the output area's width (one step per few pixels even for
-    51 frames) and the image scales to it. ``captions`` are shown above the
-    image; leave them out when the frames already carry their caption (as
-    :func:`helpers.generation.slider_frames` draws it into each frame), so it is
-    not shown twice.
+    ``slider``, ``image`` and ``label`` (the caption above the image; leave ``captions`` out when
+    the frames carry their own) are public, so a test can move the slider and check what is shown.
     """
 
     def __init__(self, frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,

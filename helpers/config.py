@@ -1,51 +1,103 @@
-"""Presets and paths: every knob of the series, as data, in one place.
+"""Presets, their allowed values and the paths: every knob of the series, as data, in one place.
 
-A *preset* is a named set of settings for every notebook:
+A *preset* is a named set of settings for every notebook: ``smoke`` (tests: every notebook in
+at most a minute), ``default`` (``make run``: the whole series in about 25 minutes on a 2-core
+CPU), ``full`` (the original projects' own settings). It is chosen by the ``preset=`` argument
+(a notebook's ``PRESET``), else ``$LDT_PRESET``, else "default". The weight story (notebooks 01,
+02, 03, 05) runs on ``dataset=`` / ``$LDT_DATASET`` / "mnist"; what differs per dataset is data
+in :data:`WEIGHT_DATASETS`, laid over the presets by :func:`get_config`::
 
-| preset    | what it is for                                                        |
-|-----------|-----------------------------------------------------------------------|
-| `smoke`   | tests: every notebook finishes in at most 60 s on a 2-core CPU        |
-| `default` | `make run`: the whole series in at most 25 min on a 2-core CPU        |
-| `full`    | the original projects' own settings (10 CNNs x 10 epochs, latent 512, ...)        |
+    cfg = get_config("zoo", preset="smoke", epochs=2)     # a Config: a dict with attribute access
 
-The preset is chosen by, in this order: the `preset=` argument (a notebook's
-`parameters` cell), the environment variable `LDT_PRESET`, then `"default"`.
+Every setting has a rule next to its preset block (``<SECTION>_RULES``: a range or the allowed
+values) and some have cross-checks (``<SECTION>_CROSS``: ``ddim_steps <= T`` ...).
+:func:`get_config` and every assignment refuse a value outside them with one line naming the
+section, the key, the value and what is allowed (:class:`SettingError`), before any work starts.
 
-The weight story (notebooks 01, 02, 03, 05) runs on one of three datasets,
-chosen the same way: the ``dataset=`` argument (a notebook's ``DATASET``), the
-environment variable ``LDT_DATASET``, then ``"mnist"``. Everything that differs
-between datasets (architecture, thresholds, epochs, augmentation, labels, bars)
-is data in :data:`WEIGHT_DATASETS`, laid over the presets by :func:`get_config`.
-
-Each notebook reads one *section* (``zoo``, ``vae``, ...) with
-:func:`get_config`, which returns a :class:`Config` (a dict with attribute
-access) that a reader may override by keyword::
-
-    cfg = get_config("zoo", preset="smoke", epochs=2)
-
-Paths (all overridable by environment variables, nothing is created on import):
-
-- data: ``$LDT_DATA_DIR`` or ``<repo>/data`` (see :mod:`helpers.data`)
-- outputs root: ``$LDT_OUTPUT_DIR`` or ``<repo>``; under it ``figures/``,
-  ``artifacts/`` (trained models and datasets, keyed by the config that made
-  them) and ``runs/<timestamp>/`` (executed notebooks, ``metrics.csv``).
-  Tests point ``LDT_OUTPUT_DIR`` at a temporary folder, so the committed
-  ``figures/`` are only ever written by a real run.
+Environment variables (checked the same way; :func:`check_environment` checks them all):
+``LDT_PRESET`` (smoke, default, full), ``LDT_DATASET`` (mnist, fashion_mnist, cifar10),
+``LDT_NUM_THREADS`` (1 to 4 x the CPU cores; empty: automatic), ``LDT_DEVICE`` (cpu, cuda, cuda:N,
+mps, if present), ``LDT_PROGRESS`` (0 or 1), and the folders ``LDT_DATA_DIR`` (default
+``<repo>/data``), ``LDT_OUTPUT_DIR`` (default ``<repo>``: ``figures/``, ``artifacts/``, ``runs/`` go
+under it), ``LDT_ARTIFACTS_DIR`` (default ``<output>/artifacts``) and ``LDT_RUN_DIR`` (default: a
+new ``<output>/runs/<timestamp>``). **A relative folder is taken from the repository root**, for
+the series, the notebook kernels and the data tool alike. Nothing is created on import.
 """
 
 from __future__ import annotations
 
 import copy
-import numbers
+import functools
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+
+class ShortError(Exception):
+    """An error whose one-line message says it all: a notebook shows it without a traceback."""
+
+
+class SettingError(ShortError, ValueError):
+    """A setting or environment variable holds a value it does not accept (one line: what, found, allowed)."""
+
+
+class DataError(ShortError, RuntimeError):
+    """A dataset is missing, incomplete or not what it should be; the message names the file and the fix."""
+
+
+class Rule:
+    """What a setting accepts: a kind ("int", "float", "bool", "str", "list", "dict") with a range
+    [lo, hi] (``open_lo``: lo excluded), allowed values, an item rule for lists, and whether None is allowed."""
+
+    def __init__(self, kind, lo=None, hi=None, choices=None, item=None, none=False, open_lo=False, length=None):
+        self.kind, self.lo, self.hi, self.choices, self.item = kind, lo, hi, choices, item
+        self.none, self.open_lo, self.length = none, open_lo, length
+
+    def ok(self, v) -> bool:
+        if v is None:
+            return self.none
+        if self.kind == "bool":
+            return isinstance(v, bool)
+        if self.kind in ("int", "float"):
+            if isinstance(v, bool) or not isinstance(v, (int, float) if self.kind == "float" else int):
+                return False
+            return v == v and (v > self.lo if self.open_lo else v >= self.lo) and v <= self.hi
+        if self.kind == "str":
+            return isinstance(v, str) and v in self.choices
+        if self.kind == "list":
+            return (isinstance(v, (list, tuple)) and len(v) >= 1 and (self.length is None or len(v) == self.length)
+                    and all(self.item.ok(x) for x in v))
+        return isinstance(v, Mapping)
+
+    def __str__(self) -> str:
+        if self.kind in ("int", "float"):
+            text = f"{self.kind} in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}]"
+        elif self.kind == "str":
+            text = "str: one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "list":
+            text = f"{'a list of ' + str(self.length) if self.length else 'a non-empty list'} of {self.item}"
+        else:
+            text = self.kind
+        return text + (" or None" if self.none else "")
+
+
+Int = functools.partial(Rule, "int")                                         # Int(lo, hi, none=False)
+Num = functools.partial(Rule, "float")                                       # Num(lo, hi, none=False, open_lo=False)
+One = lambda *choices: Rule("str", choices=choices)                          # noqa: E731  one of these strings
+ListOf = lambda item, **kw: Rule("list", item=item, **kw)                    # noqa: E731  a non-empty list of item
+
+
+SEED, BOOL, DICT = Int(0, 2**32 - 1), Rule("bool"), Rule("dict", none=True)
+LR, EPOCHS, STEPS = Num(0, 10, open_lo=True), Num(0, 1e4, open_lo=True), Int(1, 10**7)
+BATCH, WIDTH, FRAC, PCT = Int(1, 65536), Int(1, 65536), Num(0, 1), Num(0, 100)
+EMA, N_TEST = Num(0, 0.99999), Int(1, 10000, none=True)
+TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+
 PRESET_NAMES = ("smoke", "default", "full")
 
-# ---------------------------------------------------------------------------
-# One block per notebook section. Each block maps preset -> settings.
-# ---------------------------------------------------------------------------
+# --- One block per notebook section: preset -> settings, then each key's rule. ---
 
 # Notebook 00: setup and data.
 SETUP = {
@@ -53,10 +105,9 @@ SETUP = {
     "default": {"seed": 0, "datasets": ["mnist", "fashion_mnist", "cifar10"], "n_show": 32},
     "full": {"seed": 0, "datasets": ["mnist", "fashion_mnist", "cifar10"], "n_show": 64},
 }
+SETUP_RULES = {"seed": SEED, "datasets": ListOf(One("mnist", "fashion_mnist", "cifar10")), "n_show": Int(1, 1024)}
 
-# Notebook 01: a zoo of trained CNN classifiers (owned by notebook 01).
-# Independent runs (trained together), aligned to run 0, then a trajectory of
-# checkpoints per run; see helpers.weights.build_zoo for the meaning of each key.
+# Notebook 01: a zoo of trained CNN classifiers (helpers.weights.build_zoo).
 _ZOO_COMMON: dict[str, Any] = {
     "seed": 0, "dataset": "mnist", "arch": "cnn", "spec": None,
     "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
@@ -73,14 +124,18 @@ ZOO: dict[str, dict[str, Any]] = {
     "full": {**_ZOO_COMMON, "n_runs": 10, "epochs": 10, "trajectory_epochs": 1,
              "checkpoints_per_run": 30, "min_val_acc": 97.5},
 }
-# The many-seed zoo (weights.zoo_config(preset, "multiseed")): these keys are laid over the
-# preset's ZOO settings (so the trajectory zoo's settings, and its artifact key, stay as above).
-# n_runs independent networks (own init and data order) trained together with a one-cycle
-# Adam rate (peak lr, linear warm-up for a `warmup` fraction, then linear decay: lr_schedule),
-# the last checkpoints_per_run checkpoints kept, checkpoint_every steps apart; all aligned by
-# weight matching to an iterated common reference (re-aligned to the running mean, at most
-# align_iters rounds, until no assignment changes); barrier_pairs random pairs for the
-# interpolation barrier. Recipe chosen on the validation split (benchmarks/bench_zoo_training.py).
+ZOO_RULES = {
+    "seed": SEED, "dataset": One("mnist", "fashion_mnist", "cifar10"), "arch": One("cnn", "mlp"), "spec": DICT,
+    "batch_size": BATCH, "lr": LR, "trajectory_lr": LR, "augment_shift": Int(0, 8), "augment": DICT,
+    "align": BOOL, "val_size": Int(1, 30000), "train_subset": Int(1, 60000, none=True), "test_subset": N_TEST,
+    "interp_points": Int(2, 1001), "threads": Int(1, 1024, none=True), "n_runs": Int(1, 1024), "epochs": EPOCHS,
+    "trajectory_epochs": Num(0, 1e4), "checkpoints_per_run": Int(1, 10**5), "min_val_acc": PCT,
+    "scratch_steps": Int(1, 10**6),
+}
+ZOO_CROSS = [("train_subset", lambda c: (c["train_subset"] or 0) + c["val_size"] <= TRAIN_SIZE[c["dataset"]],
+              "train_subset + val_size at most the training set (MNIST 60,000, CIFAR-10 50,000)")]
+# The many-seed zoo (weights.zoo_config(preset, "multiseed")): laid over the preset's ZOO settings; n_runs
+# independent networks with a one-cycle rate, the last checkpoints_per_run kept, checkpoint_every steps apart.
 _ZOO_MULTISEED_COMMON: dict[str, Any] = {
     "kind": "multiseed", "lr": 1e-2, "lr_schedule": "linear", "warmup": 0.05, "align_iters": 30,
 }
@@ -95,15 +150,14 @@ ZOO_MULTISEED: dict[str, dict[str, Any]] = {
              "checkpoints_per_run": 4, "checkpoint_every": 50, "min_val_acc": 97.5,
              "barrier_pairs": 64},
 }
-# The wide-accuracy zoo (weights.zoo_config(preset, "wide"); notebook 03's last section): laid
-# over the preset's ZOO settings like ZOO_MULTISEED. n_runs networks trained together for `epochs`
-# epochs (lr, lr_schedule, warmup as above), all from one initialisation if shared_init (they
-# then differ only in their data order; align: weight-match each run to run 0, not needed then);
-# a checkpoint of each at checkpoints_per_run steps spaced geometrically from step
-# first_checkpoint (dense early, where accuracy rises fast); then at most per_bin checkpoints kept
-# in each of n_bins equal bins of VALIDATION accuracy (on its first select_val_size images;
-# None = all) over [acc_lo, acc_hi] % (weights.even_selection), so the accuracies are spread
-# evenly; min_val_acc is not used.
+ZOO_MULTISEED_RULES = {
+    "kind": One("multiseed"), "lr": LR, "lr_schedule": One("constant", "cosine", "linear"), "warmup": FRAC,
+    "align_iters": Int(0, 1000), "n_runs": Int(1, 4096), "epochs": EPOCHS, "batch_size": BATCH,
+    "checkpoints_per_run": Int(1, 10**5), "checkpoint_every": STEPS, "min_val_acc": PCT, "barrier_pairs": Int(0, 10**4),
+}
+# The wide-accuracy zoo (weights.zoo_config(preset, "wide")): laid over ZOO like ZOO_MULTISEED; checkpoints
+# spaced geometrically from first_checkpoint, then at most per_bin kept in each of n_bins validation-accuracy
+# bins over [acc_lo, acc_hi] %.
 _ZOO_WIDE_COMMON: dict[str, Any] = {
     "kind": "wide", "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear", "warmup": 0.05,
     "first_checkpoint": 2, "acc_lo": 30.0, "acc_hi": 99.5, "select_val_size": 1000,
@@ -117,14 +171,17 @@ ZOO_WIDE: dict[str, dict[str, Any]] = {
     "full": {**_ZOO_WIDE_COMMON, "n_runs": 16, "epochs": 3, "checkpoints_per_run": 300,
              "n_bins": 25, "per_bin": 32},
 }
+ZOO_WIDE_RULES = {
+    "kind": One("wide"), "batch_size": BATCH, "lr": LR, "lr_schedule": One("constant", "cosine", "linear"),
+    "warmup": FRAC, "first_checkpoint": STEPS, "acc_lo": PCT, "acc_hi": PCT, "select_val_size": Int(1, 30000, none=True),
+    "shared_init": BOOL, "align": BOOL, "n_runs": Int(1, 1024), "epochs": EPOCHS, "checkpoints_per_run": Int(1, 10**5),
+    "n_bins": Int(1, 1000), "per_bin": Int(1, 10**4),
+}
+ZOO_WIDE_CROSS = [("acc_hi", lambda c: c["acc_lo"] < c["acc_hi"], "above acc_lo = {acc_lo}")]
 
-# Notebook 02: the parameter autoencoder / VAE (owned by notebook 02).
-# latent_dim/hidden/n_layers: MLP encoder and decoder sizes; beta: KL weight (0 = plain AE);
-# sigma_in/sigma_z: p-diff's noise augmentation on input and latent (training only);
-# lr_step/lr_gamma: StepLR (multiply the learning rate by lr_gamma every lr_step epochs);
-# n_eval: checkpoints decoded and evaluated on MNIST test (None = all); n_test: test images
-# used (None = all 10,000); n_prior: networks sampled from the prior; permute_augment: must be 0
-# (G.pt's permutation augmentation was removed: docs/research_notes/01_02_weights.md).
+# Notebook 02: the parameter VAE. beta: KL weight (0 = plain AE); sigma_in/sigma_z: p-diff's noise on
+# input and latent (training only); lr_step/lr_gamma: StepLR; n_eval/n_test: None = all; permute_augment:
+# must be 0 (G.pt's permutation augmentation was removed: docs/research_notes/01_02_weights.md).
 VAE: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
               "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,
@@ -139,22 +196,18 @@ VAE: dict[str, dict[str, Any]] = {
              "weight_decay": 2e-6, "lr_step": 40, "lr_gamma": 0.3, "eval_every": 5,
              "n_eval": None, "n_test": None, "n_prior": 64, "permute_augment": 0.0},
 }
+VAE_RULES = {
+    "seed": SEED, "latent_dim": WIDTH, "hidden": WIDTH, "n_layers": Int(1, 64), "beta": Num(0, 1e3),
+    "sigma_in": Num(0, 10), "sigma_z": Num(0, 10), "epochs": EPOCHS, "batch_size": BATCH, "lr": LR,
+    "weight_decay": Num(0, 1), "lr_step": Int(1, 10**5), "lr_gamma": Num(0, 1, open_lo=True), "eval_every": Int(1, 10**5),
+    "n_eval": Int(1, 10**6, none=True), "n_test": N_TEST, "n_prior": Int(1, 10**5), "permute_augment": FRAC,
+}
 
-# Notebook 03: latent diffusion over network weights (owned by notebook 03).
-# schedule/T: noise schedule ("linear" or "cosine") and number of diffusion steps;
-# hidden/n_blocks/time_dim/dropout: the MLPDenoiser; conditional: condition on the
-# checkpoint's test accuracy (scalar, standardised), dropped with probability p_uncond
-# (classifier-free guidance); train_steps/batch_size/lr/weight_decay/warmup_steps/
-# lr_schedule/ema_decay: the trainer (ema_decay is an upper bound: diffusion.ema_decay_at warms the
-# decay up as (1+k)/(10+k), which stays below 0.999 until step 8,990, so in `default` the warm-up,
-# not ema_decay, sets the EMA; the same holds for den_ema and gen_ema below); ddim_steps/eta/clip_x0: the DDIM sampler (clip_x0
-# bounds the predicted standardised latent, None = off); n_generated: networks sampled for
-# the headline numbers; n_test: MNIST test images used (None = all 10,000);
-# direct_*: the same diffusion on the normalised raw weight vectors (no autoencoder;
-# direct_input_skip adds g(t) x_t to the denoiser's output, see helpers.denoisers);
-# guidance: the classifier-free guidance weight w of the checks; gif_fps: the denoising GIF;
-# prediction: what the latent denoiser outputs, "eps" (the noise) or "x0" (the clean latent, as in
-# G.pt; helpers.diffusion.x0_loss and EpsFromX0).
+# Notebook 03: latent diffusion over network weights. schedule/T: the noise schedule; hidden/n_blocks/
+# time_dim/dropout: the MLP denoiser; p_uncond: label-drop probability (classifier-free guidance);
+# ema_decay: an upper bound (diffusion.ema_decay_at warms it up); ddim_steps/eta/clip_x0: the DDIM sampler
+# (clip None = off); direct_*: the same diffusion on raw weight vectors, no autoencoder; guidance: the
+# guidance weight w of the checks; prediction: "eps" (the noise) or "x0" (the clean latent, as in G.pt).
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
     "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
               "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
@@ -178,17 +231,23 @@ WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
              "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
              "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
 }
+WEIGHT_DIFFUSION_RULES = {
+    "seed": SEED, "schedule": One("linear", "cosine"), "T": Int(2, 10**5), "hidden": WIDTH, "n_blocks": Int(1, 64),
+    "time_dim": WIDTH, "dropout": Num(0, 0.99), "conditional": BOOL, "p_uncond": FRAC,
+    "train_steps": STEPS, "batch_size": BATCH, "lr": LR, "weight_decay": Num(0, 1),
+    "warmup_steps": Int(0, 10**7), "lr_schedule": One("constant", "cosine", "linear"), "ema_decay": EMA,
+    "ddim_steps": Int(1, 10**5), "eta": Num(0, 1), "clip_x0": Num(0, 1e6, none=True, open_lo=True),
+    "n_generated": Int(1, 10**5), "n_test": N_TEST,
+    "direct_input_skip": BOOL, "direct_hidden": WIDTH, "direct_n_blocks": Int(1, 64), "direct_train_steps": STEPS,
+    "direct_lr": LR,
+    "guidance": Num(0, 100), "gif_fps": Num(0.1, 100), "prediction": One("eps", "x0"),
+}
+WEIGHT_DIFFUSION_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T = {T}"),
+                          ("warmup_steps", lambda c: c["warmup_steps"] <= c["train_steps"], "at most train_steps = {train_steps}")]
 
-# Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo (ZOO_WIDE).
-# zoo/vae/diffusion: overrides laid over weights.zoo_config(preset, "wide") and the preset's VAE
-# and WEIGHT_DIFFUSION sections (generation.wide_conditioning_configs); condition: what the
-# denoiser is conditioned on ("decoded_val_acc": validation accuracy of each checkpoint as the VAE
-# reconstructs it; "val_acc": of the checkpoint itself; validation, so that achieved test accuracy
-# is an honest check; "test_acc"); n_targets requested accuracies evenly spaced between the
-# target_quantiles of that column, n_per_target networks each, DDIM with ddim_steps; the guidance
-# weight is the one of guidance_sweep with the best R^2 about the identity line measured on the
-# validation split; n_test: test images for the achieved accuracy (None = all 10,000);
-# run: False skips the study (per dataset in WEIGHT_DATASETS: CIFAR-10's budget in default and full).
+# Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo. zoo/vae/diffusion:
+# overrides of those sections; condition: the accuracy conditioned on; n_targets accuracies between the
+# target_quantiles, n_per_target networks each; run: False skips the study.
 _WIDE_CONDITIONING_COMMON: dict[str, Any] = {
     "seed": 0, "run": True, "zoo": {}, "vae": {}, "diffusion": {}, "condition": "decoded_val_acc",
     "n_targets": 10, "target_quantiles": [0.05, 0.95], "n_per_target": 8, "ddim_steps": 50,
@@ -201,21 +260,20 @@ WIDE_CONDITIONING: dict[str, dict[str, Any]] = {
     "default": dict(_WIDE_CONDITIONING_COMMON),
     "full": dict(_WIDE_CONDITIONING_COMMON),
 }
+WIDE_CONDITIONING_RULES = {
+    "seed": SEED, "run": BOOL, "zoo": DICT, "vae": DICT, "diffusion": DICT,
+    "condition": One("val_acc", "decoded_val_acc", "test_acc"), "n_targets": Int(1, 1000),
+    "target_quantiles": ListOf(FRAC, length=2), "n_per_target": Int(1, 10**4), "ddim_steps": Int(1, 10**5),
+    "guidance_sweep": ListOf(Num(0, 100)), "n_test": N_TEST,
+}
+WIDE_CONDITIONING_CROSS = [("target_quantiles", lambda c: c["target_quantiles"][0] < c["target_quantiles"][1],
+                            "[low, high] with low < high")]
 
-# Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs.
-# ae_*: the image autoencoder (helpers.image_ae): code (latent_channels, 8, 8), ae_n_cab CABs at 8x8,
-# ae_w_l1 an L1 pixel term beside the MSE; ae_adv_*: its second stage (helpers.adversarial), the decoder
-# fine-tuned for ae_adv_steps against a patch discriminator ae_adv_width wide (adaptive weight
-# ae_adv_weight after ae_adv_warmup steps; 0 steps = off); clf_*: the judge (helpers.image_eval);
-# val_size/sel_*: the selector, trained on the training images minus val_size held out, which chooses
-# the guidance weight from guidance_sweep (helpers.image_generation.choose_guidance: the lowest
-# validation FD among the w whose selector class consistency reaches guidance_target %);
-# den_*: the latent U-Net (den_objective "flow": rectified flow sampled with flow_method Euler/Heun,
-# "ddpm": noise prediction sampled with DDIM (T, schedule, eta); den_flip: also learn the codes of the
-# mirrored images); ddim_steps: sampler steps; guidance_interval (lo, hi): guidance only at noise
-# levels t in [lo, hi] (t = 1 pure noise); gif_frames: at most that many frames of a run in the GIFs
-# and the slider. How these values were chosen: docs/research_notes/04_catdog.md.
-# n_train None = all 10,000 training images.
+# Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs. ae_*: the image autoencoder
+# (a (latent_channels, 8, 8) code); ae_adv_*: its adversarial decoder stage (0 steps = off); clf_*: the
+# independent judge; val_size/sel_*: the selector that chooses the guidance weight from guidance_sweep;
+# den_*: the latent U-Net (objective flow or ddpm); guidance_interval [lo, hi]: guidance only at those noise
+# levels (t = 1 pure noise). How the values were chosen: docs/research_notes/04_catdog.md.
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None,
     "ae_channels": [16, 32, 64], "latent_channels": 8, "ae_n_cab": 1,
@@ -247,24 +305,36 @@ CATDOG: dict[str, dict[str, Any]] = {
              "den_width": 128, "den_res": 2, "den_steps": 50000, "den_ema": 0.9995, "ddim_steps": 50,
              "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0], "tsne_points": 2000},
 }
+CATDOG_RULES = {
+    "seed": SEED, "n_train": Int(2, 10000, none=True),
+    "ae_channels": ListOf(WIDTH), "latent_channels": Int(1, 1024), "ae_n_cab": Int(0, 16),
+    "ae_epochs": EPOCHS, "ae_batch_size": BATCH, "ae_lr": LR, "ae_w_cls": Num(0, 1e3), "ae_w_center": Num(0, 1e3),
+    "ae_latent_noise": Num(0, 10), "ae_w_l1": Num(0, 1e3),
+    "ae_adv_steps": Int(0, 10**7), "ae_adv_batch_size": BATCH, "ae_adv_lr": LR, "ae_adv_weight": Num(0, 1e3),
+    "ae_adv_warmup": Int(0, 10**7), "ae_adv_width": WIDTH,
+    "clf_channels": ListOf(WIDTH), "clf_epochs": EPOCHS, "clf_batch_size": BATCH, "clf_lr": LR, "clf_blur": Num(0, 10),
+    "val_size": Int(1, 5000), "sel_channels": ListOf(WIDTH), "sel_epochs": EPOCHS, "guidance_target": PCT,
+    "den_objective": One("ddpm", "flow"), "flow_method": One("euler", "heun"),
+    "den_width": WIDTH, "den_mults": ListOf(Int(1, 64)), "den_res": Int(1, 16), "den_attention": BOOL,
+    "den_time_dim": WIDTH, "den_steps": STEPS,
+    "den_batch_size": BATCH, "den_lr": LR, "den_ema": EMA, "den_p_uncond": FRAC, "den_flip": BOOL,
+    "T": Int(2, 10**5), "schedule": One("linear", "cosine"),
+    "ddim_steps": Int(1, 10**5), "eta": Num(0, 1), "n_eval_per_class": Int(1, 10**5),
+    "guidance_interval": ListOf(FRAC, length=2, none=True),
+    "guidance_sweep": ListOf(Num(0, 100)),
+    "tsne_points": Int(2, 10**5), "n_show": Int(1, 1024), "gif_fps": Num(0.1, 100),
+    "gif_frames": Int(2, 10**4),
+}
+CATDOG_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T = {T}"),
+                ("val_size", lambda c: c["val_size"] < (c["n_train"] or 10000), "below n_train = {n_train}"),
+                ("guidance_interval", lambda c: c["guidance_interval"] is None
+                 or c["guidance_interval"][0] < c["guidance_interval"][1], "[low, high] with low < high")]
 
-# Notebook 05: evaluation of generated networks (owned by notebook 05).
-# zoo/vae/weight_diffusion_preset: which preset of notebooks 01-03 made the artifacts evaluated;
-# dataset: the zoo's dataset ("mnist", "fashion_mnist", "cifar10"), passed to the ZOO config;
-# n_generated: networks per method (generated and every baseline); n_test: test images (None = all);
-# noise_sigma: checkpoint + N(0, sigma^2) in normalised units (memorisation study: 0.06-0.12);
-# soup_size: checkpoints averaged per soup; finetune_lr/finetune_batch: the Adam steps of the frontier's
-# fine-tuning at equal budget.
-# frontier_*: section 4, the accuracy-novelty frontier of both zoos (weights.zoo_config kinds in
-# frontier_zoos): the noise baseline swept over frontier_sigmas and the soup over frontier_soup_sizes,
-# frontier_n networks per point; n_fresh networks trained from new seeds (the independent-training
-# reference); frontier_latent_scales: the latent-noise baseline (a training latent + N(0, s^2), decoded by
-# the zoo's VAE) swept over s, standardised latent units; frontier_finetune_steps Adam steps given alike
-# to generated and noise networks (ablation);
-# multiseed_prediction / multiseed_eta / multiseed_clip_x0: what the many-seed zoo's latent denoiser
-# predicts ("x0" or "eps", laid over WEIGHT_DIFFUSION for that zoo only) and its DDIM sampler, chosen
-# on the validation split by the mean frontier margin over 3 sampling seeds (docs/research_notes/05_evaluation.md:
-# x0, eta 1, clip 1.0 gave +0.26, and +0.24 with a second denoiser seed; eps, eta 1, clip 5 -0.24).
+# Notebook 05: evaluation of generated networks. *_preset: which preset of 01-03 made the artifacts;
+# n_generated: networks per method; noise_sigma, soup_size, finetune_*: the baselines; frontier_*: the
+# accuracy-novelty frontier of frontier_zoos (noise sigmas, soup sizes, latent-noise scales), n_fresh:
+# networks trained from new seeds; multiseed_*: the many-seed zoo's denoiser and sampler, chosen on the
+# validation split (docs/research_notes/05_evaluation.md).
 _EVALUATION_DEFAULT: dict[str, Any] = {
     "seed": 0, "zoo_preset": "default", "vae_preset": "default",
     "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
@@ -288,25 +358,23 @@ EVALUATION: dict[str, dict[str, Any]] = {
     "full": {**_EVALUATION_DEFAULT, "zoo_preset": "full", "vae_preset": "full",
              "weight_diffusion_preset": "full", "n_fresh": 8},
 }
+EVALUATION_RULES = {
+    "seed": SEED, "zoo_preset": One(*PRESET_NAMES), "vae_preset": One(*PRESET_NAMES),
+    "weight_diffusion_preset": One(*PRESET_NAMES), "dataset": One("mnist", "fashion_mnist", "cifar10"),
+    "n_generated": Int(1, 10**5), "n_test": N_TEST, "noise_sigma": Num(0, 100), "soup_size": Int(1, 10**5),
+    "finetune_lr": LR, "finetune_batch": BATCH,
+    "frontier_zoos": ListOf(One("trajectory", "multiseed", "wide")), "frontier_sigmas": ListOf(Num(0, 100)),
+    "frontier_soup_sizes": ListOf(Int(1, 10**5)), "frontier_n": Int(1, 10**5), "n_fresh": Int(0, 1024),
+    "frontier_latent_scales": ListOf(Num(0, 100)), "frontier_finetune_steps": Int(0, 10**7),
+    "multiseed_prediction": One("eps", "x0"), "multiseed_eta": Num(0, 1), "multiseed_clip_x0": Num(0, 1e6, none=True, open_lo=True),
+}
+EVALUATION_CROSS: list = []
 
-# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST (owned by notebook 06).
-# val_size: training images held out as the validation split (settings are chosen on it, never
-# on the test set); n_train: training images used (None = all but val_size); n_test: the first
-# n_test test images (None = all 10,000);
-# vae_*: helpers.digit_models.DigitVAE (latent size, conv widths, epochs, batch, lr, KL weight
-# beta, weight of the linear class head on mu: 0 = unsupervised);
-# gen_*: the latent generators (size one of digit_models.GENERATOR_SIZES; steps, batch, lr, EMA,
-# label-drop probability for guidance), T/schedule: the DDPM's;
-# sample_steps/sample_method: the flow sampler (Euler or Heun), ddim_steps: the DDPM's;
-# guidance_grid / guidance_target / n_select_per_class: guidance chosen on validation codes without
-# the judge (notebook 06's choose_guidance: lowest latent class-FD among the w whose selector, the
-# VAE's latent class head, assigns >= guidance_target % of the generated codes to their class);
-# n_eval_per_class: generated digits per class judged; quality_steps: the steps sweep;
-# bayes_n_noise: noise samples tried for the denoising estimators, n_bayes_val: validation images
-# for choosing the estimator, ode_steps/ode_probes/n_ode: the flow ODE likelihood (Heun steps,
-# Hutchinson probes, images); judge_*/cnn_*: classifiers.py specs, epochs and random-shift
-# augmentation (pixels) of the judge and of the discriminative baseline (cnn_shift 0 chosen on
-# validation: Fashion 87.6 % vs 84.1 % with shift 2, MNIST 98.40 vs 98.32); fashion: also run
+# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST. val_size: the validation
+# split (settings are chosen on it); None = all; vae_*: the digit VAE (vae_w_cls: its class head); gen_*:
+# the latent generators; sample_*: the flow sampler, ddim_steps the DDPM's; guidance_*: chosen on
+# validation codes without the judge; bayes_*/ode_*/n_ode: the Bayes-rule scores (noise samples, Heun
+# steps, Hutchinson probes); judge_*/cnn_*: the judge and the discriminative baseline; fashion: also run
 # Fashion-MNIST.
 _DIGITS_DEFAULT: dict[str, Any] = {
     "seed": 0, "val_size": 5000, "n_train": None, "n_test": None,
@@ -334,6 +402,31 @@ DIGITS: dict[str, dict[str, Any]] = {
              "quality_steps": [1, 2, 5, 10, 20, 50], "bayes_n_noise": [4, 8, 16, 32, 64],
              "n_bayes_val": 5000, "n_ode": 2000, "judge_epochs": 8, "cnn_epochs": 8},
 }
+DIGITS_RULES = {
+    "seed": SEED, "val_size": Int(1, 30000), "n_train": Int(1, 60000, none=True), "n_test": N_TEST,
+    "vae_latent": WIDTH, "vae_channels": ListOf(WIDTH), "vae_epochs": EPOCHS, "vae_batch_size": BATCH,
+    "vae_lr": LR, "vae_beta": Num(0, 1e3), "vae_w_cls": Num(0, 1e4),
+    "gen_size": One("tiny", "small", "large"), "gen_steps": STEPS, "gen_batch_size": BATCH, "gen_lr": LR,
+    "gen_ema": EMA, "gen_p_uncond": FRAC, "T": Int(2, 10**5), "schedule": One("linear", "cosine"),
+    "sample_steps": Int(1, 10**4), "sample_method": One("euler", "heun"), "ddim_steps": Int(1, 10**5),
+    "guidance_grid": ListOf(Num(0, 100)), "guidance_target": PCT, "n_select_per_class": Int(1, 10**5),
+    "n_eval_per_class": Int(1, 10**5), "quality_steps": ListOf(Int(1, 10**4)),
+    "bayes_n_noise": ListOf(Int(1, 10**4)), "n_bayes_val": Int(1, 30000),
+    "ode_steps": Int(1, 10**4), "ode_probes": Int(1, 1000), "n_ode": Int(1, 10**5),
+    "judge_spec": DICT, "judge_epochs": EPOCHS, "judge_shift": Int(0, 8),
+    "cnn_spec": DICT, "cnn_epochs": EPOCHS, "cnn_shift": Int(0, 8),
+    "fashion": BOOL, "gif_fps": Num(0.1, 100),
+}
+DIGITS_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T = {T}"),
+                ("n_train", lambda c: (c["n_train"] or 0) + c["val_size"] <= 60000,
+                 "n_train + val_size at most the 60,000 training images")]
+
+RULES = {"setup": SETUP_RULES, "zoo": ZOO_RULES, "zoo_multiseed": ZOO_MULTISEED_RULES, "zoo_wide": ZOO_WIDE_RULES,
+         "vae": VAE_RULES, "weight_diffusion": WEIGHT_DIFFUSION_RULES, "catdog": CATDOG_RULES,
+         "evaluation": EVALUATION_RULES, "digits": DIGITS_RULES, "wide_conditioning": WIDE_CONDITIONING_RULES}
+CROSS = {"zoo": ZOO_CROSS, "zoo_wide": ZOO_WIDE_CROSS, "weight_diffusion": WEIGHT_DIFFUSION_CROSS,
+         "catdog": CATDOG_CROSS, "evaluation": EVALUATION_CROSS, "digits": DIGITS_CROSS,
+         "wide_conditioning": WIDE_CONDITIONING_CROSS}
 
 SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "setup": SETUP,
@@ -347,28 +440,16 @@ SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-# ---------------------------------------------------------------------------
-# The weight story's datasets: per-dataset settings laid over the presets above.
-# ---------------------------------------------------------------------------
+# --- The weight story's datasets: per-dataset settings laid over the presets above. ---
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
 # Sections whose settings depend on the dataset (get_config lays WEIGHT_DATASETS over them).
 DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation", "wide_conditioning")
 
-# One entry per dataset: label (plots, tables), acc_bar (the "> X %" bar of the summaries,
-# metric generated_frac_above_<bar>), then per section (and "zoo_multiseed", laid over
-# ZOO_MULTISEED by weights.zoo_config) per preset the settings that differ from the presets
-# above. MNIST has none: its settings, numbers and artifact keys are the presets' own.
-# Fashion-MNIST: the MNIST CNN and recipe; only the accuracy thresholds follow the data
-# (validation accuracy of default's checkpoints, min_val_acc 0: trajectory zoo 87.8-89.4 %,
-# many-seed zoo 82.3-85.5 %, median 84.0 %; MNIST's: about 98.5 % and 97.6 %).
-# CIFAR-10: the original project's recipe (a tiny CNN, random flips, 4-px padded crops and colour jitter on
-# tensors, helpers.data.augment_images), sized for this CPU: conv 5x5/2 (3 -> 8), conv 3x3/2
-# (8 -> 16), fc 576 -> 16 -> 10, 11,178 weights (the MNIST CNN has 11,250), about 168k
-# multiply-adds per image (a 15,170-weight variant with 16/32 channels was ~3x slower per epoch
-# and no better on validation). Thresholds from validation accuracies: 4 networks after 8
-# epochs 52.3-55.5 % (10 epochs: 53.4-57.0 %), so min_val_acc 50 keeps every trajectory
-# checkpoint; the many-seed recipe (1 epoch, one-cycle) gave 41.8-46.3 %, so 40.
+# Per dataset: label, acc_bar (the "> X %" bar), then per section (and "zoo_multiseed") per preset the
+# settings that differ from the presets above. MNIST has none. Fashion-MNIST: only the thresholds differ.
+# CIFAR-10: the original project's recipe (a tiny CNN, flips, padded crops, colour jitter:
+# data.augment_images); thresholds from the validation accuracies of default's networks.
 _CIFAR_SPEC: dict[str, Any] = {"arch": "cnn", "in_channels": 3, "image_size": 32, "channels": [8, 16],
                                "kernel_size": [5, 3], "stride": 2, "pool": False, "hidden": [16],
                                "n_classes": 10}
@@ -404,14 +485,12 @@ def current_dataset(dataset: str | None = None) -> str:
 
 def dataset_overrides(section: str, preset: str, dataset: str | None = None) -> dict[str, Any]:
     """The settings ``dataset`` changes in ``section`` (or "zoo_multiseed") of ``preset`` (a copy)."""
-    entry = WEIGHT_DATASETS[current_dataset(dataset)]
-    return copy.deepcopy(entry.get(section, {}).get(preset, {}))
+    return copy.deepcopy(WEIGHT_DATASETS[current_dataset(dataset)].get(section, {}).get(preset, {}))
 
 
 def dataset_info(dataset: str | None = None) -> Config:
-    """What notebooks show about a dataset: ``name``, ``label`` ("CIFAR-10"), ``acc_label``
-    (the accuracy axis), ``acc_bar`` (the "> X %" bar) and ``tag``, the suffix of its metric
-    and figure names ("" for MNIST, else ``_<dataset>``; see :func:`helpers.runs.metric_tag`)."""
+    """What notebooks show about a dataset: ``name``, ``label``, ``acc_label`` (the accuracy axis),
+    ``acc_bar`` (the "> X %" bar) and ``tag`` (metric and figure suffix: "" for MNIST, else ``_<dataset>``)."""
     name = current_dataset(dataset)
     entry = WEIGHT_DATASETS[name]
     return Config({"name": name, "label": entry["label"], "acc_label": f"{entry['label']} test accuracy (%)",
@@ -419,19 +498,10 @@ def dataset_info(dataset: str | None = None) -> Config:
                   preset="-", section="dataset")
 
 
-# ---------------------------------------------------------------------------
-# Checking settings: environment variables and config values, where they are read.
-# ---------------------------------------------------------------------------
+# --- Checking settings and environment variables. ---
 
-class SettingError(ValueError):
-    """A setting or environment variable holds a value it does not accept.
-
-    The message is one line naming the setting, the value found and the values accepted.
-    """
-
-
-def env_int(name: str, minimum: int = 1, default: int | None = None) -> int | None:
-    """The whole number in ``$name`` (at least ``minimum``), or ``default`` if unset or empty."""
+def env_int(name: str, minimum: int = 1, default: int | None = None, maximum: int | None = None) -> int | None:
+    """The whole number in ``$name`` (``minimum``..``maximum``), or ``default`` if unset or empty."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -439,113 +509,85 @@ def env_int(name: str, minimum: int = 1, default: int | None = None) -> int | No
         value = int(text)
     except ValueError:
         value = None
-    if value is None or value < minimum:
-        raise SettingError(f"{name}={text!r} is not accepted: expected a whole number >= {minimum}")
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise SettingError(f"{name}={text!r} is not accepted: expected a whole number {allowed}")
     return value
 
 
 def env_choice(name: str, choices: Iterable[str], default: str | None = None) -> str | None:
     """The value of ``$name`` if it is one of ``choices``, or ``default`` if unset or empty."""
-    choices = tuple(choices)
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    if text not in choices:
+    choices, text = tuple(choices), os.environ.get(name, "").strip()
+    if text and text not in choices:
         raise SettingError(f"{name}={text!r} is not accepted: expected one of {', '.join(choices)}")
-    return text
+    return text or default
 
 
-def _kind(value: Any) -> str:
-    """The type family of a preset value: bool, int, float, str, list, dict (or its type name)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, numbers.Integral):
-        return "int"
-    if isinstance(value, numbers.Real):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    if isinstance(value, Mapping):
-        return "dict"
-    return type(value).__name__
+def max_threads() -> int:
+    """The upper bound of ``LDT_NUM_THREADS``: 4 x the CPU cores (more only makes training slower)."""
+    return 4 * (os.cpu_count() or 1)
 
 
-def _fits(value: Any, kinds: set[str]) -> bool:
-    kind = _kind(value)
-    return kind in kinds or (kind == "int" and "float" in kinds)   # 3 is a fine learning rate
+def rules_of(section: str) -> tuple[dict, list]:
+    """The rules and cross-checks of a section ("zoo (multiseed)": the zoo's with that kind's laid over)."""
+    if section.startswith("zoo (") and section.endswith(")"):
+        kind = section[5:-1]
+        return {**ZOO_RULES, **RULES.get(f"zoo_{kind}", {})}, ZOO_CROSS + CROSS.get(f"zoo_{kind}", [])
+    return RULES.get(section, {}), CROSS.get(section, [])
 
 
 def check_setting(section: str, key: str, value: Any) -> None:
-    """Refuse ``value`` for ``section.key`` if the presets never hold a value of its type.
+    """Refuse ``value`` for ``section.key`` if its rule does not accept it (a key without a rule passes)."""
+    rule = rules_of(section)[0].get(key)
+    if rule is not None and not rule.ok(value):
+        raise SettingError(f"setting {section}.{key} expects {rule}, found {value!r}")
 
-    The accepted types are those of the key's values in every preset: an int
-    is accepted where a float is expected, None only where some preset has
-    None, and a key that is None in every preset accepts anything. Lists are
-    checked one level deep (``[16, "32"]`` is refused where channels go).
-    """
-    presets = SECTIONS[section]
-    added = [d[section][p] for d in WEIGHT_DATASETS.values() for p in d.get(section, {})]
-    examples = [presets[p][key] for p in presets if key in presets[p]]
-    if not examples:
-        examples = [a[key] for a in added if key in a]   # a key only some datasets have
-    if not examples:
-        raise KeyError(f"section {section!r} has no setting {key!r}")
-    known = [v for v in examples if v is not None]
-    if not known or (value is None and len(known) < len(examples)):
-        return
-    kinds = {_kind(v) for v in known}
-    shown = ", ".join(sorted(kinds)) + (" or None" if len(known) < len(examples) else "")
-    if value is None or not _fits(value, kinds):
-        found = "None" if value is None else f"{_kind(value)} {value!r}"
-        raise SettingError(f"setting {section}.{key} expects {shown} (as in the presets: "
-                           f"{', '.join(repr(v) for v in examples)}), found {found}")
-    if _kind(value) == "list":
-        inner = {_kind(v) for example in known if _kind(example) == "list" for v in example}
-        bad = [v for v in value if inner and not _fits(v, inner)]
-        if bad:
-            raise SettingError(f"setting {section}.{key} expects a list of {', '.join(sorted(inner))}, "
-                               f"found {_kind(bad[0])} {bad[0]!r} in {value!r}")
+
+def check_config(section: str, values: Mapping[str, Any]) -> None:
+    """Check every value of a section's settings against its rules, then the cross-checks."""
+    for key, value in values.items():
+        check_setting(section, key, value)
+    for key, holds, allowed in rules_of(section)[1]:
+        try:
+            good = holds(values)
+        except (KeyError, TypeError, IndexError, ValueError):
+            continue            # a key the cross-check needs is absent (or None): nothing to compare
+        if not good:
+            raise SettingError(f"setting {section}.{key} expects {allowed.format(**values)}, found {values[key]!r}")
 
 
 class Config(dict):
-    """A dict whose keys can also be read as attributes (``cfg.epochs``).
-
-    It remembers the preset and section it came from, which are printed by
-    :meth:`show` and kept out of the dict itself so that the dict is exactly
-    the data that made an artifact (see :func:`helpers.artifacts.config_key`).
-    """
+    """A dict whose keys are also attributes (``cfg.epochs``); it remembers its preset and section (outside
+    the dict, which is exactly the data that made an artifact). With rules, it is checked when made and on
+    every assignment, and refuses unknown keys."""
 
     def __init__(self, *args, preset: str = "custom", section: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "preset", preset)
         object.__setattr__(self, "section", section)
+        if rules_of(section)[0]:
+            check_config(section, self)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(
-                f"config section {self.section!r} has no setting {name!r}; "
-                f"it has: {', '.join(sorted(self))}"
-            ) from None
+            raise AttributeError(f"config section {self.section!r} has no setting {name!r}; "
+                                 f"it has: {', '.join(sorted(self))}") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if self.__dict__.get("section") in SECTIONS and name not in self:
-            raise AttributeError(
-                f"config section {self.section!r} has no setting {name!r} (a typo?); "
-                f"it has: {', '.join(sorted(self))}")
-        self[name] = value
+        try:
+            self[name] = value
+        except KeyError as exc:
+            raise AttributeError(exc.args[0]) from None
 
     def __setitem__(self, name: str, value: Any) -> None:
-        """A config made by :func:`get_config` refuses unknown keys and values of the wrong type."""
-        section = self.__dict__.get("section")
-        if section in SECTIONS:
+        section = self.__dict__.get("section", "")
+        if rules_of(section)[0]:
             if name not in self:
                 raise KeyError(f"config section {section!r} has no setting {name!r} (a typo?); "
                                f"it has: {', '.join(sorted(self))}")
-            check_setting(section, name, value)
+            check_config(section, {**self, name: value})
         super().__setitem__(name, value)
 
     def update(self, *args, **kwargs) -> None:
@@ -564,13 +606,14 @@ class Config(dict):
         return Config(dict(self), preset=self.preset, section=self.section)
 
     def __reduce__(self):
-        return (_config_from, (dict(self), self.preset, self.section))
+        return (Config._from, (dict(self), self.preset, self.section))
+
+    @staticmethod
+    def _from(values: dict, preset: str, section: str) -> Config:
+        return Config(values, preset=preset, section=section)
 
     def show(self, *keys: str) -> str:
-        """Return (and print) a small table of the settings, for the top of a notebook.
-
-        With ``keys``, only those settings are shown (the ones the notebook discusses);
-        the others still apply and stay readable as ``cfg.<key>``."""
+        """Print (and return) a small table of the settings ``keys`` (all without keys)."""
         unknown = [k for k in keys if k not in self]
         if unknown:
             raise KeyError(f"config section {self.section!r} has no setting(s) {unknown}")
@@ -584,11 +627,6 @@ class Config(dict):
         text = "\n".join(lines)
         print(text)
         return text
-
-
-def _config_from(values: dict, preset: str, section: str) -> Config:
-    """Rebuild a pickled :class:`Config` (its checks need ``section`` before the items)."""
-    return Config(values, preset=preset, section=section)
 
 
 def _resolve(what: str, value: str | None, names, env: str, default: str) -> str:
@@ -606,14 +644,9 @@ def current_preset(preset: str | None = None) -> str:
 
 
 def get_config(section: str, preset: str | None = None, **overrides: Any) -> Config:
-    """Settings of one notebook section in one preset, with keyword overrides.
-
-    An override of a key the section does not have is an error (a typo would
-    otherwise be silently ignored). For the weight story's sections
-    (:data:`DATASET_SECTIONS`), ``dataset=`` (else ``$LDT_DATASET``, else "mnist")
-    lays that dataset's :data:`WEIGHT_DATASETS` settings over the preset's and
-    sets the section's ``dataset`` key, if it has one.
-    """
+    """Settings of one section in one preset with keyword overrides, checked (unknown key: KeyError; a value
+    its rules refuse: :class:`SettingError`). Weight-story sections lay ``dataset``'s settings over."""
+    install_short_errors()
     if section not in SECTIONS:
         raise KeyError(f"unknown config section {section!r}: expected one of {', '.join(SECTIONS)}")
     name = current_preset(preset)
@@ -625,31 +658,20 @@ def get_config(section: str, preset: str | None = None, **overrides: Any) -> Con
             values["dataset"] = dataset
     unknown = sorted(set(overrides) - set(values))
     if unknown:
-        raise KeyError(
-            f"unknown setting(s) {unknown} for section {section!r}; it has: {', '.join(sorted(values))}"
-        )
-    for key, value in overrides.items():
-        check_setting(section, key, value)
-    values.update(overrides)
-    _set_active_preset(name)
-    return Config(values, preset=name, section=section)
+        raise KeyError(f"unknown setting(s) {unknown} for section {section!r}; it has: {', '.join(sorted(values))}")
+    cfg = Config({**values, **overrides}, preset=name, section=section)
+    global _ACTIVE_PRESET
+    _ACTIVE_PRESET = name
+    return cfg
 
 
-# The preset a notebook runs in: the last one resolved by get_config in this
-# process (a notebook's parameters cell passes PRESET to get_config). Metrics
-# (helpers.runs.log_metric) and figures (helpers.plots.save_figure) are filed
-# under it, so a notebook whose PRESET differs from $LDT_PRESET logs its own.
+# The preset a notebook runs in: the last one get_config resolved in this process. Metrics and
+# figures are filed under it, so a notebook whose PRESET differs from $LDT_PRESET logs its own.
 _ACTIVE_PRESET: str | None = None
 
 
-def _set_active_preset(name: str | None) -> None:
-    global _ACTIVE_PRESET
-    _ACTIVE_PRESET = name
-
-
 def active_preset(preset: str | None = None) -> str:
-    """The preset numbers and figures belong to: ``preset``, else the one the last
-    :func:`get_config` call in this process used, else :func:`current_preset`."""
+    """``preset``, else the one the last :func:`get_config` call used, else :func:`current_preset`."""
     return current_preset(preset or _ACTIVE_PRESET)
 
 
@@ -657,24 +679,63 @@ SMOKE_NOTE = ("NOTE: smoke preset: a tiny budget that only proves the code runs;
               "its numbers (accuracies, bars, sweeps) mean nothing. Use PRESET = \"default\" for results.")
 
 
-# ---------------------------------------------------------------------------
-# Paths. Functions, not constants, so environment variables set by a test or
-# a notebook's parameters cell take effect.
-# ---------------------------------------------------------------------------
+def install_short_errors() -> None:
+    """Under IPython, show :class:`ShortError` as one line, no traceback (by get_config and setup, never on import)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "_ldt_short_errors", False):
+        return
+
+    def one_line(shell, etype, value, tb, tb_offset=None):
+        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
+
+    shell.set_custom_exc((ShortError,), one_line)
+    shell._ldt_short_errors = True
+
+
+# --- Paths: functions, not constants, so environment variables set later take effect. ---
 
 def repo_root() -> Path:
-    """The folder that holds ``helpers/`` and ``notebooks/``."""
+    """The folder that holds ``helpers/`` and ``notebooks/``: where relative folders are taken from."""
     return Path(__file__).resolve().parent.parent
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """``path`` made absolute: a relative path is taken from the repository root (from any current folder)."""
+    path = Path(path).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else repo_root() / path))
+
+
+def env_path(name: str, default: str | os.PathLike) -> Path:
+    """The folder in ``$name``, else ``default``, made :func:`absolute`."""
+    return absolute(os.environ.get(name, "").strip() or default)
+
+
+def data_dir(root=None) -> Path:
+    """The data folder: ``root``, else ``$LDT_DATA_DIR``, else ``<repo>/data`` (see :mod:`helpers.data`)."""
+    return absolute(root) if root is not None else env_path("LDT_DATA_DIR", "data")
+
+
+def check_data(names: Iterable[str], root=None) -> None:
+    """One DataError listing every dataset of ``names`` (catdog: cifar10) whose cache is missing, with the fix."""
+    root = data_dir(root)
+    wanted = dict.fromkeys("cifar10" if n == "catdog" else n for n in names)
+    unknown = [n for n in wanted if n not in DATASET_NAMES]
+    if unknown:
+        raise DataError(f"unknown dataset {unknown[0]!r}; choose one of {', '.join(DATASET_NAMES)}, catdog")
+    missing = [n for n in wanted if not all((root / n / f"{s}_{a}.npy").exists() for s in ("train", "test") for a in "xy")]
+    if missing:
+        raise DataError(f"data not prepared in {root}: {', '.join(missing)}. "
+                        f"Fix: run python -m helpers.data prepare {' '.join(missing)}")
 
 
 def output_dir() -> Path:
     """Root for everything a run writes: ``$LDT_OUTPUT_DIR`` or the repository."""
-    return Path(os.environ.get("LDT_OUTPUT_DIR") or repo_root())
+    return env_path("LDT_OUTPUT_DIR", repo_root())
 
 
 def figures_dir() -> Path:
-    """The committed figures' folder, ``<output>/figures``: only the `default` preset
-    writes here; other presets write to ``figures/<preset>/`` (see :func:`preset_figures_dir`)."""
+    """``<output>/figures``: only the `default` preset writes here (see :func:`preset_figures_dir`)."""
     return output_dir() / "figures"
 
 
@@ -686,9 +747,52 @@ def preset_figures_dir(preset: str | None = None) -> Path:
 
 def artifacts_dir() -> Path:
     """Trained models and datasets: ``$LDT_ARTIFACTS_DIR`` or ``<output>/artifacts``."""
-    return Path(os.environ.get("LDT_ARTIFACTS_DIR") or output_dir() / "artifacts")
+    return env_path("LDT_ARTIFACTS_DIR", output_dir() / "artifacts")
 
 
-def runs_dir() -> Path:
-    """Parent of the timestamped run folders (``<output>/runs``)."""
-    return output_dir() / "runs"
+def new_run_dir(root: Path | None = None) -> Path:
+    """Create and return a fresh ``<runs>/<YYYYmmdd-HHMMSS>[-k]`` folder (unique even when two runs start at once)."""
+    base = (Path(root) if root else output_dir() / "runs") / time.strftime("%Y%m%d-%H%M%S")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10000):
+        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:            # another run took this name a moment ago: try the next
+            pass
+    raise SettingError(f"no free run folder name under {base.parent}")
+
+
+_RUN_DIR: dict[str, Path] = {}
+
+
+def run_dir() -> Path:
+    """The current run folder: ``$LDT_RUN_DIR`` (made if missing), else one made for this process."""
+    if os.environ.get("LDT_RUN_DIR", "").strip():
+        return check_writable(env_path("LDT_RUN_DIR", ""), "LDT_RUN_DIR")
+    if "path" not in _RUN_DIR:
+        _RUN_DIR["path"] = new_run_dir()
+    return _RUN_DIR["path"]
+
+
+def check_writable(folder: Path, what: str) -> Path:
+    """Create ``folder`` if needed and prove it writable, or raise one SettingError naming ``what`` (the variable)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingError(f"{what} folder {folder} is not writable ({exc.strerror or exc}): "
+                           f"expected a writable folder; set {what} to one") from None
+    return folder
+
+
+def check_environment() -> dict[str, Any]:
+    """Check every ``LDT_*`` variable that needs no torch (preset, dataset, threads, progress, folders)."""
+    return {"preset": current_preset(), "dataset": current_dataset(),
+            "threads": env_int("LDT_NUM_THREADS", 1, maximum=max_threads()),
+            "progress": env_choice("LDT_PROGRESS", ("0", "1"), default="1"), "data": data_dir(),
+            "output": check_writable(output_dir(), "LDT_OUTPUT_DIR"),
+            "artifacts": check_writable(artifacts_dir(), "LDT_ARTIFACTS_DIR")}

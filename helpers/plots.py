@@ -1,11 +1,8 @@
 """Figures: one export function, and the few plot helpers every notebook shares.
 
-Plot functions take ``ax=None`` and return the figure; the notebook displays it
-and, if it wants it in a report, passes it to :func:`save_figure`, the one way
-figures leave a notebook: PNG and PDF with stable bytes (no timestamps or
-version strings), written atomically to ``figures/`` for the `default` preset
-and ``figures/<preset>/`` for the others, so that a smoke run never overwrites
-the committed figures (all under ``$LDT_OUTPUT_DIR`` in tests).
+Plot functions take ``ax=None`` and return the figure. :func:`save_figure` is the one way figures
+leave a notebook: PNG and PDF with stable bytes, written atomically to ``figures/`` for the
+`default` preset and ``figures/<preset>/`` otherwise, so a smoke run never overwrites them.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ def new_axes(ax=None, figsize=None):
 
 
 class SavedPaths(list):
-    """The paths :func:`save_figure` wrote: a plain list that shows nothing when it
-    is the last value of a notebook cell (no ``[PosixPath(...)]`` under a figure)."""
+    """The paths :func:`save_figure` wrote: a list that shows nothing as a cell's last value."""
 
     def _ipython_display_(self) -> None:
         pass
@@ -61,13 +57,8 @@ class SavedPaths(list):
 def save_figure(fig, name: str, formats: Sequence[str] = ("png", "pdf"),
                 directory: str | Path | None = None, dpi: int = 150,
                 preset: str | None = None) -> SavedPaths:
-    """Write ``fig`` as ``<figures>/<name>.<fmt>`` for each format; return the paths.
-
-    ``<figures>`` is ``figures/`` in the `default` preset and ``figures/<preset>/``
-    otherwise (the preset the notebook runs in, see
-    :func:`helpers.config.preset_figures_dir`), unless ``directory`` is given.
-    The bytes are stable: the same figure gives the same files on every run.
-    """
+    """Write ``fig`` as ``<figures>/<name>.<fmt>`` for each format (``<figures>``:
+    :func:`helpers.config.preset_figures_dir`, or ``directory``); the same figure gives the same bytes."""
     directory = Path(directory) if directory else _config.preset_figures_dir(preset)
     paths = SavedPaths()
     for fmt in formats:
@@ -140,13 +131,8 @@ def line_plot(series: dict[str, Sequence[float]], xlabel: str = "step", ylabel: 
 
 
 def project_2d(points, method: str = "pca", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """Points (N, d) (a tensor or an array) -> an array (N, 2) to scatter: ``"pca"`` (the first two
-    principal components) or ``"tsne"`` (t-SNE with PCA initialisation, ``perplexity`` capped at
-    (N - 1) / 3 so that small sets work), both from scikit-learn with a fixed ``seed``.
-
-    The one 2-D projection of the series: notebook 02's latents of networks, notebook 04's codes
-    of images.
-    """
+    """Points (N, d) -> (N, 2) to scatter: ``"pca"`` (first two principal components) or ``"tsne"``
+    (PCA-initialised, ``perplexity`` capped at (N - 1) / 3 for small sets), scikit-learn with a fixed ``seed``."""
     if method not in ("pca", "tsne"):
         raise ValueError(f"unknown projection {method!r}: expected 'pca' or 'tsne'")
     z = points.detach().cpu().numpy() if hasattr(points, "detach") else np.asarray(points)

@@ -1,103 +1,136 @@
-"""Run folders and the metrics CSV that holds every headline number.
+"""Run folders and the run records: ``metrics.csv`` (every headline number) and ``timings.csv``.
 
-`make run` executes the notebooks into ``runs/<timestamp>/`` and sets
-``LDT_RUN_DIR`` so that every notebook records its headline numbers in the same
-``metrics.csv`` (long format: ``notebook,name,value,preset``). A notebook run by
-hand in JupyterLab gets a run folder of its own, made on first use.
+``make run`` executes the notebooks into ``runs/<timestamp>/`` and sets ``LDT_RUN_DIR`` so that
+every notebook records its numbers in the same ``metrics.csv`` (long format:
+``notebook,name,value,preset``); a notebook run by hand gets a run folder of its own. Both files
+are updated under a file lock, atomically, one row merged at a time, so processes sharing a run
+folder never lose a row; a damaged file is named, set aside (``<name>.damaged-<time>``) and
+replaced by a fresh one.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import config as _config
 from .artifacts import atomic_write
+from .config import new_run_dir, run_dir  # noqa: F401  (the run folder lives with the other paths)
 
 FIELDS = ("notebook", "name", "value", "preset")
-_RUN_DIR: Path | None = None
+TIMING_FIELDS = ("notebook", "seconds", "status", "preset")
 
 
-def timestamp() -> str:
-    """``YYYYmmdd-HHMMSS`` in local time (the run-folder name)."""
-    return time.strftime("%Y%m%d-%H%M%S")
+@contextmanager
+def locked(path: Path):
+    """Hold an exclusive ``fcntl`` lock on the folder of ``path`` for the block (no lock file left behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)           # closing the descriptor releases the lock
 
 
-def new_run_dir(root: Path | None = None) -> Path:
-    """Create and return a fresh ``runs/<timestamp>`` folder (suffixed if it exists)."""
-    root = Path(root) if root else _config.runs_dir()
-    base = root / timestamp()
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    path.mkdir(parents=True)
+def read_rows(path: Path, fields) -> list[list[str]]:
+    """The data rows of a run-record CSV; raise ValueError saying what is wrong if it is damaged
+    (unreadable bytes, another header, a row of the wrong width or without its number)."""
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"unreadable ({type(exc).__name__})") from None
+    if not rows or tuple(rows[0]) != tuple(fields):
+        raise ValueError(f"expected the header {','.join(fields)}, found {','.join(rows[0]) if rows else 'nothing'}")
+    number = 2 if "value" in fields else 1
+    for i, row in enumerate(rows[1:], 2):
+        try:
+            ok = len(row) == len(fields) and float(row[number]) is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"line {i} is not a row of {len(fields)} fields with a number as {fields[number]}: {row!r}")
+    return rows[1:]
+
+
+def merge_rows(path: str | os.PathLike, fields, new_rows, key: int = 2) -> Path:
+    """Merge ``new_rows`` into the CSV ``path`` under its lock, atomically: a row whose first ``key``
+    fields match an existing row replaces it in place, others are appended. A damaged file is
+    renamed ``<name>.damaged-<time>`` (and named in a warning) and a fresh one started."""
+    path = Path(path)
+    with locked(path):
+        rows = []
+        if path.exists():
+            try:
+                rows = read_rows(path, fields)
+            except ValueError as exc:
+                aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+                path.rename(aside)
+                print(f"warning: {path} is damaged ({exc}); set aside as {aside}, starting a fresh one")
+        for new in new_rows:
+            new = [str(x) for x in new]
+            where = next((i for i, r in enumerate(rows) if r[:key] == new[:key]), None)
+            if where is None:
+                rows.append(new)
+            else:
+                rows[where] = new
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([list(fields)] + rows)
+        with atomic_write(path, "w") as f:
+            f.write(buf.getvalue())
     return path
 
 
-def run_dir() -> Path:
-    """The current run folder: ``$LDT_RUN_DIR``, else one made for this process."""
-    global _RUN_DIR
-    env = os.environ.get("LDT_RUN_DIR")
-    if env:
-        path = Path(env)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    if _RUN_DIR is None:
-        _RUN_DIR = new_run_dir()
-    return _RUN_DIR
-
-
 def metric_tag(dataset: str | None = None, zoo: str = "trajectory") -> str:
-    """The suffix of a weight-story notebook's metric and figure names.
-
-    MNIST's trajectory zoo keeps the plain names; another zoo adds ``_<zoo>``, another
-    dataset ``_<dataset>`` (``dataset`` None: ``$LDT_DATASET``, else "mnist"), so
-    ``"generated_median_acc" + metric_tag("cifar10")`` is ``generated_median_acc_cifar10``.
-    """
+    """The suffix of a weight-story metric or figure name: ``_<zoo>`` for another zoo than the trajectory
+    zoo, ``_<dataset>`` for another dataset than MNIST (``generated_median_acc_cifar10``)."""
     name = _config.current_dataset(dataset)
     return ("" if zoo == "trajectory" else f"_{zoo}") + ("" if name == "mnist" else f"_{name}")
 
 
-def log_metric(notebook: str, name: str, value: float, preset: str | None = None,
-               verbose: bool = True) -> None:
-    """Record one headline number in ``<run>/metrics.csv``.
+def is_accuracy(name: str) -> bool:
+    """Whether a metric is an accuracy in %: its name has ``acc`` as a word (``generated_median_acc``),
+    not a difference of accuracies (``drop``, ``gap``, ``delta``, ``diff``, ``margin``, ``error``, ...)."""
+    words = set(name.lower().split("_"))
+    return "acc" in words and not {"drop", "gap", "delta", "diff", "margin", "std", "gain", "change", "error",
+                                   "err", "shift", "pp"} & words
 
-    The row is filed under ``preset``, else the preset the notebook runs in
-    (its parameters cell, via :func:`helpers.config.get_config`), else
-    ``$LDT_PRESET``. A metric is held once per run: logging it again (a cell
-    re-run) replaces its row. The file is rewritten atomically. Returns
-    nothing, so a cell that ends with it shows only the ``[metric]`` line.
+
+def log_metric(notebook: str, name: str, value: float, preset: str | None = None, verbose: bool = True) -> None:
+    """Record one headline number in ``<run>/metrics.csv`` (once per run: a re-run replaces its row).
+
+    Filed under ``preset``, else the preset the notebook runs in. NaN and inf are refused, and
+    so is an accuracy outside [0, 100] (:func:`is_accuracy`): a ValueError naming the metric.
     """
     preset = _config.active_preset(preset)
-    value = float(value)
-    path = run_dir() / "metrics.csv"
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f)][1:]
-    text = repr(value) if math.isfinite(value) else str(value)
-    new_row = [notebook, name, text, preset]
-    keep = [r for r in rows if r[:2] != [notebook, name]]
-    where = next((i for i, r in enumerate(rows) if r[:2] == [notebook, name]), len(keep))
-    keep.insert(where, new_row)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(FIELDS)
-    writer.writerows(keep)
-    with atomic_write(path, "w") as f:
-        f.write(buf.getvalue())
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"metric {notebook} {name}: expected a number, found {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"metric {notebook} {name} is {value}: a non-finite number is never recorded "
+                         f"(did the training diverge?)")
+    if is_accuracy(name) and not 0 <= value <= 100:
+        raise ValueError(f"metric {notebook} {name} = {value!r} is not an accuracy: expected a value in [0, 100] (%)")
+    merge_rows(_config.run_dir() / "metrics.csv", FIELDS, [[notebook, name, repr(value), preset]])
     if verbose:
         print(f"[metric] {notebook} {name} = {value:.4g} ({preset})")
 
 
+def log_timing(run: Path, notebook: str, seconds: float, status: str, preset: str) -> None:
+    """Merge one notebook's row into ``<run>/timings.csv``."""
+    merge_rows(Path(run) / "timings.csv", TIMING_FIELDS, [[notebook, f"{seconds:.1f}", status, preset]], key=1)
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Rows of a metrics CSV as dicts with ``value`` as float."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         row["value"] = float(row["value"])

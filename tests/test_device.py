@@ -109,7 +109,8 @@ def _synthetic_zoo(n: int = 12) -> weights.WeightDataset:
     metrics = [{"run_seed": 0, "epoch": 1, "step": i, "train_loss": 1.0, "test_acc": 80.0 + i}
                for i in range(n)]
     ds = weights.WeightDataset(vectors, SPEC, metrics, dict(ZOO))
-    ds.save(weights.zoo_path(ZOO))
+    with artifacts.recording(weights.zoo_path(ZOO), weights.zoo_key(ZOO)):   # as build_or_load_zoo would
+        ds.save(weights.zoo_path(ZOO))
     return ds
 
 

@@ -70,46 +70,53 @@ def test_import_has_no_side_effects():
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr
 
 
-def test_sibling_imports_sit_at_the_top_of_each_module():
-    """A module's top shows what it depends on; only data.prepare/verify import lazily (to avoid a cycle)."""
+def _helpers_imports() -> dict[str, set[str]]:
+    """``{module: {sibling modules it imports, at any level of the file}}`` for every helpers module."""
     import ast
     from pathlib import Path
 
-    inside = []
+    graph = {}
     for path in sorted(Path(config.repo_root(), "helpers").glob("*.py")):
-        for func in ast.walk(ast.parse(path.read_text())):
-            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                inside += [f"{path.stem}.{func.name}" for node in ast.walk(func)
-                           if isinstance(node, ast.ImportFrom) and node.level > 0]
-    assert sorted(inside) == ["data.prepare", "data.verify"]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("helpers")):
+                base = (node.module or "").split(".")[-1] if node.module not in (None, "helpers") else ""
+                deps |= {base} if base else {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("helpers.")}
+        graph[path.stem] = deps - {path.stem, "__init__"}
+    return graph
 
 
-def _module_groups(text: str) -> dict[str, list[str]]:
-    """``{group: [module, ...]}`` from a markdown module table with bold group rows."""
+def test_helpers_have_no_import_cycle_at_any_depth():
+    """Every import counts, also one inside a function: the modules form layers."""
+    graph = _helpers_imports()
+    assert graph["config"] == set() and graph["runtime"] == {"config"}
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join(path + [module])}"
+        state[module] = "open"
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, path + [module])
+        state[module] = "done"
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_package_docstring_names_every_module_in_its_group():
     import re
 
-    groups, current = {}, None
-    for line in text.splitlines():
-        cell = line.split("|")[1].strip() if line.startswith("|") else ""
-        if cell.startswith("**"):
-            current = groups.setdefault(cell.strip("* "), [])
-        elif cell.startswith("`") and current is not None:
-            current += re.findall(r"`(\w+)`", cell)
-    return groups
-
-
-def test_module_tables_list_every_module_in_the_same_groups():
     import helpers
 
-    root = config.repo_root()
-    readme = (root / "README.md").read_text()
-    start = readme.index("## The `helpers` package")
-    in_readme = _module_groups(readme[start:readme.index("\n## ", start + 1)])
-    in_init = _module_groups(helpers.__doc__)
-    modules = sorted(p.stem for p in (root / "helpers").glob("*.py") if p.stem != "__init__")
-    assert list(in_init) == ["shared core", "weight story", "image story", "infrastructure"]
-    assert in_readme == in_init
-    assert sorted(m for ms in in_init.values() for m in ms) == modules
+    groups = dict(re.findall(r"^- ([^:\n]+): (.*?)(?=^- |\Z)", helpers.__doc__, re.S | re.M))
+    assert list(groups) == ["shared core", "weight story (notebooks 01-03, 05)",
+                            "image story (notebooks 04, 06)", "infrastructure"]
+    named = sorted(m for text in groups.values() for m in re.findall(r"``(\w+)``", text))
+    assert named == sorted(p.stem for p in (config.repo_root() / "helpers").glob("*.py") if p.stem != "__init__")
 
 
 # --- runtime ------------------------------------------------------------------
@@ -256,7 +263,7 @@ def test_load_state_names_the_mismatched_parameter(tmp_path):
                              prefix="model.")
 
 
-# --- the preset a notebook runs in, quiet cells, notebook format (issue 11) ---
+# --- the preset a notebook runs in, quiet cells, notebook format -----------
 
 def test_metrics_are_filed_under_the_notebooks_preset_once_per_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LDT_RUN_DIR", str(tmp_path / "run"))
@@ -372,7 +379,7 @@ def test_make_lab_git_filter_keeps_outputs_out_of_commits(tmp_path):
     assert json.loads((repo / "n.ipynb").read_text())["cells"][1]["outputs"]  # the reader's file keeps them
 
 
-# --- threads that stay fast under load (issue 11) ------------------------------
+# --- threads that stay fast under load ----------------------------------------
 
 def test_default_threads_follow_the_load(monkeypatch):
     cores = os.cpu_count() or 1

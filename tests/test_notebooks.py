@@ -19,7 +19,7 @@ from helpers import notebooks, runs, series
 
 NOTEBOOKS = series.notebook_paths()
 
-# Headline numbers each notebook must log (issue bars); checked after it runs.
+# Headline numbers each notebook must log (their bars); checked after it runs.
 EXPECTED_METRICS = {
     "01": ["zoo_mean_test_acc", "multiseed_n_networks", "multiseed_zoo_mean_test_acc",
            "multiseed_barrier_unaligned", "multiseed_barrier_aligned"],
@@ -158,3 +158,52 @@ def test_late_notebook_runs_alone_in_an_empty_output_folder(tmp_path):
     kinds = {p.name.rsplit("-", 1)[0] for p in artifacts_dir.glob("*.safetensors")}
     needed = {"zoo", "vae", "weight_diffusion", "direct_diffusion"}
     assert needed <= kinds, f"expected artifacts {sorted(needed)} rebuilt in {artifacts_dir}, found {sorted(kinds)}"
+
+
+@pytest.mark.notebook
+def test_relative_output_folder_is_one_place_for_the_series_and_the_kernels(tmp_path):
+    """``LDT_OUTPUT_DIR=<relative> python -m helpers.series --only 00``, started from another folder:
+    the run records, artifacts and figures all land under ``<repo>/<relative>``, nothing under notebooks/."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).parents[1]
+    rel = f"test-out-{os.getpid()}"
+    before = sorted(p.name for p in (repo / "notebooks").iterdir())
+    env = {**os.environ, "LDT_OUTPUT_DIR": rel, "PYTHONPATH": str(repo), "LDT_PROGRESS": "0"}
+    env.pop("LDT_RUN_DIR", None)
+    env.pop("LDT_ARTIFACTS_DIR", None)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "helpers.series", "--preset", "smoke", "--only", "00"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert f"LDT_OUTPUT_DIR    {repo / rel}" in proc.stdout and "WARNING" not in proc.stderr
+        (run,) = (repo / rel / "runs").iterdir()
+        assert (run / "00_setup_and_data.ipynb").exists() and (run / "timings.csv").exists()
+        assert any((repo / rel / "figures" / "smoke").iterdir())
+        assert sorted(p.name for p in (repo / "notebooks").iterdir()) == before and not list(tmp_path.iterdir())
+    finally:
+        shutil.rmtree(repo / rel, ignore_errors=True)
+
+
+@pytest.mark.notebook
+def test_zoo_copied_over_another_zoos_file_is_rebuilt_by_notebook_01(tmp_path):
+    """The many-seed zoo's file copied to the trajectory zoo's name: notebook 01 rebuilds it and
+    reports its own settings' numbers."""
+    from helpers import weights
+
+    path = next(p for p in NOTEBOOKS if p.name.startswith("01_"))
+    out = tmp_path / "out"
+    env = {"LDT_PRESET": "smoke", "LDT_OUTPUT_DIR": str(out), "LDT_RUN_DIR": str(out / "runs" / "a"),
+           "LDT_PROGRESS": "0", "LDT_DATASET": "mnist"}
+    series.execute_notebook(path, out / "a.ipynb", timeout=600, env=env)
+    os.environ["LDT_OUTPUT_DIR"] = str(out)         # the conftest fixture restores it
+    trajectory, multiseed = (weights.zoo_path(weights.zoo_config("smoke", kind)) for kind in ("trajectory", "multiseed"))
+    trajectory.write_bytes(multiseed.read_bytes())
+    series.execute_notebook(path, out / "b.ipynb", timeout=600, env={**env, "LDT_RUN_DIR": str(out / "runs" / "b")})
+    text = (out / "b.ipynb").read_text()
+    assert f"warning: artifact {trajectory} was made with other settings" in text and "Rebuilding it" in text
+    first, second = (runs.read_metrics(out / "runs" / r / "metrics.csv") for r in ("a", "b"))
+    assert [r["name"] for r in second] == [r["name"] for r in first]      # the same numbers, up to thread-count noise
+    assert [r["value"] for r in second] == pytest.approx([r["value"] for r in first], abs=0.5)
