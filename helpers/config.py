@@ -406,7 +406,7 @@ DIGITS_RULES = {
     "seed": SEED, "val_size": Int(1, 30000), "n_train": Int(1, 60000, none=True), "n_test": N_TEST,
     "vae_latent": WIDTH, "vae_channels": ListOf(WIDTH), "vae_epochs": EPOCHS, "vae_batch_size": BATCH,
     "vae_lr": LR, "vae_beta": Num(0, 1e3), "vae_w_cls": Num(0, 1e4),
-    "gen_size": One("tiny", "small", "large"), "gen_steps": STEPS, "gen_batch_size": BATCH, "gen_lr": LR,
+    "gen_size": One("tiny", "small"), "gen_steps": STEPS, "gen_batch_size": BATCH, "gen_lr": LR,
     "gen_ema": EMA, "gen_p_uncond": FRAC, "T": Int(2, 10**5), "schedule": One("linear", "cosine"),
     "sample_steps": Int(1, 10**4), "sample_method": One("euler", "heun"), "ddim_steps": Int(1, 10**5),
     "guidance_grid": ListOf(Num(0, 100)), "guidance_target": PCT, "n_select_per_class": Int(1, 10**5),

@@ -323,10 +323,10 @@ def test_every_preset_key_has_a_rule_and_every_preset_value_passes_it():
     ("weight_diffusion", "p_uncond", 1.5, "float in [0, 1]"),
     ("weight_diffusion", "schedule", "cos", "str: one of 'linear', 'cosine'"),
     ("wide_conditioning", "target_quantiles", [0.1], "a list of 2 of float in [0, 1]"),
-    ("catdog", "den_kind", "vit", "str: one of 'unet', 'mlp'"),
+    ("catdog", "den_objective", "vit", "str: one of 'ddpm', 'flow'"),
     ("catdog", "ae_channels", [8, 0], "a non-empty list of int in [1, 65536]"),
     ("evaluation", "zoo_preset", "fast", "str: one of 'smoke', 'default', 'full'"),
-    ("digits", "gen_size", "huge", "str: one of 'tiny', 'small', 'large'"),
+    ("digits", "gen_size", "huge", "str: one of 'tiny', 'small'"),
     ("digits", "fashion", 1, "bool"),
 ])
 def test_out_of_range_values_are_refused_in_one_line(section, key, value, allowed):
@@ -346,7 +346,7 @@ def test_out_of_range_values_are_refused_in_one_line(section, key, value, allowe
     ("catdog", {"val_size": 1000}, "setting catdog.val_size expects below n_train = 1000, found 1000"),
     ("digits", {"n_train": 59500}, "n_train + val_size at most the 60,000 training images, found 59500"),
     ("zoo", {"train_subset": 59000}, "setting zoo.train_subset expects train_subset + val_size at most"),
-    ("evaluation", {"ensemble_sizes": [1, 9]}, "sizes at most n_generated = 8, found [1, 9]"),
+    ("catdog", {"guidance_interval": [0.8, 0.1]}, "setting catdog.guidance_interval expects [low, high] with low < high"),
     ("wide_conditioning", {"target_quantiles": [0.9, 0.1]}, "expects [low, high] with low < high"),
 ])
 def test_values_that_depend_on_each_other_are_checked_before_any_work(section, overrides, message):
