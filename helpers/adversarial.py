@@ -82,6 +82,7 @@ def finetune_decoder(ae: image_ae.ImageAutoencoder, x_uint8: torch.Tensor, steps
             adv = -disc(x_hat).mean()
             lam = adaptive_weight(rec, adv, last, weight)
             loss_g = rec + lam * adv
+        runtime.check_finite(loss_g, model="sharper decoder", step=k, blame=f"ae_adv_lr={lr}, ae_adv_weight={weight}")
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -1,7 +1,5 @@
-"""Denoising animations: frames (RGB uint8 arrays) computed once, shown three ways: a slider
-(:func:`frame_slider`), a looping GIF (:func:`write_gif`) and a static grid (:func:`frames_grid`)
-for places where widgets do not render (GitHub, HTML, PDF).
-"""
+"""Denoising animations: frames (RGB uint8) shown as a slider, a looping GIF and a static grid (for
+places where widgets do not render: GitHub, HTML, PDF)."""
 
 from __future__ import annotations
 
@@ -30,18 +28,15 @@ def _as_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def write_gif(frames: Sequence[np.ndarray], name: str | Path, fps: float = 8,
-              hold_last: int = 4, directory: str | Path | None = None,
-              preset: str | None = None) -> Path:
+              directory: str | Path | None = None, preset: str | None = None) -> Path:
     """Write frames as a looping GIF ``<figures>/<name>.gif`` (atomically; the preset's figure folder)
-    of exactly ``len(frames)`` frames, the last one shown ``hold_last`` frame-times longer."""
+    of exactly ``len(frames)`` frames, the last one shown 5 frame-times."""
     import imageio.v3 as iio
 
     frames = _as_frames(frames)
     durations = [1000.0 / fps] * len(frames)
-    durations[-1] *= 1 + hold_last
-    path = Path(name)
-    if path.suffix != ".gif":
-        path = path.with_suffix(".gif")
+    durations[-1] *= 5
+    path = Path(name).with_suffix(".gif")
     if not path.is_absolute():
         path = (Path(directory) if directory else _config.preset_figures_dir(preset)) / path
     data = iio.imwrite("<bytes>", np.stack(frames), extension=".gif",
@@ -51,19 +46,11 @@ def write_gif(frames: Sequence[np.ndarray], name: str | Path, fps: float = 8,
     return path
 
 
-def gif_frame_count(path: str | Path) -> int:
-    """Number of frames in a GIF file."""
-    import imageio.v3 as iio
-
-    return int(iio.improps(path, index=None).shape[0])
-
-
 def frames_grid(frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,
                 n: int = 8, ncols: int | None = None, frame_dpi: float = 80, max_width: float = 13.0,
                 titles: bool = True):
-    """A static figure of ``n`` evenly spaced frames (the last included), each at its own size
-    (``frame_dpi``), as many per row as fit in ``max_width`` inches unless ``ncols`` is given;
-    ``titles=False`` for frames that carry their own caption."""
+    """A static figure of ``n`` evenly spaced frames (the last included) at their own size (``frame_dpi``), as
+    many per row as fit in ``max_width`` inches unless ``ncols`` is given; ``titles=False``: no captions."""
     import matplotlib.pyplot as plt
 
     frames = _as_frames(frames)
@@ -94,11 +81,8 @@ def _png_bytes(frame: np.ndarray) -> bytes:
 
 
 class FrameSlider:
-    """An ipywidgets slider (``continuous_update=False``) over precomputed frames, as wide as the output.
-
-    ``slider``, ``image`` and ``label`` (the caption above the image; leave ``captions`` out when
-    the frames carry their own) are public, so a test can move the slider and check what is shown.
-    """
+    """An ipywidgets slider over precomputed frames, as wide as the output; ``slider``, ``image`` and
+    ``label`` (the caption; leave ``captions`` out when the frames carry their own) are public for tests."""
 
     def __init__(self, frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,
                  description: str = "step"):
@@ -116,13 +100,10 @@ class FrameSlider:
         self.image = widgets.Image(format="png", layout=widgets.Layout(
             width="100%", max_width=f"{max(w, 640)}px", height="auto", object_fit="contain"))
         self.label = widgets.HTML()
-        self.slider.observe(self._on_change, names="value")
+        self.slider.observe(lambda change: self.show(change["new"]), names="value")
         children = [self.slider] + ([self.label] if self.captions is not None else []) + [self.image]
         self.widget = widgets.VBox(children, layout=widgets.Layout(width="100%"))
         self.show(0)
-
-    def _on_change(self, change) -> None:
-        self.show(change["new"])
 
     def show(self, i: int) -> None:
         """Show frame ``i`` (also what moving the slider does)."""
@@ -143,7 +124,4 @@ class FrameSlider:
         display(self.widget)
 
 
-def frame_slider(frames: Sequence[np.ndarray], captions: Sequence[str] | None = None,
-                 description: str = "step") -> FrameSlider:
-    """Build a :class:`FrameSlider` over precomputed frames."""
-    return FrameSlider(frames, captions, description)
+frame_slider = FrameSlider   # frame_slider(frames, captions=None, description="step")

@@ -1,16 +1,5 @@
-"""Saving and loading what the notebooks make: atomically, safely, checked, keyed by the settings.
-
-1. **Atomic writes**: a temporary file next to the target, renamed into place (:func:`atomic_write`);
-   leftovers of a killed writer are removed by the next run (:func:`remove_stale_tmp`).
-2. **Safe formats**: tensors in `safetensors` files with JSON metadata; nothing is unpickled.
-3. **Checked on save and load**: a sha256 of metadata and tensors (:func:`tensors_digest`); no NaN or
-   inf is ever written or trusted; accuracies (metadata keys ``acc``/``*_acc``) must lie in [0, 100].
-4. **One model format**: :func:`save_model` / :func:`load_model` (kind, architecture, weights, extras).
-5. **Keyed by the settings**: the file name carries a hash of the training settings (:func:`config_key`),
-   and a file written by :func:`cached` records those settings inside it. On load they must match the
-   requested ones and the name, else the file is reported in one line and rebuilt. Only such
-   corruption (checksum, format, missing key, settings) triggers a rebuild; any other error while
-   loading is raised as it is, with the file named.
+"""Saving and loading what the notebooks make: atomic safetensors files (nothing is unpickled) with a sha256,
+named by a hash of the training settings (:func:`config_key`), which :func:`cached` records and checks.
 """
 
 from __future__ import annotations
@@ -21,7 +10,7 @@ import os
 import re
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -41,12 +30,8 @@ def config_key(cfg: Mapping[str, Any], length: int = 12) -> str:
 
 
 def training_key(cfg: Mapping[str, Any], keys) -> dict:
-    """The entries of ``cfg`` named in ``keys`` (those present): what changes what is trained, so a
-    sampling or display knob never makes a new artifact."""
+    """The entries of ``cfg`` named in ``keys``: what changes what is trained."""
     return {k: cfg[k] for k in keys if k in cfg}
-
-
-STALE_SECONDS = 60.0   # a temporary file this old whose writer is gone is left over from a killed run
 
 
 def _pid_alive(pid: int) -> bool:
@@ -60,9 +45,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_tmp(folder: str | os.PathLike, pattern: str = ".*.tmp", max_age: float = STALE_SECONDS) -> list[Path]:
-    """Delete temporary files ``.<name>.<pid>.<random>.tmp`` older than ``max_age`` whose writer is gone
-    (any older than a day); return what was removed. Files of a write in progress are never touched."""
+def remove_stale_tmp(folder: str | os.PathLike, pattern: str = ".*.tmp", max_age: float = 60.0) -> list[Path]:
+    """Delete temporary files ``.<name>.<pid>.<random>.tmp`` a killed writer left (older than ``max_age`` s)."""
     removed, now = [], time.time()
     for tmp in Path(folder).glob(pattern) if Path(folder).is_dir() else []:
         try:
@@ -72,18 +56,15 @@ def remove_stale_tmp(folder: str | os.PathLike, pattern: str = ".*.tmp", max_age
         parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
         pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
         if age > 86400 or (age > max_age and (pid is None or not _pid_alive(pid))):
-            try:
+            with suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)
-            except OSError:
-                pass
     return removed
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file next to ``path`` (named ``.<name>.<pid>.<random>.tmp``); on success
-    rename it to ``path``. On an exception the temporary file is removed and ``path`` is untouched."""
+    """Write to a temporary file next to ``path``, renamed to ``path`` on success (removed on an exception)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path.parent, "." + "".join(f"[{c}]" if c in "*?[" else c for c in path.name) + ".*.tmp")
@@ -119,7 +100,6 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
     return h.hexdigest()
 
 
-# What cached() is saving or loading now: the file and the settings it must record.
 _CURRENT: dict[str, Any] = {}
 
 
@@ -144,9 +124,7 @@ def _implausible(meta: Any, where: str = "") -> str | None:
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write tensors and JSON-able metadata (plus ``sha256``; inside :func:`cached`, the ``settings``) to a
-    safetensors file, atomically. Non-finite tensors (naming the settings to blame) and implausible accuracies
-    are refused."""
+    """Write tensors and metadata (inside :func:`cached`, with its ``settings``) to a checked safetensors file."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -179,10 +157,7 @@ def _differences(recorded: Mapping, requested: Mapping) -> str:
 
 
 def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a file written by :func:`save_tensors`: ``(tensors, metadata)``. A missing, unreadable, corrupted
-    or unchecked file, non-finite values, an implausible accuracy, or recorded settings that differ from the
-    requested ones or from the file name's key raise :class:`ArtifactError`: one line naming the file and,
-    via ``hint``, how to make it again."""
+    """Read a file written by :func:`save_tensors`: ``(tensors, metadata)``, else an :class:`ArtifactError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -231,8 +206,7 @@ def load_tensors(path: str | os.PathLike, hint: str = "") -> tuple[dict[str, tor
 
 def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                prefix: str = "", what: str = "model") -> torch.nn.Module:
-    """Load the tensors ``<prefix><name>`` into ``model`` after checking every name and shape
-    (:class:`ArtifactError` naming the first parameter that differs)."""
+    """Load the tensors ``<prefix><name>`` into ``model`` after checking every name and shape."""
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
@@ -247,8 +221,7 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path
 def save_model(path: str | os.PathLike, model: torch.nn.Module, kind: str, arch: Mapping[str, Any],
                tensors: Mapping[str, torch.Tensor] | None = None,
                metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write a model as one safetensors file: weights as ``model.<name>``, extra ``tensors`` (histories,
-    statistics), and metadata ``kind``, ``arch`` (the JSON-able arguments that rebuild it) and ``metadata``."""
+    """Write a model as one file: weights as ``model.<name>``, extra ``tensors``, ``kind`` and ``arch``."""
     payload = {f"model.{k}": v for k, v in model.state_dict().items()}
     for k, v in (tensors or {}).items():
         if k.startswith("model."):
@@ -263,8 +236,7 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, kind: str, arch:
 def load_model(path: str | os.PathLike, kind: str, make_model: Callable[[dict], torch.nn.Module],
                device: str | torch.device | None = None, hint: str = ""
                ) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
-    """Read a file written by :func:`save_model`: ``(model in eval mode on device, extra tensors, metadata)``;
-    ``make_model(arch)`` rebuilds the architecture. Another kind or a wrong shape is an :class:`ArtifactError`."""
+    """Read a file written by :func:`save_model`: ``(model in eval mode, extra tensors, metadata)``."""
     path = Path(path)
     tensors, meta = load_tensors(path, hint=hint)
     if meta.get("kind") != kind:
@@ -283,8 +255,7 @@ def artifact_path(kind: str, cfg: Mapping[str, Any], suffix: str = ".safetensors
 
 @contextmanager
 def recording(path: str | os.PathLike, cfg: Mapping[str, Any]):
-    """Inside the block, :func:`save_tensors` to ``path`` records ``cfg`` as the file's settings and
-    :func:`load_tensors` of ``path`` requires them (what :func:`cached` does; for a file written by hand)."""
+    """Inside the block, saving ``path`` records ``cfg`` as its settings and loading it requires them."""
     path = Path(path)
     before = dict(_CURRENT)        # a loader may itself load another artifact through cached()
     _CURRENT.update(path=path, settings=json.loads(json.dumps(dict(cfg), sort_keys=True, default=str)))
@@ -298,10 +269,7 @@ def recording(path: str | os.PathLike, cfg: Mapping[str, Any]):
 def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
            save: Callable[[Any, Path], None], load: Callable[[Path], Any],
            rebuild: bool = False, verbose: bool = True) -> Any:
-    """Load the ``kind`` artifact made by ``cfg`` if it exists and is sound, else build and save it
-    (``save`` writes through :func:`save_tensors`, which records ``cfg``). A corrupted file (checksum, format,
-    missing key, settings) is reported in one line and rebuilt; any other load error (out of memory, say)
-    is raised as it is, with the file named."""
+    """Load the ``kind`` artifact made by ``cfg`` if it is sound, else build and save it (a corrupted one too)."""
     path = artifact_path(kind, cfg)
     remove_stale_tmp(path.parent)
     if path.exists() and not rebuild:

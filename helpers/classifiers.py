@@ -1,8 +1,7 @@
 r"""Small image classifiers, trained fast on a CPU and evaluated many at a time (notebook 01).
 
-A network is a JSON-able *spec* plus parameter tensors ``conv0.weight, ..., fc0.weight, ...`` in
-forward (= flattening) order. :func:`train_stacked`, the fast variant notebook 01 checks against its
-plain loop, trains K networks as one computation: :math:`\nabla_{\theta_k} \sum_j L_j = \nabla L_k`.
+A network is a JSON-able *spec* plus parameters ``conv0.weight, ..., fc0.weight, ...`` in flattening order;
+:func:`train_stacked` trains K networks as one computation: :math:`\nabla_{\theta_k} \sum_j L_j = \nabla L_k`.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ _CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "catdog": 2}
 
 
 def default_spec(dataset: str = "mnist", arch: str = "cnn") -> dict:
-    """The default spec: conv 5x5/2 (8 channels), conv 3x3/2 (16), fc 24, fc classes (11,250 weights on
-    MNIST); or an MLP with 16 hidden units."""
+    """Conv 5x5/2 (8 channels), conv 3x3/2 (16), fc 24, fc classes (11,250 weights on MNIST); or an MLP."""
     if dataset not in _IMAGE:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(_IMAGE)}")
     c, size = _IMAGE[dataset]
@@ -37,7 +35,6 @@ def default_spec(dataset: str = "mnist", arch: str = "cnn") -> dict:
 
 
 def describe(spec: Mapping) -> str:
-    """A one-line description of a spec, for error messages."""
     return json.dumps(dict(spec), sort_keys=True)
 
 
@@ -55,7 +52,7 @@ def _hidden(spec: Mapping) -> list[int]:
 
 
 def conv_layout(spec: Mapping) -> list[dict]:
-    """Per conv block: in/out channels, kernel, stride, padding, pool and output size."""
+    """Per conv block: in/out channels, kernel, stride, pool and output size."""
     channels = list(spec.get("channels", []))
     n = len(channels)
     ks = _per_layer(spec.get("kernel_size", 3), n, "kernel_size")
@@ -77,18 +74,15 @@ def conv_layout(spec: Mapping) -> list[dict]:
 def param_shapes(spec: Mapping) -> list[tuple[str, tuple[int, ...]]]:
     """``[(name, shape), ...]`` of a spec's parameters, in forward (= flattening) order."""
     arch = spec.get("arch")
-    c, size = int(spec["in_channels"]), int(spec["image_size"])
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    if arch == "cnn":
-        layout = conv_layout(spec)
-        for i, layer in enumerate(layout):
-            shapes.append((f"conv{i}.weight", (layer["out"], layer["in"], layer["k"], layer["k"])))
-            shapes.append((f"conv{i}.bias", (layer["out"],)))
-        n_in = layout[-1]["out"] * layout[-1]["size"] ** 2 if layout else c * size * size
-    elif arch == "mlp":
-        n_in = c * size * size
-    else:
+    if arch not in ("cnn", "mlp"):
         raise ValueError(f"unknown arch {arch!r} in spec {describe(spec)}; expected 'cnn' or 'mlp'")
+    layout = conv_layout(spec) if arch == "cnn" else []
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i, layer in enumerate(layout):
+        shapes.append((f"conv{i}.weight", (layer["out"], layer["in"], layer["k"], layer["k"])))
+        shapes.append((f"conv{i}.bias", (layer["out"],)))
+    c, size = int(spec["in_channels"]), int(spec["image_size"])
+    n_in = layout[-1]["out"] * layout[-1]["size"] ** 2 if layout else c * size * size
     for i, w in enumerate(_hidden(spec) + [int(spec["n_classes"])]):
         shapes += [(f"fc{i}.weight", (w, n_in)), (f"fc{i}.bias", (w,))]
         n_in = w
@@ -169,9 +163,7 @@ def load_split(dataset: str, split: str, n: int | None = None) -> tuple[torch.Te
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (filled with the minimum), batched."""
-    if max_shift <= 0:
-        return x
+    """Translate each image by up to ``max_shift`` > 0 pixels (filled with the minimum), batched."""
     n, c, h, w = x.shape
     p = max_shift
     padded = F.pad(x, (p, p, p, p), value=float(x.min()))
@@ -183,23 +175,17 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
 
 
 def adam(params, lr: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel where PyTorch supports it (faster for these small networks)."""
+    """Adam, fused into one kernel on CPU and CUDA (faster for these small networks)."""
     params = list(params)
-    if all(p.device.type in ("cpu", "cuda") for p in params):
-        try:
-            return torch.optim.Adam(params, lr=lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, fused=all(p.device.type in ("cpu", "cuda") for p in params) or None)
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def lr_factor(step: int, total: int, schedule: str = "constant", warmup: float = 0.0) -> float:
-    r"""Learning-rate multiplier before step ``step`` of ``total``: a linear warm-up over a
-    ``warmup`` fraction, then 1 (constant), :math:`\tfrac12(1+\cos\pi p)` (cosine) or :math:`1-p`
-    (linear), with :math:`p` the progress after warm-up."""
+    r"""Learning-rate multiplier before step ``step`` of ``total``: a linear warm-up over a ``warmup`` fraction,
+    then 1 (constant), :math:`\tfrac12(1+\cos\pi p)` (cosine) or :math:`1-p` (linear), p: progress after it."""
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     t_w = int(round(warmup * total))
@@ -225,14 +211,13 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
     lr_factor(0, 1, lr_schedule)                      # checks the name
     dev = runtime.device_of(model)
     opt = adam(model.parameters(), lr)
-    n = x.shape[0]
-    per_epoch = n // batch_size
+    per_epoch = x.shape[0] // batch_size
     total = int(round(epochs * per_epoch))
     losses: list[float] = []
     model.train()
     bar = runtime.progress(total=total, desc="training", disable=not progress or None)
     while len(losses) < total:
-        perm = torch.randperm(n, generator=generator)
+        perm = torch.randperm(x.shape[0], generator=generator)
         for b in range(min(per_epoch, total - len(losses))):
             idx = perm[b * batch_size:(b + 1) * batch_size]
             xb = random_shift(x[idx], augment_shift, generator) if augment_shift else x[idx]
@@ -244,6 +229,7 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: flo
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            runtime.check_finite(losses[-1], model="classifier", step=len(losses), blame=f"lr={lr}")
             bar.update(1)
     bar.close()
     return losses
@@ -303,10 +289,7 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     pass (speed only). Returns ``(losses (steps, K), optimizer)``."""
     device = runtime.device(device)
     for name, p in params.items():
-        if p.device != device:
-            params[name] = p.detach().to(device)
-    for p in params.values():
-        p.requires_grad_(True)
+        params[name] = (p if p.device == device else p.detach().to(device)).requires_grad_(True)
     k = next(iter(params.values())).shape[0]
     generators = generators or [torch.Generator().manual_seed(i) for i in range(k)]
     if len(generators) != k:
@@ -315,13 +298,12 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
     chunk = k if not chunk else int(chunk)
     opt = optimizer or adam(params.values(), lr)
     base_lr = lr if optimizer is None else opt.param_groups[0]["lr"]
-    n = x.shape[0]
-    per_epoch = n // batch_size
+    per_epoch = x.shape[0] // batch_size
     total = int(round(epochs * per_epoch))
     history: list[torch.Tensor] = []
     bar = runtime.progress(total=total, desc=f"training {k} networks", disable=not progress or None)
     while len(history) < total:
-        perms = torch.stack([torch.randperm(n, generator=g) for g in generators])   # (K, N)
+        perms = torch.stack([torch.randperm(x.shape[0], generator=g) for g in generators])   # (K, N)
         for b in range(min(per_epoch, total - len(history))):
             idx = perms[:, b * batch_size:(b + 1) * batch_size]                       # (K, B)
             if lr_schedule != "constant" or warmup:
@@ -348,16 +330,21 @@ def train_stacked(params: dict[str, torch.Tensor], spec: Mapping, x: torch.Tenso
             if on_step is not None:
                 on_step(len(history), history[-1])
             bar.update(1)
+        # once per epoch (cheap): stop a diverging run at its first NaN/inf loss, naming the network
+        recent = torch.stack(history[-per_epoch:])                                    # (steps, K)
+        bad = (~torch.isfinite(recent)).nonzero()                                     # (step, network) pairs
+        if len(bad):
+            s, j = bad[0].tolist()
+            runtime.check_finite(recent[s, j], model=f"stacked classifier {j} of {k}",
+                                 step=len(history) - len(recent) + s + 1, blame=f"lr={base_lr}")
     bar.close()
     return (torch.stack(history) if history else torch.zeros(0, k)), opt
 
 
 @torch.no_grad()
 def predict_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor,
-                    batch_size: int = 1000, method: str = "loop", device=None) -> torch.Tensor:
+                    batch_size: int = 1000, device=None) -> torch.Tensor:
     """Predicted labels (K, N) of K flat weight vectors, one network at a time (faster than stacked)."""
-    if method != "loop":
-        raise ValueError(f"unknown method {method!r}; expected 'loop'")
     device = runtime.device(device)
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
     params = unflatten((vectors[None] if vectors.ndim == 1 else vectors).to(device), spec)   # (K, ...), checks D
@@ -372,8 +359,8 @@ def predict_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor,
 
 @torch.no_grad()
 def evaluate_vectors(vectors: torch.Tensor, spec: Mapping, x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int = 1000, method: str = "loop", device=None) -> torch.Tensor:
+                     batch_size: int = 1000, device=None) -> torch.Tensor:
     r"""Accuracies in % (K,) of K flat weight vectors:
     :math:`\mathrm{acc}_k = 100 \cdot \frac{1}{N} \sum_i [\arg\max f_{\theta_k}(x_i) = y_i]`."""
-    pred = predict_vectors(vectors, spec, x, batch_size, method, device=device)
+    pred = predict_vectors(vectors, spec, x, batch_size, device=device)
     return 100.0 * (pred == y[None].cpu()).float().mean(1)

@@ -1,27 +1,8 @@
 """Presets, their allowed values and the paths: every knob of the series, as data, in one place.
 
-A *preset* is a named set of settings for every notebook: ``smoke`` (tests: every notebook in
-at most a minute), ``default`` (``make run``: the whole series in about 25 minutes on a 2-core
-CPU), ``full`` (the original projects' own settings). It is chosen by the ``preset=`` argument
-(a notebook's ``PRESET``), else ``$LDT_PRESET``, else "default". The weight story (notebooks 01,
-02, 03, 05) runs on ``dataset=`` / ``$LDT_DATASET`` / "mnist"; what differs per dataset is data
-in :data:`WEIGHT_DATASETS`, laid over the presets by :func:`get_config`::
-
-    cfg = get_config("zoo", preset="smoke", epochs=2)     # a Config: a dict with attribute access
-
-Every setting has a rule next to its preset block (``<SECTION>_RULES``: a range or the allowed
-values) and some have cross-checks (``<SECTION>_CROSS``: ``ddim_steps <= T`` ...).
-:func:`get_config` and every assignment refuse a value outside them with one line naming the
-section, the key, the value and what is allowed (:class:`SettingError`), before any work starts.
-
-Environment variables (checked the same way; :func:`check_environment` checks them all):
-``LDT_PRESET`` (smoke, default, full), ``LDT_DATASET`` (mnist, fashion_mnist, cifar10),
-``LDT_NUM_THREADS`` (1 to 4 x the CPU cores; empty: automatic), ``LDT_DEVICE`` (cpu, cuda, cuda:N,
-mps, if present), ``LDT_PROGRESS`` (0 or 1), and the folders ``LDT_DATA_DIR`` (default
-``<repo>/data``), ``LDT_OUTPUT_DIR`` (default ``<repo>``: ``figures/``, ``artifacts/``, ``runs/`` go
-under it), ``LDT_ARTIFACTS_DIR`` (default ``<output>/artifacts``) and ``LDT_RUN_DIR`` (default: a
-new ``<output>/runs/<timestamp>``). **A relative folder is taken from the repository root**, for
-the series, the notebook kernels and the data tool alike. Nothing is created on import.
+A preset (``smoke``: tests; ``default``: ``make run``; ``full``: the original projects' settings) comes from
+``preset=``, else ``$LDT_PRESET``, else "default". ``get_config("zoo", preset="smoke", epochs=2)`` checks
+every value against ``<SECTION>_RULES`` and ``<SECTION>_CROSS``. The ``LDT_*`` variables: see the README.
 """
 
 from __future__ import annotations
@@ -31,6 +12,7 @@ import functools
 import os
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -48,8 +30,7 @@ class DataError(ShortError, RuntimeError):
 
 
 class Rule:
-    """What a setting accepts: a kind ("int", "float", "bool", "str", "list", "dict") with a range
-    [lo, hi] (``open_lo``: lo excluded), allowed values, an item rule for lists, and whether None is allowed."""
+    """What a setting accepts: a kind, a range [lo, hi] (``open_lo``: lo excluded), choices, an item rule."""
 
     def __init__(self, kind, lo=None, hi=None, choices=None, item=None, none=False, open_lo=False, length=None):
         self.kind, self.lo, self.hi, self.choices, self.item = kind, lo, hi, choices, item
@@ -96,10 +77,10 @@ EMA, N_TEST = Num(0, 0.99999), Int(1, 10000, none=True)
 TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 PRESET_NAMES = ("smoke", "default", "full")
+_ACTIVE_PRESET: str | None = None      # the last preset get_config resolved: metrics and figures go under it
 
 # --- One block per notebook section: preset -> settings, then each key's rule. ---
 
-# Notebook 00: setup and data.
 SETUP = {
     "smoke": {"seed": 0, "datasets": ["mnist", "cifar10"], "n_show": 16},
     "default": {"seed": 0, "datasets": ["mnist", "fashion_mnist", "cifar10"], "n_show": 32},
@@ -109,10 +90,9 @@ SETUP_RULES = {"seed": SEED, "datasets": ListOf(One("mnist", "fashion_mnist", "c
 
 # Notebook 01: a zoo of trained CNN classifiers (helpers.weights.build_zoo).
 _ZOO_COMMON: dict[str, Any] = {
-    "seed": 0, "dataset": "mnist", "arch": "cnn", "spec": None,
-    "batch_size": 128, "lr": 3e-3, "trajectory_lr": 3e-4, "augment_shift": 0,
-    "align": True, "val_size": 5000, "train_subset": None, "test_subset": None,
-    "interp_points": 11, "threads": None,  # None: every core (runtime.setup_threads)
+    "seed": 0, "dataset": "mnist", "arch": "cnn", "spec": None, "batch_size": 128, "lr": 3e-3,
+    "trajectory_lr": 3e-4, "augment_shift": 0, "align": True, "val_size": 5000, "train_subset": None,
+    "test_subset": None, "interp_points": 11, "threads": None,  # None: every core (runtime.setup_threads)
     "scratch_steps": 300,  # steps of notebook 01's from-scratch training loop (not part of the zoo)
 }
 ZOO: dict[str, dict[str, Any]] = {
@@ -134,30 +114,25 @@ ZOO_RULES = {
 }
 ZOO_CROSS = [("train_subset", lambda c: (c["train_subset"] or 0) + c["val_size"] <= TRAIN_SIZE[c["dataset"]],
               "train_subset + val_size at most the training set (MNIST 60,000, CIFAR-10 50,000)")]
-# The many-seed zoo (weights.zoo_config(preset, "multiseed")): laid over the preset's ZOO settings; n_runs
-# independent networks with a one-cycle rate, the last checkpoints_per_run kept, checkpoint_every steps apart.
+# The many-seed zoo (weights.zoo_config(preset, "multiseed")), laid over ZOO: n_runs independent networks.
 _ZOO_MULTISEED_COMMON: dict[str, Any] = {
     "kind": "multiseed", "lr": 1e-2, "lr_schedule": "linear", "warmup": 0.05, "align_iters": 30,
 }
 ZOO_MULTISEED: dict[str, dict[str, Any]] = {
-    "smoke": {**_ZOO_MULTISEED_COMMON, "n_runs": 8, "epochs": 1, "batch_size": 64,
-              "checkpoints_per_run": 2, "checkpoint_every": 10, "min_val_acc": 0.0,
-              "barrier_pairs": 8},
+    "smoke": {**_ZOO_MULTISEED_COMMON, "n_runs": 8, "epochs": 1, "batch_size": 64, "checkpoints_per_run": 2,
+              "checkpoint_every": 10, "min_val_acc": 0.0, "barrier_pairs": 8},
     "default": {**_ZOO_MULTISEED_COMMON, "n_runs": 64, "epochs": 0.5, "batch_size": 64,
-                "checkpoints_per_run": 4, "checkpoint_every": 25, "min_val_acc": 96.5,
-                "barrier_pairs": 32},
+                "checkpoints_per_run": 4, "checkpoint_every": 25, "min_val_acc": 96.5, "barrier_pairs": 32},
     "full": {**_ZOO_MULTISEED_COMMON, "n_runs": 128, "epochs": 2, "batch_size": 128,
-             "checkpoints_per_run": 4, "checkpoint_every": 50, "min_val_acc": 97.5,
-             "barrier_pairs": 64},
+             "checkpoints_per_run": 4, "checkpoint_every": 50, "min_val_acc": 97.5, "barrier_pairs": 64},
 }
 ZOO_MULTISEED_RULES = {
     "kind": One("multiseed"), "lr": LR, "lr_schedule": One("constant", "cosine", "linear"), "warmup": FRAC,
     "align_iters": Int(0, 1000), "n_runs": Int(1, 4096), "epochs": EPOCHS, "batch_size": BATCH,
     "checkpoints_per_run": Int(1, 10**5), "checkpoint_every": STEPS, "min_val_acc": PCT, "barrier_pairs": Int(0, 10**4),
 }
-# The wide-accuracy zoo (weights.zoo_config(preset, "wide")): laid over ZOO like ZOO_MULTISEED; checkpoints
-# spaced geometrically from first_checkpoint, then at most per_bin kept in each of n_bins validation-accuracy
-# bins over [acc_lo, acc_hi] %.
+# The wide-accuracy zoo (weights.zoo_config(preset, "wide")), laid over ZOO: at most per_bin checkpoints
+# in each of n_bins validation-accuracy bins over [acc_lo, acc_hi] %.
 _ZOO_WIDE_COMMON: dict[str, Any] = {
     "kind": "wide", "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear", "warmup": 0.05,
     "first_checkpoint": 2, "acc_lo": 30.0, "acc_hi": 99.5, "select_val_size": 1000,
@@ -180,21 +155,17 @@ ZOO_WIDE_RULES = {
 ZOO_WIDE_CROSS = [("acc_hi", lambda c: c["acc_lo"] < c["acc_hi"], "above acc_lo = {acc_lo}")]
 
 # Notebook 02: the parameter VAE. beta: KL weight (0 = plain AE); sigma_in/sigma_z: p-diff's noise on
-# input and latent (training only); lr_step/lr_gamma: StepLR; n_eval/n_test: None = all; permute_augment:
-# must be 0 (G.pt's permutation augmentation was removed: docs/research_notes/01_02_weights.md).
+# input and latent (training only); permute_augment must be 0 (docs/research_notes/01_02_weights.md).
+_VAE_DEFAULT: dict[str, Any] = {
+    "seed": 0, "latent_dim": 64, "hidden": 256, "n_layers": 2, "beta": 1e-4, "sigma_in": 1e-3,
+    "sigma_z": 0.1, "epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 2e-6, "lr_step": 25,
+    "lr_gamma": 0.3, "eval_every": 5, "n_eval": None, "n_test": None, "n_prior": 32, "permute_augment": 0.0,
+}
 VAE: dict[str, dict[str, Any]] = {
-    "smoke": {"seed": 0, "latent_dim": 16, "hidden": 128, "n_layers": 1, "beta": 1e-4,
-              "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 50, "batch_size": 8, "lr": 1e-3,
-              "weight_decay": 2e-6, "lr_step": 35, "lr_gamma": 0.3, "eval_every": 5,
-              "n_eval": 16, "n_test": 2000, "n_prior": 8, "permute_augment": 0.0},
-    "default": {"seed": 0, "latent_dim": 64, "hidden": 256, "n_layers": 2, "beta": 1e-4,
-                "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 60, "batch_size": 32, "lr": 1e-3,
-                "weight_decay": 2e-6, "lr_step": 25, "lr_gamma": 0.3, "eval_every": 5,
-                "n_eval": None, "n_test": None, "n_prior": 32, "permute_augment": 0.0},
-    "full": {"seed": 0, "latent_dim": 512, "hidden": 1024, "n_layers": 2, "beta": 1e-4,
-             "sigma_in": 1e-3, "sigma_z": 0.1, "epochs": 100, "batch_size": 32, "lr": 1e-3,
-             "weight_decay": 2e-6, "lr_step": 40, "lr_gamma": 0.3, "eval_every": 5,
-             "n_eval": None, "n_test": None, "n_prior": 64, "permute_augment": 0.0},
+    "smoke": {**_VAE_DEFAULT, "latent_dim": 16, "hidden": 128, "n_layers": 1, "epochs": 50, "batch_size": 8,
+              "lr_step": 35, "n_eval": 16, "n_test": 2000, "n_prior": 8},
+    "default": dict(_VAE_DEFAULT),
+    "full": {**_VAE_DEFAULT, "latent_dim": 512, "hidden": 1024, "epochs": 100, "lr_step": 40, "n_prior": 64},
 }
 VAE_RULES = {
     "seed": SEED, "latent_dim": WIDTH, "hidden": WIDTH, "n_layers": Int(1, 64), "beta": Num(0, 1e3),
@@ -203,60 +174,48 @@ VAE_RULES = {
     "n_eval": Int(1, 10**6, none=True), "n_test": N_TEST, "n_prior": Int(1, 10**5), "permute_augment": FRAC,
 }
 
-# Notebook 03: latent diffusion over network weights. schedule/T: the noise schedule; hidden/n_blocks/
-# time_dim/dropout: the MLP denoiser; p_uncond: label-drop probability (classifier-free guidance);
-# ema_decay: an upper bound (diffusion.ema_decay_at warms it up); ddim_steps/eta/clip_x0: the DDIM sampler
-# (clip None = off); direct_*: the same diffusion on raw weight vectors, no autoencoder; guidance: the
-# guidance weight w of the checks; prediction: "eps" (the noise) or "x0" (the clean latent, as in G.pt).
+# Notebook 03: latent diffusion over network weights. p_uncond: label-drop probability (classifier-free
+# guidance); ema_decay: an upper bound (diffusion.ema_decay_at); direct_*: the same on raw weight vectors.
+_WEIGHT_DIFFUSION_DEFAULT: dict[str, Any] = {
+    "seed": 0, "schedule": "linear", "T": 500, "hidden": 256, "n_blocks": 2, "time_dim": 64, "dropout": 0.0,
+    "conditional": True, "p_uncond": 0.1, "train_steps": 3000, "batch_size": 128, "lr": 1e-3,
+    "weight_decay": 0.0, "warmup_steps": 100, "lr_schedule": "cosine", "ema_decay": 0.999, "ddim_steps": 50,
+    "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None, "direct_input_skip": True,
+    "direct_hidden": 128, "direct_n_blocks": 2, "direct_train_steps": 1500, "direct_lr": 1e-3,
+    "guidance": 2.0, "gif_fps": 8, "prediction": "eps",
+}
 WEIGHT_DIFFUSION: dict[str, dict[str, Any]] = {
-    "smoke": {"seed": 0, "schedule": "linear", "T": 100, "hidden": 128, "n_blocks": 2,
-              "time_dim": 32, "dropout": 0.0, "conditional": True, "p_uncond": 0.2,
-              "train_steps": 300, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0,
-              "warmup_steps": 20, "lr_schedule": "cosine", "ema_decay": 0.99,
-              "ddim_steps": 10, "eta": 0.0, "clip_x0": 5.0, "n_generated": 8, "n_test": 2000,
-              "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 1, "direct_train_steps": 100,
-              "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 6, "prediction": "eps"},
-    "default": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 256, "n_blocks": 2,
-                "time_dim": 64, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
-                "train_steps": 3000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
-                "warmup_steps": 100, "lr_schedule": "cosine", "ema_decay": 0.999,
-                "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
-                "direct_input_skip": True, "direct_hidden": 128, "direct_n_blocks": 2, "direct_train_steps": 1500,
-                "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
-    "full": {"seed": 0, "schedule": "linear", "T": 500, "hidden": 512, "n_blocks": 4,
-             "time_dim": 128, "dropout": 0.0, "conditional": True, "p_uncond": 0.1,
-             "train_steps": 20000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0,
-             "warmup_steps": 500, "lr_schedule": "cosine", "ema_decay": 0.9995,
-             "ddim_steps": 50, "eta": 0.0, "clip_x0": 5.0, "n_generated": 20, "n_test": None,
-             "direct_input_skip": True, "direct_hidden": 256, "direct_n_blocks": 3, "direct_train_steps": 5000,
-             "direct_lr": 1e-3, "guidance": 2.0, "gif_fps": 8, "prediction": "eps"},
+    "smoke": {**_WEIGHT_DIFFUSION_DEFAULT, "T": 100, "hidden": 128, "time_dim": 32, "p_uncond": 0.2,
+              "train_steps": 300, "batch_size": 64, "warmup_steps": 20, "ema_decay": 0.99, "ddim_steps": 10,
+              "n_generated": 8, "n_test": 2000, "direct_n_blocks": 1, "direct_train_steps": 100, "gif_fps": 6},
+    "default": dict(_WEIGHT_DIFFUSION_DEFAULT),
+    "full": {**_WEIGHT_DIFFUSION_DEFAULT, "hidden": 512, "n_blocks": 4, "time_dim": 128, "train_steps": 20000,
+             "warmup_steps": 500, "ema_decay": 0.9995, "direct_hidden": 256, "direct_n_blocks": 3,
+             "direct_train_steps": 5000},
 }
 WEIGHT_DIFFUSION_RULES = {
-    "seed": SEED, "schedule": One("linear", "cosine"), "T": Int(2, 10**5), "hidden": WIDTH, "n_blocks": Int(1, 64),
-    "time_dim": WIDTH, "dropout": Num(0, 0.99), "conditional": BOOL, "p_uncond": FRAC,
-    "train_steps": STEPS, "batch_size": BATCH, "lr": LR, "weight_decay": Num(0, 1),
+    "seed": SEED, "schedule": One("linear", "cosine"), "T": Int(2, 10**5), "hidden": WIDTH,
+    "n_blocks": Int(1, 64), "time_dim": WIDTH, "dropout": Num(0, 0.99), "conditional": BOOL,
+    "p_uncond": FRAC, "train_steps": STEPS, "batch_size": BATCH, "lr": LR, "weight_decay": Num(0, 1),
     "warmup_steps": Int(0, 10**7), "lr_schedule": One("constant", "cosine", "linear"), "ema_decay": EMA,
     "ddim_steps": Int(1, 10**5), "eta": Num(0, 1), "clip_x0": Num(0, 1e6, none=True, open_lo=True),
-    "n_generated": Int(1, 10**5), "n_test": N_TEST,
-    "direct_input_skip": BOOL, "direct_hidden": WIDTH, "direct_n_blocks": Int(1, 64), "direct_train_steps": STEPS,
-    "direct_lr": LR,
-    "guidance": Num(0, 100), "gif_fps": Num(0.1, 100), "prediction": One("eps", "x0"),
+    "n_generated": Int(1, 10**5), "n_test": N_TEST, "direct_input_skip": BOOL, "direct_hidden": WIDTH,
+    "direct_n_blocks": Int(1, 64), "direct_train_steps": STEPS, "direct_lr": LR, "guidance": Num(0, 100),
+    "gif_fps": Num(0.1, 100), "prediction": One("eps", "x0"),
 }
 WEIGHT_DIFFUSION_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T = {T}"),
                           ("warmup_steps", lambda c: c["warmup_steps"] <= c["train_steps"], "at most train_steps = {train_steps}")]
 
 # Notebook 03, last section: accuracy conditioning over the wide-accuracy zoo. zoo/vae/diffusion:
-# overrides of those sections; condition: the accuracy conditioned on; n_targets accuracies between the
-# target_quantiles, n_per_target networks each; run: False skips the study.
+# overrides of those sections; run: False skips the study.
 _WIDE_CONDITIONING_COMMON: dict[str, Any] = {
     "seed": 0, "run": True, "zoo": {}, "vae": {}, "diffusion": {}, "condition": "decoded_val_acc",
     "n_targets": 10, "target_quantiles": [0.05, 0.95], "n_per_target": 8, "ddim_steps": 50,
     "guidance_sweep": [1.0, 2.0, 3.0, 4.0], "n_test": None,
 }
 WIDE_CONDITIONING: dict[str, dict[str, Any]] = {
-    "smoke": {**_WIDE_CONDITIONING_COMMON, "diffusion": {"train_steps": 200},
-              "n_targets": 4, "n_per_target": 2, "ddim_steps": 10, "guidance_sweep": [1.0, 2.0],
-              "n_test": 2000},
+    "smoke": {**_WIDE_CONDITIONING_COMMON, "diffusion": {"train_steps": 200}, "n_targets": 4,
+              "n_per_target": 2, "ddim_steps": 10, "guidance_sweep": [1.0, 2.0], "n_test": 2000},
     "default": dict(_WIDE_CONDITIONING_COMMON),
     "full": dict(_WIDE_CONDITIONING_COMMON),
 }
@@ -269,28 +228,20 @@ WIDE_CONDITIONING_RULES = {
 WIDE_CONDITIONING_CROSS = [("target_quantiles", lambda c: c["target_quantiles"][0] < c["target_quantiles"][1],
                             "[low, high] with low < high")]
 
-# Notebook 04: class-conditional latent diffusion of CIFAR-10 cats and dogs. ae_*: the image autoencoder
-# (a (latent_channels, 8, 8) code); ae_adv_*: its adversarial decoder stage (0 steps = off); clf_*: the
-# independent judge; val_size/sel_*: the selector that chooses the guidance weight from guidance_sweep;
-# den_*: the latent U-Net (objective flow or ddpm); guidance_interval [lo, hi]: guidance only at those noise
-# levels (t = 1 pure noise). How the values were chosen: docs/research_notes/04_catdog.md.
+# Notebook 04: latent diffusion of CIFAR-10 cats and dogs. ae_*: the image autoencoder; clf_*: the judge;
+# sel_*: the guidance selector; den_*: the latent U-Net (docs/research_notes/04_catdog.md).
 _CATDOG_DEFAULT: dict[str, Any] = {
-    "seed": 0, "n_train": None,
-    "ae_channels": [16, 32, 64], "latent_channels": 8, "ae_n_cab": 1,
+    "seed": 0, "n_train": None, "ae_channels": [16, 32, 64], "latent_channels": 8, "ae_n_cab": 1,
     "ae_epochs": 12, "ae_batch_size": 64, "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05,
-    "ae_latent_noise": 0.1, "ae_w_l1": 1.0,
-    "ae_adv_steps": 1000, "ae_adv_batch_size": 64, "ae_adv_lr": 2e-4, "ae_adv_weight": 0.5, "ae_adv_warmup": 100,
-    "ae_adv_width": 32,
-    "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3,
-    "clf_blur": 0.5,
+    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_adv_steps": 1000, "ae_adv_batch_size": 64,
+    "ae_adv_lr": 2e-4, "ae_adv_weight": 0.5, "ae_adv_warmup": 100, "ae_adv_width": 32,
+    "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3, "clf_blur": 0.5,
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
     "den_objective": "flow", "flow_method": "euler", "den_width": 32, "den_mults": [1, 2], "den_res": 1,
-    "den_attention": True, "den_time_dim": 64, "den_steps": 5000,
-    "den_batch_size": 64, "den_lr": 2e-3, "den_ema": 0.999, "den_p_uncond": 0.1, "den_flip": True,
-    "T": 1000, "schedule": "cosine",
+    "den_attention": True, "den_time_dim": 64, "den_steps": 5000, "den_batch_size": 64, "den_lr": 2e-3,
+    "den_ema": 0.999, "den_p_uncond": 0.1, "den_flip": True, "T": 1000, "schedule": "cosine",
     "ddim_steps": 50, "eta": 1.0, "n_eval_per_class": 250, "guidance_interval": [0.1, 0.8],
-    "guidance_sweep": [6.0, 7.0, 8.0],
-    "tsne_points": 600, "n_show": 16, "gif_fps": 8, "gif_frames": 26,
+    "guidance_sweep": [6.0, 7.0, 8.0], "tsne_points": 600, "n_show": 16, "gif_fps": 8, "gif_frames": 26,
 }
 CATDOG: dict[str, dict[str, Any]] = {
     "smoke": {**_CATDOG_DEFAULT, "n_train": 1000, "ae_channels": [8, 16, 32], "ae_epochs": 1,
@@ -306,22 +257,19 @@ CATDOG: dict[str, dict[str, Any]] = {
              "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0], "tsne_points": 2000},
 }
 CATDOG_RULES = {
-    "seed": SEED, "n_train": Int(2, 10000, none=True),
-    "ae_channels": ListOf(WIDTH), "latent_channels": Int(1, 1024), "ae_n_cab": Int(0, 16),
-    "ae_epochs": EPOCHS, "ae_batch_size": BATCH, "ae_lr": LR, "ae_w_cls": Num(0, 1e3), "ae_w_center": Num(0, 1e3),
-    "ae_latent_noise": Num(0, 10), "ae_w_l1": Num(0, 1e3),
-    "ae_adv_steps": Int(0, 10**7), "ae_adv_batch_size": BATCH, "ae_adv_lr": LR, "ae_adv_weight": Num(0, 1e3),
-    "ae_adv_warmup": Int(0, 10**7), "ae_adv_width": WIDTH,
-    "clf_channels": ListOf(WIDTH), "clf_epochs": EPOCHS, "clf_batch_size": BATCH, "clf_lr": LR, "clf_blur": Num(0, 10),
-    "val_size": Int(1, 5000), "sel_channels": ListOf(WIDTH), "sel_epochs": EPOCHS, "guidance_target": PCT,
-    "den_objective": One("ddpm", "flow"), "flow_method": One("euler", "heun"),
+    "seed": SEED, "n_train": Int(2, 10000, none=True), "ae_channels": ListOf(WIDTH),
+    "latent_channels": Int(1, 1024), "ae_n_cab": Int(0, 16), "ae_epochs": EPOCHS, "ae_batch_size": BATCH,
+    "ae_lr": LR, "ae_w_cls": Num(0, 1e3), "ae_w_center": Num(0, 1e3), "ae_latent_noise": Num(0, 10),
+    "ae_w_l1": Num(0, 1e3), "ae_adv_steps": Int(0, 10**7), "ae_adv_batch_size": BATCH, "ae_adv_lr": LR,
+    "ae_adv_weight": Num(0, 1e3), "ae_adv_warmup": Int(0, 10**7), "ae_adv_width": WIDTH,
+    "clf_channels": ListOf(WIDTH), "clf_epochs": EPOCHS, "clf_batch_size": BATCH, "clf_lr": LR,
+    "clf_blur": Num(0, 10), "val_size": Int(1, 5000), "sel_channels": ListOf(WIDTH), "sel_epochs": EPOCHS,
+    "guidance_target": PCT, "den_objective": One("ddpm", "flow"), "flow_method": One("euler", "heun"),
     "den_width": WIDTH, "den_mults": ListOf(Int(1, 64)), "den_res": Int(1, 16), "den_attention": BOOL,
-    "den_time_dim": WIDTH, "den_steps": STEPS,
-    "den_batch_size": BATCH, "den_lr": LR, "den_ema": EMA, "den_p_uncond": FRAC, "den_flip": BOOL,
-    "T": Int(2, 10**5), "schedule": One("linear", "cosine"),
+    "den_time_dim": WIDTH, "den_steps": STEPS, "den_batch_size": BATCH, "den_lr": LR, "den_ema": EMA,
+    "den_p_uncond": FRAC, "den_flip": BOOL, "T": Int(2, 10**5), "schedule": One("linear", "cosine"),
     "ddim_steps": Int(1, 10**5), "eta": Num(0, 1), "n_eval_per_class": Int(1, 10**5),
-    "guidance_interval": ListOf(FRAC, length=2, none=True),
-    "guidance_sweep": ListOf(Num(0, 100)),
+    "guidance_interval": ListOf(FRAC, length=2, none=True), "guidance_sweep": ListOf(Num(0, 100)),
     "tsne_points": Int(2, 10**5), "n_show": Int(1, 1024), "gif_fps": Num(0.1, 100),
     "gif_frames": Int(2, 10**4),
 }
@@ -331,29 +279,21 @@ CATDOG_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T =
                  or c["guidance_interval"][0] < c["guidance_interval"][1], "[low, high] with low < high")]
 
 # Notebook 05: evaluation of generated networks. *_preset: which preset of 01-03 made the artifacts;
-# n_generated: networks per method; noise_sigma, soup_size, finetune_*: the baselines; frontier_*: the
-# accuracy-novelty frontier of frontier_zoos (noise sigmas, soup sizes, latent-noise scales), n_fresh:
-# networks trained from new seeds; multiseed_*: the many-seed zoo's denoiser and sampler, chosen on the
-# validation split (docs/research_notes/05_evaluation.md).
+# frontier_*: the accuracy-novelty frontier (docs/research_notes/05_evaluation.md).
 _EVALUATION_DEFAULT: dict[str, Any] = {
-    "seed": 0, "zoo_preset": "default", "vae_preset": "default",
-    "weight_diffusion_preset": "default", "dataset": "mnist", "n_generated": 20,
-    "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
-    "finetune_lr": 1e-3, "finetune_batch": 128,
-    "frontier_zoos": ["trajectory", "multiseed"],
-    "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
-    "frontier_soup_sizes": [2, 4, 8, 16], "frontier_n": 20, "n_fresh": 4,
-    "frontier_latent_scales": [0.2, 0.4, 0.7, 1.0], "frontier_finetune_steps": 50,
-    "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0,
+    "seed": 0, "zoo_preset": "default", "vae_preset": "default", "weight_diffusion_preset": "default",
+    "dataset": "mnist", "n_generated": 20, "n_test": None, "noise_sigma": 0.1, "soup_size": 16,
+    "finetune_lr": 1e-3, "finetune_batch": 128, "frontier_zoos": ["trajectory", "multiseed"],
+    "frontier_sigmas": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5], "frontier_soup_sizes": [2, 4, 8, 16],
+    "frontier_n": 20, "n_fresh": 4, "frontier_latent_scales": [0.2, 0.4, 0.7, 1.0],
+    "frontier_finetune_steps": 50, "multiseed_prediction": "x0", "multiseed_eta": 1.0,
+    "multiseed_clip_x0": 1.0,
 }
 EVALUATION: dict[str, dict[str, Any]] = {
-    "smoke": {"seed": 0, "zoo_preset": "smoke", "vae_preset": "smoke",
-              "weight_diffusion_preset": "smoke", "dataset": "mnist", "n_generated": 8,
-              "n_test": 2000, "noise_sigma": 0.1, "soup_size": 16, "finetune_lr": 1e-3, "finetune_batch": 128,
-              "frontier_zoos": ["trajectory", "multiseed"], "frontier_sigmas": [0.05, 0.2, 0.5],
-              "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
-              "frontier_latent_scales": [0.4, 1.0], "frontier_finetune_steps": 5,
-              "multiseed_prediction": "x0", "multiseed_eta": 1.0, "multiseed_clip_x0": 1.0},
+    "smoke": {**_EVALUATION_DEFAULT, "zoo_preset": "smoke", "vae_preset": "smoke",
+              "weight_diffusion_preset": "smoke", "n_generated": 8, "n_test": 2000,
+              "frontier_sigmas": [0.05, 0.2, 0.5], "frontier_soup_sizes": [2, 8], "frontier_n": 6, "n_fresh": 2,
+              "frontier_latent_scales": [0.4, 1.0], "frontier_finetune_steps": 5},
     "default": dict(_EVALUATION_DEFAULT),
     "full": {**_EVALUATION_DEFAULT, "zoo_preset": "full", "vae_preset": "full",
              "weight_diffusion_preset": "full", "n_fresh": 8},
@@ -370,33 +310,25 @@ EVALUATION_RULES = {
 }
 EVALUATION_CROSS: list = []
 
-# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST. val_size: the validation
-# split (settings are chosen on it); None = all; vae_*: the digit VAE (vae_w_cls: its class head); gen_*:
-# the latent generators; sample_*: the flow sampler, ddim_steps the DDPM's; guidance_*: chosen on
-# validation codes without the judge; bayes_*/ode_*/n_ode: the Bayes-rule scores (noise samples, Heun
-# steps, Hutchinson probes); judge_*/cnn_*: the judge and the discriminative baseline; fashion: also run
-# Fashion-MNIST.
+# Notebook 06: the smallest latent generative model of MNIST / Fashion-MNIST; settings are chosen on
+# the val_size validation split; bayes_*/ode_*: the Bayes-rule scores; fashion: also run Fashion-MNIST.
 _DIGITS_DEFAULT: dict[str, Any] = {
-    "seed": 0, "val_size": 5000, "n_train": None, "n_test": None,
-    "vae_latent": 16, "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128,
-    "vae_lr": 3e-3, "vae_beta": 0.5, "vae_w_cls": 100.0,
-    "gen_size": "small", "gen_steps": 3000, "gen_batch_size": 256, "gen_lr": 3e-3,
-    "gen_ema": 0.999, "gen_p_uncond": 0.1, "T": 1000, "schedule": "cosine",
-    "sample_steps": 20, "sample_method": "heun", "ddim_steps": 20,
-    "guidance_grid": [1.0, 1.5, 2.0, 3.0, 4.0], "guidance_target": 99.0, "n_select_per_class": 200,
-    "n_eval_per_class": 200, "quality_steps": [1, 2, 5, 10, 20, 50],
-    "bayes_n_noise": [4, 8, 16, 32], "n_bayes_val": 2000,
-    "ode_steps": 8, "ode_probes": 1, "n_ode": 500,
-    "judge_spec": {"channels": [32, 64], "hidden": [128]}, "judge_epochs": 3, "judge_shift": 2,
-    "cnn_spec": {"channels": [16, 32], "hidden": [64]}, "cnn_epochs": 3, "cnn_shift": 0,
-    "fashion": True, "gif_fps": 6,
+    "seed": 0, "val_size": 5000, "n_train": None, "n_test": None, "vae_latent": 16,
+    "vae_channels": [16, 32], "vae_epochs": 3, "vae_batch_size": 128, "vae_lr": 3e-3, "vae_beta": 0.5,
+    "vae_w_cls": 100.0, "gen_size": "small", "gen_steps": 3000, "gen_batch_size": 256, "gen_lr": 3e-3,
+    "gen_ema": 0.999, "gen_p_uncond": 0.1, "T": 1000, "schedule": "cosine", "sample_steps": 20,
+    "sample_method": "heun", "ddim_steps": 20, "guidance_grid": [1.0, 1.5, 2.0, 3.0, 4.0],
+    "guidance_target": 99.0, "n_select_per_class": 200, "n_eval_per_class": 200,
+    "quality_steps": [1, 2, 5, 10, 20, 50], "bayes_n_noise": [4, 8, 16, 32], "n_bayes_val": 2000,
+    "ode_steps": 8, "ode_probes": 1, "n_ode": 500, "judge_spec": {"channels": [32, 64], "hidden": [128]},
+    "judge_epochs": 3, "judge_shift": 2, "cnn_spec": {"channels": [16, 32], "hidden": [64]},
+    "cnn_epochs": 3, "cnn_shift": 0, "fashion": True, "gif_fps": 6,
 }
 DIGITS: dict[str, dict[str, Any]] = {
     "smoke": {**_DIGITS_DEFAULT, "val_size": 1000, "n_train": 8000, "n_test": 2000, "vae_epochs": 3,
-              "gen_steps": 400, "guidance_grid": [1.0, 3.0],
-              "n_select_per_class": 30, "n_eval_per_class": 30, "quality_steps": [1, 5, 20],
-              "bayes_n_noise": [4, 8], "n_bayes_val": 300, "n_ode": 100,
-              "judge_epochs": 1, "cnn_epochs": 1, "fashion": True},
+              "gen_steps": 400, "guidance_grid": [1.0, 3.0], "n_select_per_class": 30,
+              "n_eval_per_class": 30, "quality_steps": [1, 5, 20], "bayes_n_noise": [4, 8],
+              "n_bayes_val": 300, "n_ode": 100, "judge_epochs": 1, "cnn_epochs": 1, "fashion": True},
     "default": dict(_DIGITS_DEFAULT),
     "full": {**_DIGITS_DEFAULT, "vae_epochs": 10, "gen_steps": 20000, "n_eval_per_class": 500,
              "quality_steps": [1, 2, 5, 10, 20, 50], "bayes_n_noise": [4, 8, 16, 32, 64],
@@ -405,17 +337,15 @@ DIGITS: dict[str, dict[str, Any]] = {
 DIGITS_RULES = {
     "seed": SEED, "val_size": Int(1, 30000), "n_train": Int(1, 60000, none=True), "n_test": N_TEST,
     "vae_latent": WIDTH, "vae_channels": ListOf(WIDTH), "vae_epochs": EPOCHS, "vae_batch_size": BATCH,
-    "vae_lr": LR, "vae_beta": Num(0, 1e3), "vae_w_cls": Num(0, 1e4),
-    "gen_size": One("tiny", "small"), "gen_steps": STEPS, "gen_batch_size": BATCH, "gen_lr": LR,
-    "gen_ema": EMA, "gen_p_uncond": FRAC, "T": Int(2, 10**5), "schedule": One("linear", "cosine"),
-    "sample_steps": Int(1, 10**4), "sample_method": One("euler", "heun"), "ddim_steps": Int(1, 10**5),
-    "guidance_grid": ListOf(Num(0, 100)), "guidance_target": PCT, "n_select_per_class": Int(1, 10**5),
-    "n_eval_per_class": Int(1, 10**5), "quality_steps": ListOf(Int(1, 10**4)),
-    "bayes_n_noise": ListOf(Int(1, 10**4)), "n_bayes_val": Int(1, 30000),
-    "ode_steps": Int(1, 10**4), "ode_probes": Int(1, 1000), "n_ode": Int(1, 10**5),
-    "judge_spec": DICT, "judge_epochs": EPOCHS, "judge_shift": Int(0, 8),
-    "cnn_spec": DICT, "cnn_epochs": EPOCHS, "cnn_shift": Int(0, 8),
-    "fashion": BOOL, "gif_fps": Num(0.1, 100),
+    "vae_lr": LR, "vae_beta": Num(0, 1e3), "vae_w_cls": Num(0, 1e4), "gen_size": One("tiny", "small"),
+    "gen_steps": STEPS, "gen_batch_size": BATCH, "gen_lr": LR, "gen_ema": EMA, "gen_p_uncond": FRAC,
+    "T": Int(2, 10**5), "schedule": One("linear", "cosine"), "sample_steps": Int(1, 10**4),
+    "sample_method": One("euler", "heun"), "ddim_steps": Int(1, 10**5), "guidance_grid": ListOf(Num(0, 100)),
+    "guidance_target": PCT, "n_select_per_class": Int(1, 10**5), "n_eval_per_class": Int(1, 10**5),
+    "quality_steps": ListOf(Int(1, 10**4)), "bayes_n_noise": ListOf(Int(1, 10**4)),
+    "n_bayes_val": Int(1, 30000), "ode_steps": Int(1, 10**4), "ode_probes": Int(1, 1000),
+    "n_ode": Int(1, 10**5), "judge_spec": DICT, "judge_epochs": EPOCHS, "judge_shift": Int(0, 8),
+    "cnn_spec": DICT, "cnn_epochs": EPOCHS, "cnn_shift": Int(0, 8), "fashion": BOOL, "gif_fps": Num(0.1, 100),
 }
 DIGITS_CROSS = [("ddim_steps", lambda c: c["ddim_steps"] <= c["T"], "at most T = {T}"),
                 ("n_train", lambda c: (c["n_train"] or 0) + c["val_size"] <= 60000,
@@ -429,30 +359,19 @@ CROSS = {"zoo": ZOO_CROSS, "zoo_wide": ZOO_WIDE_CROSS, "weight_diffusion": WEIGH
          "wide_conditioning": WIDE_CONDITIONING_CROSS}
 
 SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "setup": SETUP,
-    "zoo": ZOO,
-    "vae": VAE,
-    "weight_diffusion": WEIGHT_DIFFUSION,
-    "catdog": CATDOG,
-    "evaluation": EVALUATION,
-    "digits": DIGITS,
-    "wide_conditioning": WIDE_CONDITIONING,
+    "setup": SETUP, "zoo": ZOO, "vae": VAE, "weight_diffusion": WEIGHT_DIFFUSION, "catdog": CATDOG,
+    "evaluation": EVALUATION, "digits": DIGITS, "wide_conditioning": WIDE_CONDITIONING,
 }
 
 
 # --- The weight story's datasets: per-dataset settings laid over the presets above. ---
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
-# Sections whose settings depend on the dataset (get_config lays WEIGHT_DATASETS over them).
 DATASET_SECTIONS = ("setup", "zoo", "vae", "weight_diffusion", "evaluation", "wide_conditioning")
 
-# Per dataset: label, acc_bar (the "> X %" bar), then per section (and "zoo_multiseed") per preset the
-# settings that differ from the presets above. MNIST has none. Fashion-MNIST: only the thresholds differ.
-# CIFAR-10: the original project's recipe (a tiny CNN, flips, padded crops, colour jitter:
-# data.augment_images); thresholds from the validation accuracies of default's networks.
+# Per dataset: label, acc_bar (the "> X %" bar), then per section per preset the settings that differ.
 _CIFAR_SPEC: dict[str, Any] = {"arch": "cnn", "in_channels": 3, "image_size": 32, "channels": [8, 16],
-                               "kernel_size": [5, 3], "stride": 2, "pool": False, "hidden": [16],
-                               "n_classes": 10}
+               "kernel_size": [5, 3], "stride": 2, "pool": False, "hidden": [16], "n_classes": 10}
 _CIFAR_AUGMENT: dict[str, Any] = {"flip": True, "crop_padding": 4, "brightness": 0.2,
                                   "contrast": 0.2, "saturation": 0.2}
 WEIGHT_DATASETS: dict[str, dict[str, Any]] = {
@@ -468,11 +387,10 @@ WEIGHT_DATASETS: dict[str, dict[str, Any]] = {
         "zoo": {"smoke": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "train_subset": 4000},
                 "default": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "epochs": 8, "min_val_acc": 50.0},
                 "full": {"spec": _CIFAR_SPEC, "augment": _CIFAR_AUGMENT, "epochs": 20, "min_val_acc": 55.0}},
-        # the many-seed zoo: 16 networks x 1 epoch (a CIFAR-10 network-epoch costs ~3x MNIST's here)
+        # a CIFAR-10 network-epoch costs ~3x MNIST's here
         "zoo_multiseed": {"default": {"n_runs": 16, "epochs": 1, "min_val_acc": 40.0, "barrier_pairs": 32},
                           "full": {"n_runs": 64, "epochs": 4, "min_val_acc": 45.0}},
-        # notebook 03's wide-accuracy study is skipped: its zoo would cost ~3x MNIST's in default, and
-        # smoke's few steps leave CIFAR-10 networks at 10-18 %, below the study's accuracy bins
+        # notebook 03's wide-accuracy study is skipped: too costly, and smoke's networks fall below its bins
         "wide_conditioning": {"smoke": {"run": False}, "default": {"run": False}, "full": {"run": False}},
     },
 }
@@ -489,8 +407,7 @@ def dataset_overrides(section: str, preset: str, dataset: str | None = None) -> 
 
 
 def dataset_info(dataset: str | None = None) -> Config:
-    """What notebooks show about a dataset: ``name``, ``label``, ``acc_label`` (the accuracy axis),
-    ``acc_bar`` (the "> X %" bar) and ``tag`` (metric and figure suffix: "" for MNIST, else ``_<dataset>``)."""
+    """What notebooks show about a dataset: name, label, acc_label, acc_bar and tag (metric and figure suffix)."""
     name = current_dataset(dataset)
     entry = WEIGHT_DATASETS[name]
     return Config({"name": name, "label": entry["label"], "acc_label": f"{entry['label']} test accuracy (%)",
@@ -536,18 +453,14 @@ def rules_of(section: str) -> tuple[dict, list]:
     return RULES.get(section, {}), CROSS.get(section, [])
 
 
-def check_setting(section: str, key: str, value: Any) -> None:
-    """Refuse ``value`` for ``section.key`` if its rule does not accept it (a key without a rule passes)."""
-    rule = rules_of(section)[0].get(key)
-    if rule is not None and not rule.ok(value):
-        raise SettingError(f"setting {section}.{key} expects {rule}, found {value!r}")
-
-
 def check_config(section: str, values: Mapping[str, Any]) -> None:
     """Check every value of a section's settings against its rules, then the cross-checks."""
+    rules, cross = rules_of(section)
     for key, value in values.items():
-        check_setting(section, key, value)
-    for key, holds, allowed in rules_of(section)[1]:
+        rule = rules.get(key)
+        if rule is not None and not rule.ok(value):
+            raise SettingError(f"setting {section}.{key} expects {rule}, found {value!r}")
+    for key, holds, allowed in cross:
         try:
             good = holds(values)
         except (KeyError, TypeError, IndexError, ValueError):
@@ -557,9 +470,7 @@ def check_config(section: str, values: Mapping[str, Any]) -> None:
 
 
 class Config(dict):
-    """A dict whose keys are also attributes (``cfg.epochs``); it remembers its preset and section (outside
-    the dict, which is exactly the data that made an artifact). With rules, it is checked when made and on
-    every assignment, and refuses unknown keys."""
+    """A dict with attribute access (``cfg.epochs``), its preset and section; checked when made and changed."""
 
     def __init__(self, *args, preset: str = "custom", section: str = "", **kwargs):
         super().__init__(*args, **kwargs)
@@ -599,18 +510,8 @@ class Config(dict):
             self[name] = value
         return self[name]
 
-    def __deepcopy__(self, memo):
-        return Config(copy.deepcopy(dict(self), memo), preset=self.preset, section=self.section)
-
-    def __copy__(self):
-        return Config(dict(self), preset=self.preset, section=self.section)
-
-    def __reduce__(self):
-        return (Config._from, (dict(self), self.preset, self.section))
-
-    @staticmethod
-    def _from(values: dict, preset: str, section: str) -> Config:
-        return Config(values, preset=preset, section=section)
+    def __reduce__(self):            # copy, deepcopy and pickle rebuild it through __init__, checked
+        return functools.partial(Config, preset=self.preset, section=self.section), (dict(self),)
 
     def show(self, *keys: str) -> str:
         """Print (and return) a small table of the settings ``keys`` (all without keys)."""
@@ -644,8 +545,7 @@ def current_preset(preset: str | None = None) -> str:
 
 
 def get_config(section: str, preset: str | None = None, **overrides: Any) -> Config:
-    """Settings of one section in one preset with keyword overrides, checked (unknown key: KeyError; a value
-    its rules refuse: :class:`SettingError`). Weight-story sections lay ``dataset``'s settings over."""
+    """Settings of one section in one preset (with ``dataset``'s laid over) and keyword overrides, checked."""
     install_short_errors()
     if section not in SECTIONS:
         raise KeyError(f"unknown config section {section!r}: expected one of {', '.join(SECTIONS)}")
@@ -663,11 +563,6 @@ def get_config(section: str, preset: str | None = None, **overrides: Any) -> Con
     global _ACTIVE_PRESET
     _ACTIVE_PRESET = name
     return cfg
-
-
-# The preset a notebook runs in: the last one get_config resolved in this process. Metrics and
-# figures are filed under it, so a notebook whose PRESET differs from $LDT_PRESET logs its own.
-_ACTIVE_PRESET: str | None = None
 
 
 def active_preset(preset: str | None = None) -> str:
@@ -756,11 +651,9 @@ def new_run_dir(root: Path | None = None) -> Path:
     base.parent.mkdir(parents=True, exist_ok=True)
     for k in range(1, 10000):
         path = base if k == 1 else base.with_name(f"{base.name}-{k}")
-        try:
+        with suppress(FileExistsError):    # another run took this name a moment ago: try the next
             path.mkdir()
             return path
-        except FileExistsError:            # another run took this name a moment ago: try the next
-            pass
     raise SettingError(f"no free run folder name under {base.parent}")
 
 

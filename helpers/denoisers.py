@@ -1,9 +1,7 @@
 r"""Residual MLP denoisers :math:`\epsilon_\theta(x_t, t, c)` (notebook 03 writes the same network from scratch).
 
-Time (sinusoidal features, then an MLP) and condition (a scalar or a class, with a learned null embedding for
-classifier-free guidance) are summed, :math:`e = e_t + e_c`, and modulate every block by FiLM; the output
-layer starts at zero. Called as ``model(x_t, t, cond=None, drop_cond=None)`` like every denoiser here.
-"""
+The time and condition embeddings (with a learned null condition for guidance) are summed, :math:`e = e_t + e_c`,
+and modulate every block by FiLM; the output layer starts at zero."""
 
 from __future__ import annotations
 
@@ -12,21 +10,17 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["SinusoidalTimeEmbedding", "ResidualBlock", "MLPDenoiser"]
-
-
 class SinusoidalTimeEmbedding(nn.Module):
     r"""Steps ``t`` (B,) to features (B, ``dim``): :math:`[\sin(t\omega_i), \cos(t\omega_i)]`,
     :math:`\omega_i = 10000^{-i/(d/2)}`."""
 
-    def __init__(self, dim: int, max_period: float = 10000.0):
+    def __init__(self, dim: int):
         super().__init__()
         if dim % 2:
             raise ValueError(f"time embedding dim must be even; got {dim}")
-        self.dim = dim
-        half = dim // 2
-        # \omega_i = max_period^{-i / half}
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.dim, half = dim, dim // 2
+        # \omega_i = 10000^{-i / half}
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -54,9 +48,8 @@ class ResidualBlock(nn.Module):
 
 
 class MLPDenoiser(nn.Module):
-    r"""A residual MLP noise predictor on (B, ``dim``) rows; ``cond_kind``: None, ``"scalar"`` or ``"class"``
-    (labels in ``[0, n_classes)``); ``input_skip`` adds :math:`g(t)\,x_t` (zero at the start), since an MLP of
-    width ``hidden`` predicts noise only in a ``hidden``-dimensional subspace (notebook 03's direct baseline)."""
+    r"""A residual MLP noise predictor on (B, ``dim``) rows; ``cond_kind``: None, ``"scalar"`` or ``"class"``;
+    ``input_skip`` adds :math:`g(t)\,x_t`, as a narrow MLP predicts noise only in a ``hidden``-dim subspace."""
 
     def __init__(self, dim: int, hidden: int = 256, n_blocks: int = 3, time_dim: int = 64,
                  cond_kind: str | None = None, n_classes: int | None = None, dropout: float = 0.0,

@@ -1,6 +1,5 @@
 r"""Denoising diffusion and flow matching, the shared core of notebooks 03 (which writes each piece from
-scratch and checks it against this module), 04 and 06: schedules, the forward jump, the ε- and x0-losses,
-EMA and the trainer, DDPM/DDIM sampling with classifier-free guidance, flow matching, latent standardisation.
+scratch and checks it against this module), 04 and 06.
 
 Denoisers are called as ``model(x_t, t, cond=None, drop_cond=None)``: ``t`` (B,) steps in ``[0, T)`` (flow
 models get :math:`1000\,t`); ``cond=None`` is unconditional; ``drop_cond`` (B,) bool rows use the null
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .runtime import device_of as _device_of, progress as _progress
+from .runtime import check_finite as _check_finite, device_of as _device_of, progress as _progress
 
 
 # --- Schedules and the forward process ---
@@ -64,8 +63,7 @@ class NoiseSchedule:
 
     @classmethod
     def make(cls, name: str, T: int) -> "NoiseSchedule":
-        """``"linear"`` (Ho et al.'s β range scaled by 1000/T, so a short schedule still ends in
-        almost pure noise) or ``"cosine"``, with ``T`` steps."""
+        """``"linear"`` (Ho et al.'s β range times 1000/T, ending in noise) or ``"cosine"``, with ``T`` steps."""
         if T < 2:
             raise ValueError(f"a schedule needs at least 2 steps; got T={T}")
         if name == "linear":
@@ -115,8 +113,7 @@ def eps_from_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: to
 
 
 class EpsFromX0(nn.Module):
-    r"""An :math:`\hat x_0`-network (:func:`x0_loss`) seen by the samplers as a noise predictor
-    (:func:`eps_from_x0`); the wrapped ``x0_model`` is what gets saved."""
+    r"""An :math:`\hat x_0`-network (:func:`x0_loss`) seen by the samplers as a noise predictor."""
 
     def __init__(self, x0_model: nn.Module, sched: NoiseSchedule):
         super().__init__()
@@ -148,6 +145,13 @@ def guided_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond=None,
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
+def _drop_mask(cond, p_uncond: float, B: int, generator, device) -> torch.Tensor | None:
+    """The rows (B,) whose condition is replaced by the null condition (None: no dropping)."""
+    if cond is None or p_uncond <= 0:
+        return None
+    return (torch.rand(B, generator=generator) < p_uncond).to(device)
+
+
 def _training_draws(sched: NoiseSchedule, x0: torch.Tensor, cond, p_uncond: float,
                     generator: torch.Generator | None):
     """The draws of one minibatch, in this order: steps t, noise, dropped conditions -> ``(x_t, t, noise, drop)``."""
@@ -156,11 +160,7 @@ def _training_draws(sched: NoiseSchedule, x0: torch.Tensor, cond, p_uncond: floa
     t = torch.randint(0, sched.T, (B,), generator=generator).to(device)
     # Algorithm 1, line 4: \epsilon ~ N(0, I)
     noise = _randn(x0.shape, generator, device)
-    x_t = q_sample(sched, x0, t, noise)
-    drop = None
-    if cond is not None and p_uncond > 0:
-        drop = (torch.rand(B, generator=generator) < p_uncond).to(device)
-    return x_t, t, noise, drop
+    return q_sample(sched, x0, t, noise), t, noise, _drop_mask(cond, p_uncond, B, generator, device)
 
 
 def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
@@ -174,8 +174,7 @@ def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, con
 
 def x0_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor, cond=None,
             p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The :math:`x_0`-prediction loss (as in G.pt), the draws of :func:`diffusion_loss`: the ε-loss
-    weighted by :math:`1/\mathrm{SNR}(t) = (1-\bar\alpha_t)/\bar\alpha_t`."""
+    r"""The :math:`x_0`-prediction loss (G.pt): the ε-loss weighted by :math:`1/\mathrm{SNR}(t)`."""
     x_t, t, _, drop = _training_draws(sched, x0, cond, p_uncond, generator)
     # || x_0 - \hat x_0(x_t, t) ||^2
     return torch.mean((model(x_t, t, cond=cond, drop_cond=drop) - x0) ** 2)
@@ -259,15 +258,12 @@ def ddim_sample(model: nn.Module, sched: NoiseSchedule, shape, steps: int = 50, 
                 cond=None, guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
                 clip_x0: float | None = None, progress: bool = False, guidance_interval=None):
-    r"""DDIM (Song et al. 2021, eq. 12), ``steps`` network calls, noise level ``eta``; ``cond``, ``guidance``:
-    :func:`guided_eps`, ``guidance_interval``: :func:`guidance_at`; ``noise``: :math:`x_T` (else drawn from
-    ``generator``); ``clip_x0`` bounds :math:`\hat x_0`. Returns ``x_0`` or ``(x_0, trajectory)``: ``steps + 1``
-    dicts ``{"t", "x_t", "x0_pred"}`` on the CPU, the last (``t = -1``) the final sample."""
+    r"""DDIM (Song et al. 2021, eq. 12) in ``steps`` calls with guidance (:func:`guided_eps`, :func:`guidance_at`);
+    ``noise``: :math:`x_T`; ``clip_x0`` bounds :math:`\hat x_0`. Returns ``x_0`` or ``(x_0, trajectory)``:
+    ``steps + 1`` dicts ``{"t", "x_t", "x0_pred"}`` on the CPU, the last (``t = -1``) the final sample."""
     device, x = _start(model, shape, noise, generator)
     sched = sched.to(device)
     ts = ddim_timesteps(sched.T, steps)
-    if guidance_interval is not None:
-        check_guidance_interval(guidance_interval)
     traj = []
     for i in _progress(range(len(ts)), disable=not progress, desc="DDIM"):
         t = torch.full((x.shape[0],), ts[i], dtype=torch.long, device=device)
@@ -299,12 +295,11 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
-def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
-    r"""The decay at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)` with ``warmup``
-    (below 0.999 until step 8,990)."""
+def ema_decay_at(decay: float, step: int) -> float:
+    r"""The decay at (0-based) ``step``: :math:`\min\big(d, \tfrac{1+k}{10+k}\big)` (< 0.999 until step 8,990)."""
     if step < 0:
         raise ValueError(f"ema_decay_at: step must be >= 0; got {step}")
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+    return min(decay, (1 + step) / (10 + step))
 
 
 def _lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
@@ -323,12 +318,11 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
                     p_uncond: float = 0.0, generator: torch.Generator | None = None,
                     callback: Callable[[int, float, nn.Module, nn.Module], None] | None = None,
                     weight_decay: float = 0.0, warmup_steps: int = 0, lr_schedule: str = "constant",
-                    grad_clip: float | None = 1.0, ema_warmup: bool = True,
-                    progress: bool = True, desc: str = "diffusion", loss_fn: Callable | None = None):
+                    progress: bool = True, desc: str = "diffusion", loss_fn: Callable | None = None,
+                    name: str = "denoiser"):
     r"""Train on in-memory ``data`` (N, ...) and ``cond`` (N,) or None: ``(ema_model, history)``. A step: a
-    minibatch drawn from ``generator``, :func:`diffusion_loss` (or ``loss_fn(model, x0, cond, p_uncond,
-    generator)``), AdamW at ``lr`` x :func:`_lr_factor`, gradient norm clipped at ``grad_clip``, then
-    :func:`update_ema` with :func:`ema_decay_at` and ``callback(step, loss, model, ema_model)``."""
+    minibatch from ``generator``, :func:`diffusion_loss` (or ``loss_fn(model, x0, cond, p_uncond, generator)``),
+    a NaN check naming ``name`` and ``lr``, AdamW, gradient norm clipped at 1, EMA, ``callback(step, loss, ...)``."""
     if data.ndim < 2:
         raise ValueError(f"data must be (N, ...) with N points; got shape {tuple(data.shape)}")
     if cond is not None:
@@ -351,13 +345,13 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, sched: NoiseSchedule, 
             group["lr"] = lr * _lr_factor(step, steps, warmup_steps, lr_schedule)
         idx = torch.randint(0, N, (min(batch_size, N),), generator=generator).to(data.device)
         loss = loss_fn(model, data[idx], None if cond is None else cond[idx], p_uncond, generator)
+        history["loss"].append(loss.item())
+        _check_finite(history["loss"][-1], model=name, step=step, blame=f"lr={lr}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        update_ema(ema_model, model, ema_decay_at(ema_decay, step, ema_warmup))
-        history["loss"].append(loss.item())
+        update_ema(ema_model, model, ema_decay_at(ema_decay, step))
         history["lr"].append(opt.param_groups[0]["lr"])
         if callback is not None:
             callback(step, history["loss"][-1], model, ema_model)
@@ -380,15 +374,13 @@ def flow_interpolate(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> 
     return (1 - tb) * x0 + tb * noise
 
 
-def logit_normal_t(n: int, generator: torch.Generator | None = None, mean: float = 0.0,
-                   std: float = 1.0) -> torch.Tensor:
-    r"""``n`` times in (0, 1): :math:`t = \sigma(m + s\,n)`, :math:`n\sim\mathcal N(0,1)` (Esser et al. 2024)."""
-    return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+def logit_normal_t(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""``n`` times in (0, 1): :math:`t = \sigma(n)`, :math:`n\sim\mathcal N(0,1)` (Esser et al. 2024)."""
+    return torch.sigmoid(torch.randn(n, generator=generator))
 
 
 def flow_matching_loss(model: nn.Module, x0: torch.Tensor, cond=None, p_uncond: float = 0.0,
-                       generator: torch.Generator | None = None, t_sampling: str = "logit_normal",
-                       time_scale: float = FLOW_TIME_SCALE) -> torch.Tensor:
+                       generator: torch.Generator | None = None, t_sampling: str = "logit_normal") -> torch.Tensor:
     r""":math:`\lVert(\epsilon-x_0)-v_\theta(x_t,t,c)\rVert^2` on one minibatch; ``t_sampling``:
     ``"logit_normal"`` or ``"uniform"``; ``cond``, ``p_uncond`` as in :func:`diffusion_loss`."""
     B, device = x0.shape[0], x0.device
@@ -401,10 +393,7 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, cond=None, p_uncond: 
     t = t.to(device)
     noise = _randn(x0.shape, generator, device)
     x_t = flow_interpolate(x0, t, noise)
-    drop = None
-    if cond is not None and p_uncond > 0:
-        drop = (torch.rand(B, generator=generator) < p_uncond).to(device)
-    v = model(x_t, t * time_scale, cond=cond, drop_cond=drop)
+    v = model(x_t, t * FLOW_TIME_SCALE, cond=cond, drop_cond=_drop_mask(cond, p_uncond, B, generator, device))
     # target velocity dx_t/dt = \epsilon - x_0
     return torch.mean((v - (noise - x0)) ** 2)
 
@@ -420,19 +409,16 @@ def flow_timesteps(steps: int) -> list[float]:
 def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler", cond=None,
                 guidance: float = 1.0, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, return_trajectory: bool = False,
-                time_scale: float = FLOW_TIME_SCALE, progress: bool = False, guidance_interval=None):
-    r"""Integrate :math:`dx/dt = \tilde v(x, t, c)` from :math:`t=1` to :math:`t=0` in ``steps`` steps,
-    ``method`` ``"euler"`` or ``"heun"``; guidance and the trajectory (with
-    :math:`\hat x_0 = x_t - t\,\tilde v`) as in :func:`ddim_sample`."""
+                progress: bool = False, guidance_interval=None):
+    r"""Integrate :math:`dx/dt = \tilde v(x, t, c)` from 1 to 0 in ``steps`` ``"euler"`` or ``"heun"`` steps;
+    guidance and the trajectory (:math:`\hat x_0 = x_t - t\,\tilde v`) as in :func:`ddim_sample`."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown flow sampler {method!r}: expected 'euler' or 'heun'")
     device, x = _start(model, shape, noise, generator)
     ts, B = flow_timesteps(steps), x.shape[0]
-    if guidance_interval is not None:
-        check_guidance_interval(guidance_interval)
 
     def vel(x_, t_):
-        return guided_eps(model, x_, torch.full((B,), t_ * time_scale, device=device), cond,
+        return guided_eps(model, x_, torch.full((B,), t_ * FLOW_TIME_SCALE, device=device), cond,
                           guidance_at(guidance, t_, guidance_interval))
 
     traj = []
@@ -448,10 +434,10 @@ def flow_sample(model: nn.Module, shape, steps: int = 20, method: str = "euler",
 
 
 def train_flow(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, lr: float,
-               t_sampling: str = "logit_normal", time_scale: float = FLOW_TIME_SCALE, **kwargs):
+               t_sampling: str = "logit_normal", **kwargs):
     r"""Train a velocity model with :func:`flow_matching_loss` by :func:`train_diffusion` (same keywords)."""
     def loss_fn(m, x0, c, p, g):
-        return flow_matching_loss(m, x0, c, p, g, t_sampling=t_sampling, time_scale=time_scale)
+        return flow_matching_loss(m, x0, c, p, g, t_sampling=t_sampling)
 
     kwargs.setdefault("desc", "flow matching")
     return train_diffusion(model, data, None, steps, batch_size, lr, loss_fn=loss_fn, **kwargs)

@@ -144,6 +144,7 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
             for k in range(min(steps_per_epoch, total - len(hist["loss"]))):
                 idx = perm[k * batch_size:(k + 1) * batch_size]
                 loss = vae_loss(model, x[idx], cfg["vae_beta"], gen, None if y is None else y[idx], cfg["vae_w_cls"])[0]
+                runtime.check_finite(loss, model="digit VAE", step=len(hist["loss"]), blame=f"vae_lr={lr}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -30,16 +30,6 @@ def predict_labels(vectors: torch.Tensor, spec, x: torch.Tensor) -> torch.Tensor
     return classifiers.predict_vectors(_check_vectors(vectors), spec, x)
 
 
-@torch.no_grad()
-def predict_probs(vectors: torch.Tensor, spec, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Softmax probabilities (K, N, C) of K networks, all in one stacked forward per batch; on the CPU."""
-    dev = runtime.device()
-    params = weights.unflatten(_check_vectors(vectors).to(dev), spec)
-    return torch.cat([F.softmax(classifiers.stacked_forward(params, x[i:i + batch_size].to(dev), spec,
-                                                            shared_input=True), dim=-1).cpu()
-                      for i in range(0, len(x), batch_size)], dim=1)
-
-
 def accuracies(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Accuracy in % of each row of predictions ``preds`` (K, N) against labels ``y`` (N,)."""
     return (preds == y.unsqueeze(0)).float().mean(dim=1) * 100.0
@@ -147,9 +137,8 @@ def latent_noise_baseline(latents: torch.Tensor, n: int, scale: float, decode,
 def evaluate_methods(methods: Mapping[str, torch.Tensor], train_vectors: torch.Tensor, spec,
                      x_test: torch.Tensor, y_test: torch.Tensor, normalizer=None,
                      train_preds: torch.Tensor | None = None) -> list[dict]:
-    """One row per method: ``name, n, mean, median, best, worst`` (%), mean ``max_iou`` and ``nearest_dist``
-    (normalised RMS units), ``copies`` and per network ``accs``, ``max_ious``, ``dists``; the checkpoints
-    themselves are compared with the *other* checkpoints."""
+    """One row per method: ``name, n, mean, median, best, worst`` (%), mean ``max_iou`` and ``nearest_dist``,
+    ``copies`` and per network ``accs``, ``max_ious``, ``dists`` (the checkpoints against the *other* ones)."""
     train_vectors = _check_vectors(train_vectors, "train_vectors")
     if train_preds is None:
         train_preds = predict_labels(train_vectors, spec, x_test)
@@ -186,9 +175,8 @@ def point(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, train_e
 def baseline_curve(kind: str, values: Sequence[float], train_vectors: torch.Tensor, n: int, spec,
                    x: torch.Tensor, y: torch.Tensor, train_err: torch.Tensor, normalizer=None,
                    seed: int = 0, transform=None, latent=None) -> list[dict]:
-    """A baseline swept over its knob, one :func:`point` (with ``"value"``) per value, ``n`` networks each
-    from the generator seeded ``seed + 1000 i``: ``"noise"`` (σ), ``"soup"`` (k) or ``"latent noise"``
-    (s; ``latent = (latents, decode)``). ``transform`` maps the networks first (e.g. fine-tuning)."""
+    """One :func:`point` (with ``"value"``) per knob value of ``"noise"`` (σ), ``"soup"`` (k) or ``"latent noise"``
+    (s; ``latent = (latents, decode)``), seeded ``seed + 1000 i``; ``transform`` maps the networks first."""
     if kind not in ("noise", "soup", "latent noise"):
         raise ValueError(f"unknown baseline curve {kind!r}; expected 'noise', 'soup' or 'latent noise'")
     if kind == "latent noise" and latent is None:
@@ -223,9 +211,8 @@ def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], s
              y: torch.Tensor, normalizer=None, sigmas: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
              soup_sizes: Sequence[int] = (2, 4, 8, 16), n: int = 20, seed: int = 0,
              latent=None, latent_scales: Sequence[float] = ()) -> dict:
-    """The frontier of one zoo: ``curves`` (noise, soup, and latent noise if ``latent`` is given),
-    ``points`` (the checkpoints against the *other* checkpoints, and every method), ``margins`` over the
-    noise curve, ``latent_margins`` over the latent-noise curve, and ``train_err``."""
+    """The frontier of one zoo: ``curves`` (noise, soup, latent noise), ``points`` (the checkpoints and every
+    method), ``margins`` over the noise curve, ``latent_margins`` over the latent-noise one, ``train_err``."""
     train_vectors = _check_vectors(train_vectors, "train_vectors")
     train_preds = predict_labels(train_vectors, spec, x)
     train_err, accs = error_sets(train_preds, y), accuracies(train_preds, y)
@@ -248,8 +235,7 @@ def frontier(train_vectors: torch.Tensor, methods: Mapping[str, torch.Tensor], s
 # --- Fine-tuning from given weights ---
 def finetune_vectors(vectors: torch.Tensor, spec, x: torch.Tensor, y: torch.Tensor, steps: int,
                      lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> torch.Tensor:
-    """K networks trained ``steps`` more Adam steps at once (own data order each, seeds ``seed + k``),
-    by :func:`helpers.classifiers.train_stacked`: (K, D) on the CPU."""
+    """K networks trained ``steps`` more Adam steps at once (data order seeded ``seed + k``): (K, D) on the CPU."""
     vectors = _check_vectors(vectors)
     if steps <= 0:
         return vectors.clone()

@@ -1,8 +1,7 @@
 r"""Generating network weights with latent diffusion (p-diff's recipe): notebook 03's cached pipeline, reused by 05.
 
-Standardised VAE latents of the zoo's checkpoints, an :class:`helpers.denoisers.MLPDenoiser` trained on them
-(optionally conditioned on accuracy), DDIM, then the decoder; and the *direct* baseline on the normalised
-weight vectors. Denoisers are cached under ``artifacts/``, keyed by the settings that trained them.
+An :class:`helpers.denoisers.MLPDenoiser` on the standardised VAE latents of the zoo (optionally conditioned on
+accuracy), DDIM, then the decoder; and the *direct* baseline on the normalised weight vectors.
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ def save_denoiser(model, path, info: Mapping[str, Any], extra_tensors: Mapping[s
 
 
 def load_denoiser(path, dim: int | None = None, kind: str = "latent", device=None):
-    """``(model in eval mode, info)`` from :func:`save_denoiser`'s file; ``kind`` and ``dim`` are checked.
-    An x0-network comes back wrapped in :class:`helpers.diffusion.EpsFromX0`."""
+    """``(model in eval mode, info)`` from :func:`save_denoiser`'s file (an x0-network wrapped in ``EpsFromX0``)."""
     def make(arch):
         if dim is not None and int(arch["dim"]) != int(dim):
             raise artifacts.ArtifactError(
@@ -96,8 +94,19 @@ def _train(model, data, cond, diffusion_cfg, direct: bool, desc: str, device=Non
         p_uncond=float(c["p_uncond"]) if cond is not None else 0.0,
         generator=torch.Generator().manual_seed(int(c["seed"]) + (1 if direct else 0)),
         weight_decay=float(c["weight_decay"]), warmup_steps=int(c["warmup_steps"]),
-        lr_schedule=c["lr_schedule"], desc=desc, loss_fn=loss_fn)
+        lr_schedule=c["lr_schedule"], desc=desc, loss_fn=loss_fn, name=f"the {desc} denoiser")
     return (diffusion.EpsFromX0(ema, sched) if x0_pred else ema), history
+
+
+def _cached(kind: str, key, build, dim: int, denoiser_kind: str, rebuild: bool, device):
+    """``(model, info, extra tensors)`` of :func:`helpers.artifacts.cached` with the denoiser's save and load."""
+    def load(path):
+        model, info = load_denoiser(path, dim=dim, kind=denoiser_kind, device=device)
+        return model, info, info.pop("tensors")
+
+    model, info, extra = artifacts.cached(kind, key, build=build, load=load, rebuild=rebuild,
+                                          save=lambda obj, path: save_denoiser(obj[0], path, obj[1], obj[2]))
+    return model, {**info, "path": str(artifacts.artifact_path(kind, key))}, extra
 
 
 def _info(kind, history, diffusion_cfg, n_train, **more) -> dict:
@@ -114,8 +123,7 @@ def training_latents(vae_model, ds) -> torch.Tensor:
 
 def weight_diffusion_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
                          diffusion_cfg: Mapping[str, Any]) -> dict:
-    """The latent denoiser's cache key: the VAE's key and :data:`LATENT_TRAIN_KEYS` (and ``prediction``
-    when it is not ``"eps"``), never a sampling or display knob."""
+    """The latent denoiser's cache key: the VAE's key, :data:`LATENT_TRAIN_KEYS`, a non-``"eps"`` prediction."""
     key = {"vae": vae.vae_key(zoo_cfg, vae_cfg),
            "weight_diffusion": artifacts.training_key(diffusion_cfg, LATENT_TRAIN_KEYS)}
     if prediction_of(diffusion_cfg) != "eps":
@@ -139,10 +147,9 @@ def _condition_values(condition, vae_model, ds, zoo_cfg) -> torch.Tensor:
 def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any],
                                    diffusion_cfg: Mapping[str, Any], rebuild: bool = False, device=None,
                                    condition: str = "test_acc"):
-    """``(ema_denoiser, info)``: the latent denoiser of ``diffusion_cfg``, loaded or trained. ``condition``:
-    ``"test_acc"``, ``"val_acc"`` or ``"decoded_val_acc"`` (the validation accuracy of each checkpoint as the VAE
-    reconstructs it; then ``info["condition_values"]``). ``info`` also has ``history``, ``train_seconds``,
-    ``schedule``, ``T``, ``cond_mean``/``cond_std``, ``path``, ``vae``, ``vae_info`` and ``dataset``."""
+    """``(ema_denoiser, info)``: the latent denoiser of ``diffusion_cfg``, loaded or trained, conditioned on one of
+    :data:`CONDITIONS` (``"decoded_val_acc"``: each checkpoint's accuracy as the VAE reconstructs it, returned
+    as ``info["condition_values"]``); ``info`` also has the history, ``cond_mean``/``cond_std`` and the VAE."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; expected one of {', '.join(CONDITIONS)}")
     if condition != "test_acc" and not diffusion_cfg["conditional"]:
@@ -169,14 +176,8 @@ def build_or_load_weight_diffusion(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[
             info["condition"] = condition
         return ema, info, ({"condition_values": acc} if condition != "test_acc" else {})
 
-    def load(path):
-        model, info = load_denoiser(path, dim=dim, kind="latent", device=device)
-        return model, info, info.pop("tensors")
-
-    model, info, extra = artifacts.cached(kind, key, build=build, load=load, rebuild=rebuild,
-                                          save=lambda obj, path: save_denoiser(obj[0], path, obj[1], obj[2]))
-    info = {k: v for k, v in info.items() if k != "tensors"}
-    info.update(path=str(artifacts.artifact_path(kind, key)), vae=vae_model, vae_info=vae_info, dataset=ds)
+    model, info, extra = _cached(kind, key, build, dim, "latent", rebuild, device)
+    info.update(vae=vae_model, vae_info=vae_info, dataset=ds)
     if "condition_values" in extra:
         info["condition_values"] = extra["condition_values"].numpy()
     return model, info
@@ -243,16 +244,10 @@ def build_or_load_direct_diffusion(zoo_cfg: Mapping[str, Any], diffusion_cfg: Ma
         return ema, _info("direct", history, diffusion_cfg, len(x), conditional=False), \
             {f"normalizer.{k}": v for k, v in normalizer.state().items()}
 
-    def load(path):
-        model, info = load_denoiser(path, dim=dim, kind="direct", device=device)
-        return model, info, info.pop("tensors")
-
-    model, info, extra = artifacts.cached("direct_diffusion", key, build=build, load=load, rebuild=rebuild,
-                                          save=lambda obj, path: save_denoiser(obj[0], path, obj[1], obj[2]))
-    info = {k: v for k, v in info.items() if k != "tensors"}
+    model, info, extra = _cached("direct_diffusion", key, build, dim, "direct", rebuild, device)
     info["normalizer"] = weights.Normalizer.from_state(
         {k[len("normalizer."):]: v for k, v in extra.items() if k.startswith("normalizer.")})
-    info.update(path=str(artifacts.artifact_path("direct_diffusion", key)), dataset=ds)
+    info["dataset"] = ds
     return model, info
 
 
@@ -270,9 +265,8 @@ def generate_direct(n: int, denoiser, info: Mapping[str, Any], steps: int = 50, 
 # --- Watching a network appear: slider frames of one sampling run ---
 def slider_frames(trajectory, vae_model, spec: Mapping, evaluate, reference: torch.Tensor | None = None,
                   index: int = 0, dpi: int = 80):
-    r"""``(frames, captions, accuracies)`` of one DDIM run: at every step the latent :math:`u_{t_k}` is
-    decoded into a network and measured (``evaluate(vectors) -> %``); a frame (RGB uint8) shows its
-    first-layer filters and its weight histogram over the ``reference`` network's (grey)."""
+    r"""``(frames, captions, accuracies)`` of one DDIM run: each step's latent decoded and measured by ``evaluate``;
+    a frame shows its first-layer filters and its weight histogram over the ``reference`` network's."""
     import matplotlib.pyplot as plt
 
     vectors = vae.decode_to_vectors(vae_model, torch.stack([e["x_t"][index] for e in trajectory]))

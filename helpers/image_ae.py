@@ -205,6 +205,7 @@ def train_autoencoder(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 
             idx = perm[k * batch_size:(k + 1) * batch_size]
             xb = random_flip(to_model(x_uint8[idx]).to(device), gen).contiguous(memory_format=torch.channels_last)
             loss, parts = ae_loss(model, xb, y[idx].to(device), w_cls, w_center, latent_noise, gen, w_l1=w_l1)
+            runtime.check_finite(loss, model="image autoencoder", step=len(hist["loss"]), blame=f"ae_lr={lr}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -94,6 +94,7 @@ def train_classifier(x_uint8: torch.Tensor, y: torch.Tensor, channels=(32, 64, 1
             idx = perm[k * batch_size:(k + 1) * batch_size]
             xb = random_blur(random_shift_flip(x_uint8[idx].float() / 255.0, 4, gen), blur, gen).to(device)
             loss = F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[idx].to(device))
+            runtime.check_finite(loss, model="cat/dog classifier", step=len(hist["loss"]), blame=f"lr={lr}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

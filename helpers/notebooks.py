@@ -5,11 +5,8 @@
     python -m helpers.notebooks clean < in.ipynb > out.ipynb   # the same, as a git "clean" filter
     python -m helpers.notebooks install-filter                 # what `make lab` runs
 
-JupyterLab writes the kernel's ``kernelspec`` and ``language_info`` into a notebook when its kernel
-starts; stored metadata that differs marks the notebook modified before anything runs (and autosave
-then writes outputs into it). :func:`normalize` stores exactly what JupyterLab would write, as its
-server serialises it. ``make lab`` installs :func:`clean` as the git filter ``ldt-notebook`` (see
-``.gitattributes``), so outputs a reader saves never reach a commit.
+JupyterLab rewrites a notebook's ``kernelspec`` and ``language_info`` when its kernel starts, so
+:func:`normalize` stores exactly what it would write; the git filter keeps saved outputs out of commits.
 """
 
 from __future__ import annotations
@@ -21,13 +18,10 @@ from pathlib import Path
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 TRANSIENT_CELL_METADATA = ("collapsed", "scrolled", "execution")   # what JupyterLab adds while a reader works
 FILTER_NAME = "ldt-notebook"
-
-
-def language_info() -> dict:
-    """The ``language_info`` ipykernel reports for this interpreter."""
-    return {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
-            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
-            "pygments_lexer": "ipython3", "version": platform.python_version()}
+# the language_info ipykernel reports for this interpreter
+LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                 "pygments_lexer": "ipython3", "version": platform.python_version()}
 
 
 def _read(text: str):
@@ -42,8 +36,7 @@ def _writes(nb) -> str:
 
 
 def normalize(nb, version: str | None = None):
-    """Strip outputs, execution counts and transient cell metadata; set JupyterLab's kernelspec and
-    language_info (``version``: the Python version to store, default this one), nbformat 4.5, cell ids."""
+    """Strip outputs and transient metadata; set JupyterLab's kernelspec, language_info, nbformat 4.5, ids."""
     import nbformat
 
     for cell in nb.cells:
@@ -53,7 +46,7 @@ def normalize(nb, version: str | None = None):
             cell.metadata.pop(key, None)
         cell.setdefault("id", nbformat.v4.nbbase.random_cell_id())
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    nb.metadata["language_info"] = {**language_info(), **({"version": version} if version else {})}
+    nb.metadata["language_info"] = {**LANGUAGE_INFO, **({"version": version} if version else {})}
     nb.nbformat, nb.nbformat_minor = 4, max(5, nb.get("nbformat_minor", 5))
     return nb
 
@@ -70,8 +63,7 @@ def dirty_cells(path: str | Path) -> list[int]:
 
 
 def format_problems(path: str | Path) -> list[str]:
-    """How a notebook file differs from what :func:`strip` writes (empty: it does not; the stored
-    Python version may differ)."""
+    """How a notebook file differs from what :func:`strip` writes (the stored Python version may differ)."""
     text = Path(path).read_text()
     nb = _read(text)
     dirty = dirty_cells(path)
@@ -95,9 +87,7 @@ def strip(path: str | Path) -> bool:
 
 
 def install_git_filter(repo: str | Path | None = None, python: str | None = None) -> str:
-    """Configure the required ``ldt-notebook`` git filter in ``repo`` (default: this repository):
-    ``clean`` runs :func:`clean` with this project's Python, ``smudge`` leaves files as they are.
-    Returns the clean command."""
+    """Configure the required ``ldt-notebook`` git filter (:func:`clean`) in ``repo``; return its command."""
     import shlex
     import subprocess
 

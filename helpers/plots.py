@@ -1,9 +1,5 @@
-"""Figures: one export function, and the few plot helpers every notebook shares.
-
-Plot functions take ``ax=None`` and return the figure. :func:`save_figure` is the one way figures
-leave a notebook: PNG and PDF with stable bytes, written atomically to ``figures/`` for the
-`default` preset and ``figures/<preset>/`` otherwise, so a smoke run never overwrites them.
-"""
+"""Figures: :func:`save_figure` (PNG and PDF with stable bytes, into the preset's figure folder), and the
+few plot helpers every notebook shares (they take ``ax=None`` and return the figure)."""
 
 from __future__ import annotations
 
@@ -18,11 +14,7 @@ from . import config as _config
 from .artifacts import atomic_write
 
 # Metadata entries matplotlib would otherwise fill with dates and versions.
-_STABLE_METADATA = {
-    "png": {"Software": None},
-    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
-    "svg": {"Creator": None, "Date": None},
-}
+_STABLE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
 
 
 def use_style() -> None:
@@ -33,7 +25,6 @@ def use_style() -> None:
         "figure.dpi": 100, "savefig.dpi": 150, "figure.figsize": (6, 4),
         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
         "axes.spines.right": False, "font.size": 10, "image.cmap": "viridis",
-        "svg.hashsalt": "ldt",
     })
 
 
@@ -43,8 +34,7 @@ def new_axes(ax=None, figsize=None):
 
     if ax is not None:
         return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize)
-    return fig, ax
+    return plt.subplots(figsize=figsize)
 
 
 class SavedPaths(list):
@@ -54,17 +44,14 @@ class SavedPaths(list):
         pass
 
 
-def save_figure(fig, name: str, formats: Sequence[str] = ("png", "pdf"),
-                directory: str | Path | None = None, dpi: int = 150,
-                preset: str | None = None) -> SavedPaths:
-    """Write ``fig`` as ``<figures>/<name>.<fmt>`` for each format (``<figures>``:
-    :func:`helpers.config.preset_figures_dir`, or ``directory``); the same figure gives the same bytes."""
+def save_figure(fig, name: str, directory: str | Path | None = None, preset: str | None = None) -> SavedPaths:
+    """Write ``fig`` as ``<figures>/<name>.png`` and ``.pdf`` (``<figures>``: ``directory``, else
+    :func:`helpers.config.preset_figures_dir`); the same figure gives the same bytes."""
     directory = Path(directory) if directory else _config.preset_figures_dir(preset)
     paths = SavedPaths()
-    for fmt in formats:
+    for fmt, metadata in _STABLE_METADATA.items():
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight",
-                    metadata=_STABLE_METADATA.get(fmt, {}))
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
         path = directory / f"{name}.{fmt}"
         with atomic_write(path) as f:
             f.write(buf.getvalue())
@@ -131,8 +118,8 @@ def line_plot(series: dict[str, Sequence[float]], xlabel: str = "step", ylabel: 
 
 
 def project_2d(points, method: str = "pca", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """Points (N, d) -> (N, 2) to scatter: ``"pca"`` (first two principal components) or ``"tsne"``
-    (PCA-initialised, ``perplexity`` capped at (N - 1) / 3 for small sets), scikit-learn with a fixed ``seed``."""
+    """Points (N, d) -> (N, 2) by scikit-learn: ``"pca"`` or ``"tsne"`` (PCA-initialised, ``perplexity``
+    at most (N - 1) / 3), seeded."""
     if method not in ("pca", "tsne"):
         raise ValueError(f"unknown projection {method!r}: expected 'pca' or 'tsne'")
     z = points.detach().cpu().numpy() if hasattr(points, "detach") else np.asarray(points)

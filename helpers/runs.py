@@ -1,12 +1,5 @@
-"""Run folders and the run records: ``metrics.csv`` (every headline number) and ``timings.csv``.
-
-``make run`` executes the notebooks into ``runs/<timestamp>/`` and sets ``LDT_RUN_DIR`` so that
-every notebook records its numbers in the same ``metrics.csv`` (long format:
-``notebook,name,value,preset``); a notebook run by hand gets a run folder of its own. Both files
-are updated under a file lock, atomically, one row merged at a time, so processes sharing a run
-folder never lose a row; a damaged file is named, set aside (``<name>.damaged-<time>``) and
-replaced by a fresh one.
-"""
+"""The run records ``<run>/metrics.csv`` (every headline number: ``notebook,name,value,preset``) and
+``timings.csv``, merged one row at a time under a file lock, atomically; a damaged file is set aside."""
 
 from __future__ import annotations
 
@@ -40,8 +33,7 @@ def locked(path: Path):
 
 
 def read_rows(path: Path, fields) -> list[list[str]]:
-    """The data rows of a run-record CSV; raise ValueError saying what is wrong if it is damaged
-    (unreadable bytes, another header, a row of the wrong width or without its number)."""
+    """The data rows of a run-record CSV; a ValueError saying what is wrong if it is damaged."""
     try:
         rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -60,9 +52,8 @@ def read_rows(path: Path, fields) -> list[list[str]]:
 
 
 def merge_rows(path: str | os.PathLike, fields, new_rows, key: int = 2) -> Path:
-    """Merge ``new_rows`` into the CSV ``path`` under its lock, atomically: a row whose first ``key``
-    fields match an existing row replaces it in place, others are appended. A damaged file is
-    renamed ``<name>.damaged-<time>`` (and named in a warning) and a fresh one started."""
+    """Merge ``new_rows`` into the CSV ``path`` under its lock, atomically (a row whose first ``key`` fields
+    match replaces it); a damaged file is renamed ``<name>.damaged-<time>`` and a fresh one started."""
     path = Path(path)
     with locked(path):
         rows = []
@@ -88,26 +79,21 @@ def merge_rows(path: str | os.PathLike, fields, new_rows, key: int = 2) -> Path:
 
 
 def metric_tag(dataset: str | None = None, zoo: str = "trajectory") -> str:
-    """The suffix of a weight-story metric or figure name: ``_<zoo>`` for another zoo than the trajectory
-    zoo, ``_<dataset>`` for another dataset than MNIST (``generated_median_acc_cifar10``)."""
+    """A weight-story name's suffix: ``_<zoo>`` unless the trajectory zoo, ``_<dataset>`` unless MNIST."""
     name = _config.current_dataset(dataset)
     return ("" if zoo == "trajectory" else f"_{zoo}") + ("" if name == "mnist" else f"_{name}")
 
 
 def is_accuracy(name: str) -> bool:
-    """Whether a metric is an accuracy in %: its name has ``acc`` as a word (``generated_median_acc``),
-    not a difference of accuracies (``drop``, ``gap``, ``delta``, ``diff``, ``margin``, ``error``, ...)."""
+    """Whether a metric is an accuracy in %: ``acc`` is a word of its name and no difference word is."""
     words = set(name.lower().split("_"))
     return "acc" in words and not {"drop", "gap", "delta", "diff", "margin", "std", "gain", "change", "error",
                                    "err", "shift", "pp"} & words
 
 
 def log_metric(notebook: str, name: str, value: float, preset: str | None = None, verbose: bool = True) -> None:
-    """Record one headline number in ``<run>/metrics.csv`` (once per run: a re-run replaces its row).
-
-    Filed under ``preset``, else the preset the notebook runs in. NaN and inf are refused, and
-    so is an accuracy outside [0, 100] (:func:`is_accuracy`): a ValueError naming the metric.
-    """
+    """Record one headline number in ``<run>/metrics.csv`` (a re-run replaces its row) under ``preset`` (else
+    the active one); NaN, inf and an accuracy outside [0, 100] (:func:`is_accuracy`) raise a ValueError."""
     preset = _config.active_preset(preset)
     try:
         value = float(value)

@@ -1,17 +1,11 @@
 """Reproducibility and the machine: seeds, device, CPU threads, progress bars, timers, early checks.
 
-Every notebook calls :func:`setup` once at the top; it checks everything before any work starts
-(environment variables, writable folders, the datasets it needs) and prints the absolute folders::
-
-    device = runtime.setup(seed=cfg.seed, needs=["mnist"])
-
-Helpers that train or sample take ``device=None``: the device :func:`setup` chose. Random numbers
-come from seeded CPU generators, so a run draws the same noise on any device. Training loops call
-:func:`check_finite`, so a diverging run stops at once naming the model, the step and the settings.
+Every notebook calls ``device = runtime.setup(seed=cfg.seed, needs=["mnist"])`` once; ``device=None``: that one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
@@ -31,9 +25,8 @@ class DivergenceError(_config.ShortError, FloatingPointError):
 
 
 def check_finite(value, model: str, step: int | None = None, blame: str = "") -> None:
-    """Raise :class:`DivergenceError` if ``value`` (a loss: number or tensor) holds NaN or inf; ``blame``:
-    the settings most likely at fault, e.g. ``f"lr={cfg.lr}"``."""
-    values = torch.as_tensor(value).detach().flatten()
+    """Raise :class:`DivergenceError` if the loss ``value`` holds NaN or inf, naming ``blame`` (e.g. "lr=0.1")."""
+    values = torch.as_tensor(value).detach().flatten().cpu()
     bad = values[~torch.isfinite(values)]
     if len(bad):
         at = f" at step {step}" if step is not None else ""
@@ -50,20 +43,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def get_device(prefer: str | None = None) -> torch.device:
-    """``prefer``, else ``$LDT_DEVICE`` (it must exist: :class:`SettingError`), else CUDA, MPS or the CPU."""
-    name = prefer or os.environ.get("LDT_DEVICE", "").strip()
-    if name:
-        return check_device(name, "device" if prefer else "LDT_DEVICE")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-
-
-def check_device(name: str, what: str = "device") -> torch.device:
-    """``torch.device(name)`` if it is cpu, cuda, cuda:N or mps and present on this machine."""
+    """``prefer``, else ``$LDT_DEVICE`` (cpu, cuda, cuda:N or mps, present here), else CUDA, MPS or the CPU."""
+    name, what = prefer or os.environ.get("LDT_DEVICE", "").strip(), "device" if prefer else "LDT_DEVICE"
     mps = getattr(torch.backends, "mps", None)
     has_mps = mps is not None and mps.is_available()
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     here = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + (["mps"] if has_mps else []))
     try:
         device = torch.device(name)
@@ -77,8 +62,7 @@ def check_device(name: str, what: str = "device") -> torch.device:
 
 
 def busy_cores(samples: int = 3, interval: float = 0.005) -> int:
-    """Cores kept busy by other processes now: the fewest runnable tasks in ``samples`` reads of
-    ``/proc/stat``, minus this process (0 where there is no ``/proc``)."""
+    """Cores kept busy by other processes: the fewest runnable tasks in ``/proc/stat`` minus this one (0 if none)."""
     counts = []
     for i in range(samples):
         try:
@@ -98,17 +82,12 @@ def choose_threads() -> tuple[int, str]:
     return max(1, cores - busy), (f"{cores} cores, {busy} busy with other processes" if busy else f"{cores} idle cores")
 
 
-# What setup_threads chose, so that training loops can re-check the load.
 _THREADS = {"auto": False, "n": 0, "why": "", "checked": 0.0}
+_DEVICE: dict[str, torch.device | None] = {"device": None}
 
 
-def setup_threads(n: int | None = None, verbose: bool = False) -> int:
-    """Set torch's CPU threads: ``n``, else ``$LDT_NUM_THREADS`` (1 to 4 x cores), else one per idle core.
-
-    torch's OpenMP threads spin while they wait for each other, so a thread on a core that another
-    process keeps busy slows every operation (measured: benchmarks/bench_threads.py). The automatic
-    count follows the load: :func:`progress` re-checks it while loops run (:func:`recheck_threads`).
-    """
+def setup_threads(n: int | None = None) -> int:
+    """Set torch's CPU threads: ``n``, else ``$LDT_NUM_THREADS``, else one per idle core (bench_threads.py)."""
     why = "argument"
     if n is None:
         n, why = env_int("LDT_NUM_THREADS", 1, maximum=_config.max_threads()), "LDT_NUM_THREADS"
@@ -117,14 +96,11 @@ def setup_threads(n: int | None = None, verbose: bool = False) -> int:
         n, why = choose_threads()
     torch.set_num_threads(n)
     _THREADS.update(auto=auto, n=n, why=why, checked=time.monotonic())
-    if verbose:
-        print(f"torch threads: {n} ({why})")
     return n
 
 
 def recheck_threads(min_interval: float = 3.0) -> int:
-    """Re-choose the automatic thread count for the load now (at most every ``min_interval`` s,
-    and only if nobody set another count since); return the count in use."""
+    """Re-choose the automatic thread count (at most every ``min_interval`` s); return the count in use."""
     current = torch.get_num_threads()
     if not _THREADS["auto"] or current != _THREADS["n"] or time.monotonic() - _THREADS["checked"] < min_interval:
         return current
@@ -135,28 +111,17 @@ def recheck_threads(min_interval: float = 3.0) -> int:
     return n
 
 
-_ALLOCATOR = {"tuned": None}
-
-
+@functools.cache
 def keep_freed_memory(mmap_threshold_mb: int = 32) -> bool:
-    """Let glibc keep freed memory for the next tensor instead of returning it to the system; True
-    if it took effect. A training step allocates afresh, and returned pages cost page faults on every
-    step (measured: 64 stacked MNIST CNNs, 1.6-2.1 ms per network-step before, 1.0-1.1 ms after);
-    the computation does not change. The first call decides; later calls return its result."""
-    if _ALLOCATOR["tuned"] is None:
-        ok = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            import ctypes
-            try:
-                libc = ctypes.CDLL("libc.so.6")    # mallopt: M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
-                ok = bool(libc.mallopt(-3, int(mmap_threshold_mb) << 20)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
-            except (OSError, AttributeError):
-                ok = False
-        _ALLOCATOR["tuned"] = ok
-    return _ALLOCATOR["tuned"]
-
-
-_DEVICE: dict[str, torch.device | None] = {"device": None}
+    """Let glibc keep freed memory for the next tensor (fewer page faults); True if it took effect."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")    # mallopt: M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
+        return bool(libc.mallopt(-3, int(mmap_threshold_mb) << 20)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def set_device(dev: str | torch.device | None) -> torch.device | None:
@@ -168,9 +133,7 @@ def set_device(dev: str | torch.device | None) -> torch.device | None:
 
 def device(dev: str | torch.device | None = None) -> torch.device:
     """``dev`` as a ``torch.device`` if given, else the device :func:`setup` chose (the CPU before)."""
-    if dev is not None:
-        return torch.device(dev)
-    return _DEVICE["device"] if _DEVICE["device"] is not None else torch.device("cpu")
+    return torch.device(dev) if dev is not None else _DEVICE["device"] or torch.device("cpu")
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -180,9 +143,7 @@ def device_of(model: torch.nn.Module) -> torch.device:
 
 
 def setup(seed: int = 0, threads: int | None = None, verbose: bool = True, needs=()) -> torch.device:
-    """Check every ``LDT_*`` variable, the output and artifact folders (writable) and the datasets in
-    ``needs`` (prepared) before any work, each a one-line error; then seed everything, keep freed memory,
-    set threads and the device, and print them with the absolute folders."""
+    """Check the ``LDT_*`` variables, folders and the datasets in ``needs``; then seed, set threads and device."""
     _config.install_short_errors()
     env = _config.check_environment()
     dev = get_device()
@@ -215,8 +176,7 @@ def environment_report() -> dict[str, str]:
 
 
 def progress(iterable=None, **kwargs):
-    """A ``tqdm.auto`` progress bar (silenced by ``LDT_PROGRESS=0``); it also lets the automatic
-    thread count follow the load (:func:`recheck_threads`)."""
+    """A ``tqdm.auto`` progress bar (off with ``LDT_PROGRESS=0``) that re-checks the thread count."""
     from tqdm.auto import tqdm
 
     class _Bar(tqdm):

@@ -4,10 +4,8 @@
     python -m helpers.series --preset smoke --only 01 02
     python -m helpers.series --dataset cifar10   # the weight story on CIFAR-10 (else $LDT_DATASET or "mnist")
 
-Each run gets a folder ``runs/<timestamp>/`` (``--run-dir``: relative to the repository root, like every
-``LDT_*`` folder) for the executed notebooks, ``metrics.csv`` and ``timings.csv``. The kernels (which run in
-``notebooks/``) get every folder as an absolute path, printed at the start, and talk to this process over
-IPC sockets in a private temporary folder (no TCP port, no unencrypted-traffic warning).
+Each run gets a folder ``runs/<timestamp>/`` (or ``--run-dir``) for the executed notebooks, ``metrics.csv``
+and ``timings.csv``; kernels get every folder as an absolute path and talk over IPC sockets (no TCP port).
 """
 
 from __future__ import annotations
@@ -70,10 +68,8 @@ def execute_notebook(path: str | os.PathLike, out_path: str | os.PathLike | None
 
 
 def run_series(preset: str | None = None, only: list[str] | None = None,
-               run_dir: Path | None = None, stop_on_error: bool = True, dataset: str | None = None) -> Path:
-    """Execute the notebooks in order into a run folder; print a summary; return the folder.
-
-    Every ``LDT_*`` variable and folder is checked first (one-line :class:`SettingError`)."""
+               run_dir: Path | None = None, dataset: str | None = None) -> Path:
+    """Execute the notebooks in order into a run folder (``LDT_*`` settings checked first); return the folder."""
     preset = _config.current_preset(preset)
     dataset = _config.current_dataset(dataset)
     env = _config.check_environment()
@@ -96,7 +92,7 @@ def run_series(preset: str | None = None, only: list[str] | None = None,
         timings.append((path.name, seconds, status))
         _runs.log_timing(run_dir, path.name, seconds, status, preset)
         print(f"   {path.name}: {seconds:.1f} s {status}", flush=True)
-        if failed and stop_on_error:
+        if failed:
             break
     total = time.perf_counter() - total_start
     _runs.log_timing(run_dir, "TOTAL", total, "failed" if failed else "ok", preset)

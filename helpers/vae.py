@@ -1,6 +1,5 @@
 """The parameter autoencoder / VAE of p-diff (https://arxiv.org/abs/2402.13144): whole networks as
-short latents. Notebook 02 derives the model and its loss, writes them from scratch and checks them
-against this module, which the cached runs use."""
+short latents. Notebook 02 writes it from scratch and checks it against this module."""
 
 from __future__ import annotations
 
@@ -35,8 +34,6 @@ class ParamVAE(nn.Module):
     def __init__(self, dim: int, latent_dim: int = 64, hidden: int = 512, n_layers: int = 2,
                  beta: float = 0.0, sigma_in: float = 1e-3, sigma_z: float = 0.1):
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
         self.arch = dict(dim=int(dim), latent_dim=int(latent_dim), hidden=int(hidden), n_layers=int(n_layers),
                          beta=float(beta), sigma_in=float(sigma_in), sigma_z=float(sigma_z))
         self.dim, self.latent_dim = int(dim), int(latent_dim)
@@ -44,10 +41,6 @@ class ParamVAE(nn.Module):
         self.encoder = _mlp([dim] + [hidden] * n_layers + [2 * latent_dim])   # outputs (mu, log sigma^2)
         self.decoder = _mlp([latent_dim] + [hidden] * n_layers + [dim])
         self.normalizer = self.latent_standardizer = self.spec = None
-
-    @property
-    def variational(self) -> bool:
-        return self.beta > 0
 
     def _check(self, x: torch.Tensor, length: int, what: str) -> None:
         if x.dim() != 2 or x.shape[1] != length:
@@ -77,7 +70,7 @@ class ParamVAE(nn.Module):
         if not self.training:
             return mu
         z = mu
-        if self.variational:
+        if self.beta > 0:
             # z = \mu + \exp(\tfrac12 \log\sigma^2) \epsilon
             z = z + torch.exp(0.5 * logvar) * self._noise(noise, "eps", mu)
         if self.sigma_z > 0:
@@ -95,7 +88,7 @@ class ParamVAE(nn.Module):
         x_hat, mu, logvar = self(x, noise)
         # \frac1D \lVert x - \hat x \rVert^2, averaged over the batch
         recon = F.mse_loss(x_hat, x)
-        if not self.variational:
+        if self.beta <= 0:
             return {"loss": recon, "recon": recon, "kl": torch.zeros((), device=x.device)}
         # KL = \frac12 \sum_j (\mu_j^2 + \sigma_j^2 - \log\sigma_j^2 - 1), per latent dim
         kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean()
@@ -110,10 +103,8 @@ def model_from_config(dim: int, cfg: Mapping[str, Any]) -> ParamVAE:
 
 def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
               generator: torch.Generator | None = None, device=None) -> dict[str, list[float]]:
-    """Train ``model`` on normalised vectors (N, D) for ``cfg["epochs"]`` epochs of shuffled batches.
-
-    Returns per-epoch ``loss``, ``recon``, ``kl``, ``lr``, and ``recon_eval`` at ``eval_epoch``s.
-    """
+    """Train ``model`` on normalised vectors (N, D) for ``cfg["epochs"]`` epochs of shuffled batches;
+    return per-epoch ``loss``, ``recon``, ``kl``, ``lr``, and ``recon_eval`` at ``eval_epoch``s."""
     device = runtime.device(device)
     model.to(device)
     x = vectors.detach().to(device=device, dtype=torch.float32)
@@ -128,6 +119,7 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(cfg["lr_step"])), gamma=float(cfg["lr_gamma"]))
     eval_every = max(1, int(cfg.get("eval_every", 10)))
     hist: dict[str, list[float]] = {k: [] for k in ("loss", "recon", "kl", "lr", "recon_eval", "eval_epoch")}
+    step = 0
     for epoch in runtime.progress(range(int(cfg["epochs"])), desc="VAE epochs"):
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
@@ -135,6 +127,8 @@ def train_vae(model: ParamVAE, vectors: torch.Tensor, cfg: Mapping[str, Any],
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
             parts = model.loss(x[idx])
+            runtime.check_finite(parts["loss"], model="parameter VAE", step=step, blame=f"lr={cfg['lr']}")
+            step += 1
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -212,22 +206,20 @@ def sample_prior(model: ParamVAE, n: int, generator: torch.Generator | None = No
     r"""``n`` latents from the prior decoded to raw weight vectors (n, D): :math:`z \sim \mathcal N(0, I)`
     for a VAE, a diagonal Gaussian fitted to the training latents for a plain AE."""
     eps = torch.randn(n, model.latent_dim, generator=generator)
-    return decode_latents(model, eps) if model.variational else decode_to_vectors(model, eps)
+    return decode_latents(model, eps) if model.beta > 0 else decode_to_vectors(model, eps)
 
 
 def save_vae(model: ParamVAE, path, history: Mapping[str, list[float]] | None = None,
              config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None):
     """Weights, normaliser, latent statistics, spec, config and history in one safetensors file."""
-    tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, Any] = {"config": dict(config or {}), "spec": model.spec, "extra": dict(extra or {})}
+    tensors = {f"history.{k}": torch.tensor(v, dtype=torch.float64) for k, v in (history or {}).items()}
+    meta: dict[str, Any] = {"config": dict(config or {}), "spec": model.spec, "extra": dict(extra or {}),
+                            "history_keys": sorted(history or {})}
     if model.normalizer is not None:
         tensors.update({f"normalizer.{k}": v for k, v in model.normalizer.state().items()})
         meta["normalizer"] = {}
     if model.latent_standardizer is not None:
         tensors.update({f"latent.{k}": v for k, v in model.latent_standardizer.state().items()})
-    for k, v in (history or {}).items():
-        tensors[f"history.{k}"] = torch.tensor(v, dtype=torch.float64)
-    meta["history_keys"] = sorted(history or {})
     return artifacts.save_model(path, model, KIND, model.arch, tensors, meta)
 
 
@@ -291,22 +283,17 @@ def vae_key(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any]) -> dict:
 
 def build_or_load_vae(zoo_cfg: Mapping[str, Any], vae_cfg: Mapping[str, Any], rebuild: bool = False,
                       ds=None, device=None) -> tuple[ParamVAE, dict]:
-    """The VAE of ``vae_cfg`` on the zoo of ``zoo_cfg``, loaded if cached (:func:`vae_key`), else trained.
-
-    ``info``: ``history``, ``config``, ``extra`` (``train_seconds``), ``path`` and ``dataset`` (the
-    zoo; pass it as ``ds`` if you already have it).
-    """
+    """The VAE of ``vae_cfg`` on the zoo of ``zoo_cfg`` (or ``ds``), loaded if cached (:func:`vae_key`), else
+    trained; ``info``: ``history``, ``config``, ``extra`` (``train_seconds``), ``path`` and ``dataset``."""
     if ds is None:
         ds = weights.build_or_load_zoo(zoo_cfg)
     key = vae_key(zoo_cfg, vae_cfg)
-    dim = int(_raw_vectors(ds).shape[1])
 
     def save(obj, path):
-        model, info = obj
-        save_vae(model, path, history=info["history"], config=vae_cfg, extra=info["extra"])
+        save_vae(obj[0], path, history=obj[1]["history"], config=vae_cfg, extra=obj[1]["extra"])
 
     model, info = artifacts.cached("vae", key, build=lambda: build_vae(ds, vae_cfg, device=device), save=save,
-                                   load=lambda path: load_vae(path, dim=dim, spec=ds.spec, device=device),
+                                   load=lambda path: load_vae(path, dim=ds.dim, spec=ds.spec, device=device),
                                    rebuild=rebuild)
     return model, {**info, "path": str(artifacts.artifact_path("vae", key)), "dataset": ds}
 

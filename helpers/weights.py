@@ -22,20 +22,16 @@ from .classifiers import param_shapes, unflatten  # the layout of a flat vector;
 FORMAT = "ldt-weight-dataset/1"
 
 
-def _check_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Mapping) -> None:
-    """Raise ValueError with the expected and the found parameter names and shapes if they differ."""
-    expected = [(n, tuple(s)) for n, s in param_shapes(spec)]
-    found = [(n, tuple(t.shape)) for n, t in state_dict.items()]
-    if sorted(expected) != sorted(found):
-        raise ValueError(f"state dict does not fit spec {classifiers.describe(spec)}: expected parameters "
-                         f"{expected}, found {found}")
-
-
 def flatten(state_dict: Mapping[str, torch.Tensor], spec: Mapping | None = None) -> torch.Tensor:
     r""":math:`\theta = [\mathrm{vec}(W_1), b_1, \mathrm{vec}(W_2), \dots]` (D,); with ``spec``, checked and in its order."""
+    names = list(state_dict)
     if spec is not None:
-        _check_state_dict(state_dict, spec)
-    names = [n for n, _ in param_shapes(spec)] if spec is not None else list(state_dict)
+        expected = [(n, tuple(s)) for n, s in param_shapes(spec)]
+        found = [(n, tuple(t.shape)) for n, t in state_dict.items()]
+        if sorted(expected) != sorted(found):
+            raise ValueError(f"state dict does not fit spec {classifiers.describe(spec)}: expected parameters "
+                             f"{expected}, found {found}")
+        names = [n for n, _ in expected]
     return torch.cat([state_dict[n].detach().reshape(-1).to(torch.float32) for n in names])
 
 
@@ -50,8 +46,7 @@ class Normalizer:
     r"""Per-parameter-tensor standardisation :math:`z = (\theta - \mu_t) / \sigma_t`: one mean and
     std per tensor t over all checkpoints, so layers of different scale count alike (as p-diff)."""
 
-    def __init__(self, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-                 sizes: torch.Tensor | None = None):
+    def __init__(self, mean: torch.Tensor | None = None, std: torch.Tensor | None = None, sizes=None):
         self.mean, self.std, self.sizes = mean, std, sizes
 
     def fit(self, vectors: torch.Tensor, spec: Mapping, eps: float = 1e-8) -> "Normalizer":
@@ -83,9 +78,6 @@ class Normalizer:
 
     @classmethod
     def from_state(cls, state: Mapping[str, torch.Tensor]) -> "Normalizer":
-        missing = [k for k in ("mean", "std", "sizes") if k not in state]
-        if missing:
-            raise ValueError(f"Normalizer state needs 'mean', 'std', 'sizes'; missing {missing}")
         return cls(state["mean"].float(), state["std"].float(), state["sizes"].long())
 
 
@@ -131,10 +123,8 @@ class WeightDataset:
         return self.column("run_seed").long()
 
     def save(self, path: str | Path) -> Path:
-        tensors = {"vectors": self.vectors}
-        for name in ("run_vectors", "loss_curves"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name)
+        tensors = {k: getattr(self, k) for k in ("vectors", "run_vectors", "loss_curves")}
+        tensors = {k: v for k, v in tensors.items() if v is not None}
         meta = {"format": FORMAT, "spec": self.spec, "D": self.dim,
                 "param_shapes": [[n, list(s)] for n, s in param_shapes(self.spec)],
                 "metrics": self.metrics, "config": dict(self.config)}
@@ -164,13 +154,10 @@ class WeightDataset:
             raise artifacts.ArtifactError(f"{path}: {err}") from None
 
 
-# ---------------------------------------------------------------------------
-# Permutations and weight matching
-# ---------------------------------------------------------------------------
+# --- Permutations and weight matching -----------------------------------------------------------
 
 def _layers(spec: Mapping) -> list[tuple[str, str, int]]:
-    """``(weight name, bias name, input units)`` of every layer; the first dense layer after the
-    convolutions has the last conv's channels as its input units."""
+    """``(weight name, bias name, input units)`` per layer (after the convs: the last conv's channels)."""
     shapes = param_shapes(spec)
     out, prev = [], None
     for (w, shape), (b, _) in zip(shapes[::2], shapes[1::2]):
@@ -202,12 +189,8 @@ def permutation_index(spec: Mapping, perms: list[torch.Tensor]) -> torch.Tensor:
 
 def weight_matching(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
                     spec: Mapping, max_iter: int = 100, seed: int = 0) -> list[torch.Tensor]:
-    r"""Permutations of ``other`` (B) maximising :math:`\sum_l \langle W^A_l, P_l W^B_l P_{l-1}^\top\rangle`.
-
-    Coordinate ascent: for hidden layer l, with the others fixed, maximise
-    :math:`\langle P_l, S_l\rangle` exactly with ``linear_sum_assignment``; layers in random order
-    until no permutation changes.
-    """
+    r"""Permutations of ``other`` (B) maximising :math:`\sum_l \langle W^A_l, P_l W^B_l P_{l-1}^\top\rangle`:
+    layer by layer in random order until none changes, each by ``linear_sum_assignment`` on :math:`S_l`."""
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
@@ -239,12 +222,8 @@ def weight_matching(reference: Mapping[str, torch.Tensor], other: Mapping[str, t
 
 
 def align_to_common_reference(vectors: torch.Tensor, spec: Mapping, max_iter: int = 10, verbose: bool = False):
-    r"""Align N networks to the mean of the aligned networks: match each to network 0, then
-    re-match every network to :math:`\bar\theta = \frac1N\sum_k \pi_{P_k}(\theta_k)` until no
-    assignment changes (at most ``max_iter`` rounds).
-
-    Returns ``(aligned (N, D), perms per network, networks changed per round)``.
-    """
+    r"""Match N networks to network 0, then all to :math:`\bar\theta = \frac1N\sum_k \pi_{P_k}(\theta_k)` until
+    none changes (``max_iter`` rounds at most): ``(aligned (N, D), perms, networks changed per round)``."""
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
     sds = [unflatten(v, spec) for v in vectors]
 
@@ -279,9 +258,7 @@ def interpolation_barriers(vectors_a: torch.Tensor, vectors_b: torch.Tensor, spe
     return {"barrier": end - mid, "mid_acc": mid, "end_acc": end}
 
 
-# ---------------------------------------------------------------------------
-# Building the zoo
-# ---------------------------------------------------------------------------
+# --- Building the zoo ---------------------------------------------------------------------------
 
 ZOO_KINDS = ("trajectory", "multiseed", "wide")
 
@@ -366,32 +343,17 @@ def even_selection(values, lo: float, hi: float, n_bins: int, per_bin: int) -> t
 
 
 def build_zoo(cfg: Mapping, verbose: bool = True) -> WeightDataset:
-    """Train the zoo of ``cfg`` (see the ``ZOO*`` blocks of :mod:`helpers.config`); three kinds:
+    """Train the zoo of ``cfg`` (the ``ZOO*`` blocks of :mod:`helpers.config`), all K runs together:
 
-    - ``"trajectory"``: ``n_runs`` runs for ``epochs`` epochs (their end points are ``run_vectors``),
-      then ``trajectory_epochs`` more at ``trajectory_lr`` keeping ``checkpoints_per_run`` evenly
-      spaced checkpoints; each run aligned to run 0;
-    - ``"multiseed"``: one-cycle runs keeping the last checkpoints, ``checkpoint_every`` steps apart,
-      aligned to a common reference (:func:`align_to_common_reference`);
-    - ``"wide"``: checkpoints at :func:`checkpoint_steps` from early on, then an even spread of
-      validation accuracy kept (:func:`even_selection`).
-
-    All K runs train together (:func:`helpers.classifiers.train_stacked`); checkpoints below
-    ``min_val_acc`` on the validation split (the last ``val_size`` training images) are dropped.
+    - ``"trajectory"``: ``epochs``, then ``trajectory_epochs`` at ``trajectory_lr`` keeping evenly spaced
+      checkpoints, aligned to run 0;
+    - ``"multiseed"``: one-cycle runs keeping the last checkpoints, aligned to a common reference;
+    - ``"wide"``: checkpoints at :func:`checkpoint_steps`, kept as an even spread of validation accuracy;
+      the others drop checkpoints below ``min_val_acc`` on the validation split.
     """
     kind = cfg.get("kind", "trajectory")
     if kind not in ZOO_KINDS:
         raise ValueError(f"unknown zoo kind {kind!r}; expected one of {', '.join(ZOO_KINDS)}")
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    try:
-        return _build_zoo(cfg, kind, verbose)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _build_zoo(cfg: Mapping, kind: str, verbose: bool) -> WeightDataset:
     spec = zoo_spec(cfg)
     (x, y), (x_val, y_val), (x_test, y_test) = _zoo_data(cfg)
     k, bs = int(cfg["n_runs"]), int(cfg["batch_size"])
@@ -443,12 +405,9 @@ def _build_zoo(cfg: Mapping, kind: str, verbose: bool) -> WeightDataset:
     traj = torch.stack(snaps).transpose(0, 1).contiguous()          # (runs, checkpoints, D)
     perms, history = None, []
     if cfg.get("align", True):
-        if kind == "multiseed":
-            _, perms, history = align_to_common_reference(run_vectors, spec, int(cfg["align_iters"]), verbose)
-        else:
-            ref = unflatten(run_vectors[0], spec)
-            perms = [[torch.arange(s[0]) for _, s in param_shapes(spec)[::2][:-1]]] + \
-                [weight_matching(ref, unflatten(run_vectors[r], spec), spec) for r in range(1, k)]
+        # multiseed: to a common reference; the others: to run 0 (no re-matching rounds)
+        iters = int(cfg["align_iters"]) if kind == "multiseed" else 0
+        _, perms, history = align_to_common_reference(run_vectors, spec, iters, verbose)
         for r in range(k):
             traj[r] = traj[r][:, permutation_index(spec, perms[r])]
     align_seconds = time.perf_counter() - t0 - train_seconds

@@ -162,8 +162,6 @@ def test_evaluate_vectors_rejects_wrong_length():
     x, y = _toy_data(n=10)
     with pytest.raises(ValueError, match=r"expected D=\d+ parameters"):
         C.evaluate_vectors(torch.zeros(2, 7), SMALL, x, y)
-    with pytest.raises(ValueError, match="unknown method 'stacked'; expected 'loop'"):
-        C.predict_vectors(torch.zeros(C.count_params(SMALL)), SMALL, x, method="stacked")
 
 
 def test_random_shift_moves_pixels_within_bounds():

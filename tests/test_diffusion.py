@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import diffusion as D
+from helpers import diffusion as D, runtime
 from helpers.denoisers import MLPDenoiser
 
 
@@ -174,7 +174,6 @@ def test_ema_decay_at_warmup_binds_for_thousands_of_steps():
     assert D.ema_decay_at(0.999, 4999) == pytest.approx(5000 / 5009)
     assert D.ema_decay_at(0.9995, 4999) == D.ema_decay_at(0.999, 4999) < 0.999
     assert D.ema_decay_at(0.999, 20000) == 0.999
-    assert D.ema_decay_at(0.999, 3, warmup=False) == 0.999
     with pytest.raises(ValueError, match="step must be >= 0"):
         D.ema_decay_at(0.999, -1)
 
@@ -234,6 +233,19 @@ def test_train_with_condition_and_cfg_dropout_runs():
     assert out.shape == (3, 6)
     with pytest.raises(ValueError, match="rows"):
         D.train_diffusion(model, data, s, 1, 8, 1e-3, cond=labels[:10], progress=False)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_huge_lr_stops_with_the_step_and_lr_named(flow):
+    data = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    model = MLPDenoiser(4, hidden=16, n_blocks=1, time_dim=8)
+    kw = dict(steps=50, batch_size=16, lr=1e30, generator=torch.Generator().manual_seed(0), progress=False)
+    with pytest.raises(runtime.DivergenceError, match=r"lr=1e\+30") as err:
+        if flow:
+            D.train_flow(model, data, name="toy flow", **kw)
+        else:
+            D.train_diffusion(model, data, D.NoiseSchedule.make("linear", 50), **kw)
+    assert "at step" in str(err.value) and ("toy flow" if flow else "denoiser") in str(err.value)
 
 
 def test_samplers_work_on_4d_images():

@@ -278,3 +278,13 @@ def test_cnn_cache_features_and_errors(tmp_path, monkeypatch):
     assert verdict == {"class_consistency": 100.0}
     with pytest.raises(ValueError, match="unknown CNN role 'critic': expected 'judge' or 'cnn'"):
         digit_eval.build_or_load_cnn(cfg, "critic", "mnist", x, y)
+
+
+def test_a_diverging_vae_learning_rate_stops_before_anything_is_saved():
+    from helpers import config, runtime
+    cfg = dict(config.get_config("digits", "smoke"), vae_lr=1e6, vae_epochs=1)
+    x = torch.randint(0, 256, (512, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (512,))
+    with pytest.raises(runtime.DivergenceError, match=r"digit VAE diverged at step \d+.*vae_lr=1000000"):
+        digit_models.build_or_load_vae(cfg, x, y, "mnist")
+    assert not config.artifacts_dir().exists() or not any(config.artifacts_dir().rglob("*digit_vae*"))

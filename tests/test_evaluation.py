@@ -171,14 +171,6 @@ def _tiny_vectors(k, seed=0):
 
     return torch.stack([weights.flatten(classifiers.build_model(TINY, seed=seed + i).state_dict()) for i in range(k)])
 
-def test_predict_probs_agree_with_predicted_labels():
-    x, _ = _tiny_problem(50)
-    v = _tiny_vectors(3)
-    probs = ev.predict_probs(v, TINY, x)
-    assert probs.shape == (3, 50, 3)
-    assert torch.allclose(probs.sum(-1), torch.ones(3, 50), atol=1e-5)
-    assert torch.equal(probs.argmax(-1), ev.predict_labels(v, TINY, x))
-
 def test_evaluate_methods_rows():
     x, y = _tiny_problem()
     train = _tiny_vectors(5)

@@ -117,3 +117,12 @@ def test_cached_builder_rebuilds_a_file_of_another_kind(tmp_path, monkeypatch, c
     m2, _ = image_ae.build_or_load_autoencoder(CFG, x, y)
     assert "expected an artifact of kind 'image_autoencoder', found kind 'vae'" in capsys.readouterr().out
     torch.testing.assert_close(m1.state_dict(), m2.state_dict(), rtol=0, atol=0)
+
+
+def test_a_diverging_learning_rate_stops_with_the_step_and_setting_named():
+    from helpers import config, runtime
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 2, (64,))
+    with pytest.raises(runtime.DivergenceError, match=r"image autoencoder diverged at step \d+.*ae_lr=1000000"):
+        image_ae.train_autoencoder(x, y, channels=(4, 8, 8), latent_channels=2, epochs=3, batch_size=16, lr=1e6)
+    assert not (config.artifacts_dir()).exists() or not any(config.artifacts_dir().iterdir())   # nothing saved

@@ -236,9 +236,11 @@ def test_image_grid_accepts_nchw_and_nhwc():
 
 
 def test_gif_has_every_frame_and_slider_shows_them(tmp_path):
+    import imageio.v3 as iio
+
     frames = [np.full((10, 12, 3), i * 40, np.uint8) for i in range(6)]
     path = animation.write_gif(frames, "run", directory=tmp_path)
-    assert animation.gif_frame_count(path) == 6
+    assert iio.improps(path, index=None).shape[0] == 6
     s = animation.frame_slider(frames, [f"t = {i}" for i in range(6)])
     first = s.image.value
     s.slider.value = 4

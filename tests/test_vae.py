@@ -183,3 +183,9 @@ def test_permutation_augmentation_is_refused_and_not_in_the_cache_key():
     vae_cfg = config.get_config("vae", "smoke")
     assert "permute_augment" not in vae.vae_key(zoo_cfg, vae_cfg)["vae"]
     assert vae.vae_key(zoo_cfg, vae_cfg) != vae.vae_key(zoo_cfg, {**vae_cfg, "epochs": 3})
+
+
+def test_a_diverging_learning_rate_stops_training_naming_the_step_and_lr():
+    from helpers import runtime
+    with pytest.raises(runtime.DivergenceError, match=r"training of parameter VAE diverged at step \d+: .*lr=1000000.0"):
+        vae.train_vae(_model(), _vectors(32), _cfg(epochs=5, lr=1e6))
