@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import median_seconds  # noqa: E402
 from helpers import artifacts, config, diffusion, generation, runtime  # noqa: E402
 
 
@@ -64,9 +65,9 @@ def main(argv=None) -> dict:
     shape = (args.n, model.dim)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
 
-    ddim_s = runtime.median_seconds(lambda: diffusion.ddim_sample(
+    ddim_s = median_seconds(lambda: diffusion.ddim_sample(
         model, sched, shape, steps=args.steps, eta=0.0, generator=gen()), args.repeats)
-    ddpm_s = runtime.median_seconds(lambda: diffusion.ddpm_sample(
+    ddpm_s = median_seconds(lambda: diffusion.ddpm_sample(
         model, sched_ddpm, shape, generator=gen()), max(1, args.repeats // 2))
 
     params = sum(p.numel() for p in model.parameters())

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import median_seconds  # noqa: E402
 from helpers import config, diffusion, digit_models, runtime  # noqa: E402
 
 
@@ -64,11 +65,11 @@ def main(argv=None) -> dict:
 
     rows = [
         (f"flow Heun, {cfg['sample_steps']} steps", 2 * cfg["sample_steps"],
-         runtime.median_seconds(run("flow", cfg["sample_steps"], "heun"), args.repeats)),
-        ("flow Euler, 10 steps", 10, runtime.median_seconds(run("flow", 10, "euler"), args.repeats)),
+         median_seconds(run("flow", cfg["sample_steps"], "heun"), args.repeats)),
+        ("flow Euler, 10 steps", 10, median_seconds(run("flow", 10, "euler"), args.repeats)),
         (f"DDIM, {cfg['ddim_steps']} steps", cfg["ddim_steps"],
-         runtime.median_seconds(run("ddpm", cfg["ddim_steps"]), args.repeats)),
-        ("DDPM, 1000 steps (baseline)", 1000, runtime.median_seconds(ddpm, max(1, args.repeats // 2))),
+         median_seconds(run("ddpm", cfg["ddim_steps"]), args.repeats)),
+        ("DDPM, 1000 steps (baseline)", 1000, median_seconds(ddpm, max(1, args.repeats // 2))),
     ]
     vae_p, gen_p = (sum(p.numel() for p in m.parameters()) for m in (vae, gen))
     print(f"VAE {vae_p:,} + generator {gen_p:,} parameters; {args.n} digits, guidance w={args.guidance} "

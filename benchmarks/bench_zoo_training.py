@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import CachedImageDataset  # noqa: E402
 from helpers import artifacts, classifiers, data, runtime  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def train_naive(spec, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
     torch.manual_seed(seed)
     tf = transforms.Compose([transforms.ToTensor(),
                              transforms.Normalize(data.MEAN["mnist"], data.STD["mnist"])])
-    dataset = data.torchvision_dataset("mnist", "train", transform=tf)
+    dataset = CachedImageDataset("mnist", "train", transform=tf)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True)
     model = classifiers.build_model(spec, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

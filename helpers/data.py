@@ -228,29 +228,6 @@ def augment_images(x: torch.Tensor, generator: torch.Generator | None = None, fl
     return (x - mean) / std if dataset is not None else x
 
 
-class CachedImageDataset(torch.utils.data.Dataset):
-    """A torchvision-style dataset over the cache: ``(PIL image, label)``, ``data``, ``targets``, ``classes``."""
-
-    def __init__(self, name, split="train", transform=None, target_transform=None, root=None):
-        x, y = load_tensors(name, split, root)
-        self.data = x.numpy().transpose(0, 2, 3, 1)
-        self.data = self.data[..., 0] if self.data.shape[-1] == 1 else self.data   # grey: (N, H, W)
-        self.targets, self.classes, self.train = y.tolist(), class_names(name), split == "train"
-        self.transform, self.target_transform = transform, target_transform
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        from PIL import Image
-        img, target = Image.fromarray(np.ascontiguousarray(self.data[index])), self.targets[index]
-        img = self.transform(img) if self.transform is not None else img
-        return img, (self.target_transform(target) if self.target_transform is not None else target)
-
-
-torchvision_dataset = CachedImageDataset    # (name, split, transform, target_transform, root)
-
-
 # --- Reading the registry mirrors. ---
 
 def read_idx(source, name: str = "IDX file", fix: str = "") -> np.ndarray:

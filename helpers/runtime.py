@@ -195,17 +195,6 @@ def progress(iterable=None, **kwargs):
     return _Bar(iterable, **kwargs)
 
 
-def median_seconds(fn, repeats: int = 5) -> float:
-    """Median wall time of ``repeats`` calls of ``fn()`` after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 @contextmanager
 def timer(label: str | None = None, verbose: bool = True):
     """Time a block: ``with timer("training") as t: ...``; then ``t["seconds"]``."""

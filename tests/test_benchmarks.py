@@ -4,7 +4,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from helpers import data
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -29,3 +33,42 @@ def test_full_catdog_estimate_scales_its_timed_pieces(tmp_path):
     # the code evaluations of smoke's sweeps: 2 classes x 50 images, 2 w at 5 steps, then 3 more steps, x2 (guidance)
     assert smoke["sampling_code_evaluations"] == 2 * (100 * 5 * 2)
     assert json.loads(out.read_text())["estimates"]["smoke"]["total"] == pytest.approx(smoke["total"])
+
+
+def _prepared() -> bool:
+    """The prepared cache's files are there (the data tests check their content)."""
+    return all(p.exists() for name in ("mnist", "cifar10") for split in data.SPLITS
+               for p in data.cache_paths(name, split, data.data_dir()))
+
+
+@pytest.mark.skipif(not _prepared(), reason="data not prepared (make data)")
+def test_real_torchvision_style_mnist_matches_tensors():
+    ds = _load("common").CachedImageDataset("mnist", "test")
+    assert len(ds) == 10000 and ds.data.shape == (10000, 28, 28) and ds[0][0].mode == "L"
+    x, y = data.load_tensors("mnist", "test")
+    for i in (0, 1, 4321, 9999):
+        img, label = ds[i]
+        assert np.array_equal(np.asarray(img), x[i, 0].numpy()) and label == y[i].item()
+
+
+@pytest.mark.skipif(not _prepared(), reason="data not prepared (make data)")
+def test_real_torchvision_cifar_gives_pil_images():
+    ds = _load("common").CachedImageDataset("cifar10", "train")
+    img, label = ds[7]
+    x, y = data.load_tensors("cifar10", "train")
+    assert img.mode == "RGB" and img.size == (32, 32) and len(ds) == 50000
+    assert np.array_equal(np.asarray(img), x[7].permute(1, 2, 0).numpy()) and label == y[7].item()
+
+
+def test_median_seconds_warms_up_once_and_takes_the_median():
+    import time as _time
+
+    calls, delays = [], iter([0.3, 0.2, 0.0, 0.0])  # warm-up, then three timed calls
+
+    def fn():
+        calls.append(1)
+        _time.sleep(next(delays))
+
+    t = _load("common").median_seconds(fn, repeats=3)
+    assert len(calls) == 4
+    assert t < 0.05  # the median of (0.2, 0, 0) s; the mean would be 0.067 s, the warm-up 0.3 s

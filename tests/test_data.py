@@ -419,25 +419,6 @@ def test_real_catdog_relabelling():
 
 
 @real
-def test_real_torchvision_style_mnist_matches_tensors():
-    ds = data.torchvision_dataset("mnist", "test")
-    assert len(ds) == 10000 and ds.data.shape == (10000, 28, 28) and ds[0][0].mode == "L"
-    x, y = data.load_tensors("mnist", "test")
-    for i in (0, 1, 4321, 9999):
-        img, label = ds[i]
-        assert np.array_equal(np.asarray(img), x[i, 0].numpy()) and label == y[i].item()
-
-
-@real
-def test_real_torchvision_cifar_gives_pil_images():
-    ds = data.torchvision_dataset("cifar10", "train")
-    img, label = ds[7]
-    x, y = data.load_tensors("cifar10", "train")
-    assert img.mode == "RGB" and img.size == (32, 32) and len(ds) == 50000
-    assert np.array_equal(np.asarray(img), x[7].permute(1, 2, 0).numpy()) and label == y[7].item()
-
-
-@real
 def test_real_normalized_train_has_zero_mean_unit_std():
     x, _ = data.load_tensors("fashion_mnist", "train")
     z = data.normalize(x[:20000], "fashion_mnist")

@@ -466,22 +466,6 @@ def test_frames_grid_fits_more_columns_into_max_width():
     assert abs(w - 13.0) < 1e-6 and abs(h - 2 * (208 / 512 * 13.0 / 4 + 0.35)) < 1e-6
 
 
-def test_median_seconds_warms_up_once_and_takes_the_median():
-    import time as _time
-
-    from helpers import runtime
-
-    calls, delays = [], iter([0.3, 0.2, 0.0, 0.0])  # warm-up, then three timed calls
-
-    def fn():
-        calls.append(1)
-        _time.sleep(next(delays))
-
-    t = runtime.median_seconds(fn, repeats=3)
-    assert len(calls) == 4
-    assert t < 0.05  # the median of (0.2, 0, 0) s; the mean would be 0.067 s, the warm-up 0.3 s
-
-
 def test_project_2d_is_deterministic_and_checks_its_method():
     """The one 2-D projection: (N, d) tensor or array -> (N, 2), same seed same picture,
     PCA recovers the two directions that carry the spread, an unknown method is refused."""
