@@ -119,6 +119,29 @@ def test_package_docstring_names_every_module_in_its_group():
     assert named == sorted(p.stem for p in (config.repo_root() / "helpers").glob("*.py") if p.stem != "__init__")
 
 
+def test_readme_module_table_lists_every_module_in_the_docstrings_groups():
+    """The README's package table: the same modules, under the same four groups, as helpers/__init__.py."""
+    import re
+
+    import helpers
+
+    readme = (config.repo_root() / "README.md").read_text()
+    table = readme.split("## The `helpers` package", 1)[1].split("\n## ", 1)[0]
+    groups, current = {}, None
+    for line in table.splitlines():
+        head = re.match(r"\| \*\*([^*]+)\*\* \|", line)
+        row = re.match(r"\| `(\w+)` \|", line)
+        if head:
+            current = head.group(1)
+            groups[current] = []
+        elif row:
+            groups[current].append(row.group(1))
+    doc = dict(re.findall(r"^- ([^:\n]+): (.*?)(?=^- |\Z)", helpers.__doc__, re.S | re.M))
+    assert [g.split(" (")[0] for g in doc] == list(groups)
+    for (name, text), modules in zip(doc.items(), groups.values()):
+        assert sorted(modules) == sorted(re.findall(r"``(\w+)``", text)), name
+
+
 # --- runtime ------------------------------------------------------------------
 
 def test_seed_everything_is_deterministic():
