@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import image_ae, runtime
+from . import artifacts, image_ae, runtime
 
 
 class PatchDiscriminator(nn.Module):
@@ -110,7 +110,8 @@ def build_or_load_sharp_autoencoder(cfg, ae: image_ae.ImageAutoencoder, x_uint8:
     key = {**image_ae.ae_config_key(cfg), **{k: cfg[k] for k in ADV_KEYS}}
     device = runtime.device(device)
 
-    return image_ae.cached_model(kind, key, lambda: finetune_decoder(
+    return artifacts.cached_model(kind, key, lambda: finetune_decoder(
         ae, x_uint8, key["ae_adv_steps"], key["ae_adv_batch_size"], key["ae_adv_lr"], key["ae_adv_weight"],
         key["ae_adv_warmup"], key["ae_latent_noise"], key["ae_w_l1"] or 0.0, key["ae_adv_width"], key["seed"], device),
-        lambda a: image_ae.ImageAutoencoder(**a), image_ae.architecture(ae), device, rebuild, image_ae.KIND)
+        lambda a: image_ae.ImageAutoencoder(**a), image_ae.architecture(ae), kind=image_ae.KIND, device=device,
+        rebuild=rebuild)

@@ -296,3 +296,24 @@ def cached(kind: str, cfg: Mapping[str, Any], build: Callable[[], Any],
     if verbose:
         print(f"saved {kind} to {path}")
     return obj
+
+
+def cached_model(name: str, key: Mapping[str, Any], build: Callable[[], Any], make: Callable[[dict], torch.nn.Module],
+                 arch: Mapping[str, Any], kind: str | None = None, device=None, rebuild: bool = False,
+                 freeze: bool = False):
+    """``build() -> (model, history)`` cached as the artifact ``name`` keyed by ``key``: the model (``kind`` in the
+    file, default ``name``; rebuilt by ``make(arch)`` on ``device``), the history's lists and its ``seconds``.
+    With ``freeze``, a loaded model's parameters need no gradient."""
+    kind = kind or name
+
+    def save(obj, path):
+        tensors = {f"hist.{k}": torch.tensor(v) for k, v in obj[1].items() if isinstance(v, list)}
+        save_model(path, obj[0], kind, arch, tensors, {"config": dict(key), "seconds": obj[1].get("seconds")})
+
+    def load(path):
+        model, tensors, meta = load_model(path, kind, make, device=device)
+        for p in model.parameters() if freeze else ():
+            p.requires_grad_(False)
+        return model, {**{k[5:]: v.tolist() for k, v in tensors.items()}, "seconds": meta.get("seconds")}
+
+    return cached(name, key, build, save, load, rebuild=rebuild)

@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from . import classifiers, data, runtime
-from .digit_models import cached_model
+from . import artifacts, classifiers, data, runtime
 from .image_eval import frechet_distance
 
 
@@ -32,8 +31,9 @@ def build_or_load_cnn(cfg, role: str, dataset: str, x_uint8: torch.Tensor, y: to
             generator=torch.Generator().manual_seed(cfg["seed"]), augment_shift=cfg[f"{role}_shift"], progress=True)
         return model.eval(), {"loss": losses, "seconds": time.perf_counter() - start}
 
-    model, _ = cached_model(f"digit_{role}_{dataset}", "digit_cnn", key, build, {"spec": full},
-                            lambda arch: classifiers.build_model(arch["spec"]), device, rebuild)
+    model, _ = artifacts.cached_model(f"digit_{role}_{dataset}", key, build,
+                                      lambda arch: classifiers.build_model(arch["spec"]), {"spec": full},
+                                      kind="digit_cnn", device=device, rebuild=rebuild, freeze=True)
     return model, classifiers.count_params(full)
 
 

@@ -101,23 +101,6 @@ def vae_key(cfg, dataset: str) -> str:
     return artifacts.config_key(_vae_config(cfg, dataset))
 
 
-def cached_model(name: str, kind: str, key: dict, build, arch: dict, make, device=None, rebuild: bool = False):
-    """``build() -> (model, {"loss": [...], "seconds"})``, cached as the ``kind`` artifact ``name`` keyed by ``key``;
-    a loaded model (``make(arch)``, on ``device``) comes back frozen with its saved loss curve."""
-    def save(obj, path):
-        model, hist = obj
-        artifacts.save_model(path, model, kind, arch, {"hist.loss": torch.tensor(hist["loss"])},
-                             {"config": key, "seconds": hist["seconds"]})
-
-    def load(path):
-        model, tensors, meta = artifacts.load_model(path, kind, make, device=device)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model, {"loss": tensors["hist.loss"].tolist(), "seconds": meta.get("seconds", float("nan"))}
-
-    return artifacts.cached(name, key, build, save, load, rebuild=rebuild)
-
-
 def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset: str, device=None,
                       rebuild: bool = False):
     """The :class:`DigitVAE` of settings ``cfg`` (keys :data:`VAE_KEYS`) for ``dataset``, trained with AdamW and a
@@ -153,8 +136,9 @@ def build_or_load_vae(cfg, x_train: torch.Tensor, y_train: torch.Tensor, dataset
         hist["seconds"] = time.perf_counter() - start
         return model.eval(), hist
 
-    return cached_model(f"digit_vae_{dataset}", "digit_vae", _vae_config(cfg, dataset), build, arch,
-                        lambda a: DigitVAE(a["latent_dim"], a["channels"], a["n_classes"]), device, rebuild)
+    return artifacts.cached_model(f"digit_vae_{dataset}", _vae_config(cfg, dataset), build,
+                                  lambda a: DigitVAE(a["latent_dim"], a["channels"], a["n_classes"]), arch,
+                                  kind="digit_vae", device=device, rebuild=rebuild, freeze=True)
 
 
 # name -> (hidden, n_blocks, time_dim) of the residual MLP; 4,576 and 15,664 parameters for a 16-d latent
@@ -199,8 +183,9 @@ def build_or_load_generator(cfg, kind: str, size: str, z_std: torch.Tensor, y: t
         return diffusion.train_diffusion(model, z, sched, steps, cfg["gen_batch_size"], cfg["gen_lr"], **common)
 
     arch = {"dim": dim, "size": size, "n_classes": n_classes}
-    return cached_model(f"digit_{kind}_{size}", "digit_generator", key, build, arch,
-                        lambda a: make_generator(a["dim"], a["size"], a["n_classes"]), device, rebuild)
+    return artifacts.cached_model(f"digit_{kind}_{size}", key, build,
+                                  lambda a: make_generator(a["dim"], a["size"], a["n_classes"]), arch,
+                                  kind="digit_generator", device=device, rebuild=rebuild, freeze=True)
 
 
 @torch.no_grad()

@@ -235,30 +235,13 @@ def ae_config_key(cfg) -> dict:
     return {k: cfg.get(k) for k in AE_KEYS}
 
 
-def cached_model(kind: str, key: dict, build, make, arch: dict, device=None, rebuild: bool = False,
-                 artifact_kind: str | None = None):
-    """``build() -> (model, history)`` cached as artifact ``kind`` under ``key``: the model with ``arch``
-    (rebuilt by ``make(arch)``), the history's lists as tensors and its ``seconds``."""
-    artifact_kind = artifact_kind or kind
-
-    def save(obj, path):
-        tensors = {f"hist.{k}": torch.tensor(v) for k, v in obj[1].items() if isinstance(v, list)}
-        artifacts.save_model(path, obj[0], artifact_kind, arch, tensors, {"config": key, "seconds": obj[1].get("seconds")})
-
-    def load(path):
-        model, tensors, meta = artifacts.load_model(path, artifact_kind, make, device=device)
-        return model, {**{k[5:]: v.tolist() for k, v in tensors.items()}, "seconds": meta.get("seconds")}
-
-    return artifacts.cached(kind, key, build, save, load, rebuild=rebuild)
-
-
 def build_or_load_autoencoder(cfg, x_uint8: torch.Tensor, y: torch.Tensor, rebuild: bool = False, device=None,
                               kind: str = "catdog_autoencoder"):
     """:func:`train_autoencoder` with the ``ae_*`` settings of ``cfg``, cached by them; ``(model, history)``."""
     key, device = ae_config_key(cfg), runtime.device(device)
     arch = {"channels": list(key["ae_channels"]), "latent_channels": key["latent_channels"],
             "n_classes": int(y.max()) + 1, "n_cab": key["ae_n_cab"]}
-    return cached_model(kind, key, lambda: train_autoencoder(
+    return artifacts.cached_model(kind, key, lambda: train_autoencoder(
         x_uint8, y, key["ae_channels"], key["latent_channels"], key["ae_epochs"], key["ae_batch_size"], key["ae_lr"],
         key["ae_w_cls"], key["ae_w_center"], key["ae_latent_noise"], key["seed"], key["ae_w_l1"] or 0.0,
-        key["ae_n_cab"], device), lambda a: ImageAutoencoder(**a), arch, device, rebuild, KIND)
+        key["ae_n_cab"], device), lambda a: ImageAutoencoder(**a), arch, kind=KIND, device=device, rebuild=rebuild)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import image_ae, runtime
+from . import artifacts, runtime
 
 _MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
@@ -135,9 +135,9 @@ def cached_classifier(kind: str, key: dict, x_uint8: torch.Tensor, y: torch.Tens
                       rebuild: bool = False) -> CatDogCNN:
     """A :func:`train_classifier` model cached as artifact ``kind`` under ``key`` (judge and selector)."""
     arch = {"channels": list(channels), "n_classes": int(y.max()) + 1}
-    return image_ae.cached_model(kind, key, lambda: train_classifier(
+    return artifacts.cached_model(kind, key, lambda: train_classifier(
         x_uint8, y, channels, epochs, batch_size, lr, seed=seed, blur=blur, device=device),
-        lambda a: CatDogCNN(a["channels"], a["n_classes"]), arch, device, rebuild)[0]
+        lambda a: CatDogCNN(a["channels"], a["n_classes"]), arch, device=device, rebuild=rebuild)[0]
 
 
 def frechet_distance(feats_a, feats_b) -> float:

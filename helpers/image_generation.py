@@ -188,7 +188,7 @@ def build_or_load_latent_denoiser(cfg, z_std: torch.Tensor, y: torch.Tensor, ae_
         return make_denoiser(arch, tuple(arch["shape"]), arch["n_classes"])
 
     arch = {"shape": list(shape), "n_classes": n_classes, **{k: cfg.get(k) for k in ARCH_KEYS}}
-    return image_ae.cached_model("catdog_latent_denoiser", key, build, make, arch, device, rebuild)
+    return artifacts.cached_model("catdog_latent_denoiser", key, build, make, arch, device=device, rebuild=rebuild)
 
 
 class ImageGenerator:
