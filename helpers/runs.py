@@ -14,7 +14,6 @@ from pathlib import Path
 
 from . import config as _config
 from .artifacts import atomic_write
-from .config import new_run_dir, run_dir  # noqa: F401  (the run folder lives with the other paths)
 
 FIELDS = ("notebook", "name", "value", "preset")
 TIMING_FIELDS = ("notebook", "seconds", "status", "preset")
