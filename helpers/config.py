@@ -232,16 +232,16 @@ WIDE_CONDITIONING_CROSS = [("target_quantiles", lambda c: c["target_quantiles"][
 # sel_*: the guidance selector; den_*: the latent U-Net (docs/research_notes/04_catdog.md).
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None, "ae_channels": [16, 32, 64], "latent_channels": 8, "ae_n_cab": 1,
-    "ae_epochs": 12, "ae_batch_size": 64, "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05,
-    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_adv_steps": 1000, "ae_adv_batch_size": 64,
+    "ae_epochs": 8, "ae_batch_size": 64, "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05,
+    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_adv_steps": 500, "ae_adv_batch_size": 64,
     "ae_adv_lr": 2e-4, "ae_adv_weight": 0.5, "ae_adv_warmup": 100, "ae_adv_width": 32,
     "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3, "clf_blur": 0.5,
-    "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 90.0,
+    "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 92.0,
     "den_objective": "flow", "flow_method": "euler", "den_width": 32, "den_mults": [1, 2], "den_res": 1,
-    "den_attention": True, "den_time_dim": 64, "den_steps": 5000, "den_batch_size": 64, "den_lr": 2e-3,
+    "den_attention": False, "den_time_dim": 64, "den_steps": 4000, "den_batch_size": 64, "den_lr": 2e-3,
     "den_ema": 0.999, "den_p_uncond": 0.1, "den_flip": True, "T": 1000, "schedule": "cosine",
     "ddim_steps": 50, "eta": 1.0, "n_eval_per_class": 250, "guidance_interval": [0.1, 0.8],
-    "guidance_sweep": [6.0, 7.0, 8.0], "tsne_points": 600, "n_show": 16, "gif_fps": 8, "gif_frames": 26,
+    "guidance_sweep": [7.0, 8.0, 9.0], "tsne_points": 600, "n_show": 16, "gif_fps": 8, "gif_frames": 26,
 }
 CATDOG: dict[str, dict[str, Any]] = {
     "smoke": {**_CATDOG_DEFAULT, "n_train": 1000, "ae_channels": [8, 16, 32], "ae_epochs": 1,
@@ -253,8 +253,8 @@ CATDOG: dict[str, dict[str, Any]] = {
     "full": {**_CATDOG_DEFAULT, "ae_channels": [64, 128, 256], "ae_n_cab": 2, "ae_epochs": 60,
              "ae_adv_steps": 5000, "ae_adv_width": 64,
              "clf_channels": [32, 64, 128], "clf_epochs": 30, "sel_channels": [32, 64, 128], "sel_epochs": 30,
-             "den_width": 128, "den_res": 2, "den_steps": 50000, "den_ema": 0.9995, "ddim_steps": 50,
-             "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0], "tsne_points": 2000},
+             "den_width": 128, "den_res": 2, "den_attention": True, "den_steps": 50000, "den_ema": 0.9995,
+             "ddim_steps": 50, "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0], "tsne_points": 2000},
 }
 CATDOG_RULES = {
     "seed": SEED, "n_train": Int(2, 10000, none=True), "ae_channels": ListOf(WIDTH),
