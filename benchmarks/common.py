@@ -1,7 +1,9 @@
-"""What the benchmarks share and the notebooks never use: a median timer and a torchvision-style dataset."""
+"""What the benchmarks share and the notebooks never use: a median timer, settings from the command line and a
+torchvision-style dataset."""
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,20 @@ def median_seconds(fn, repeats: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["key=value", ...]`` with Python-literal values (``8``, ``2e-3``, ``False``, ``[6.0, 7.0]``), as a dict."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, found {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"{key}: expected a Python literal such as 8, 2e-3, False or [6.0, 7.0]; found {value!r}")
+    return out
 
 
 class CachedImageDataset(torch.utils.data.Dataset):

@@ -2,6 +2,7 @@
 
     python benchmarks/estimate_full_catdog.py                  # full, and default as a check
     python benchmarks/estimate_full_catdog.py --threads 1 --out /tmp/estimate.json
+    python benchmarks/estimate_full_catdog.py --presets default --before ae_epochs=12 den_steps=5000
 
 Notebook 04's `full` settings (``config.CATDOG["full"]``: a [64, 128, 256] autoencoder
 trained 60 epochs, judge and selector 30 epochs each, a width-128 U-Net trained 50,000
@@ -26,11 +27,16 @@ t-SNE panels, decoding, the judge's scoring and the figures are left out: in
 `default` (``--presets``) so that it can be checked against the measured notebook time
 (``results/default_timings.csv``). Writes a JSON result to ``--out`` (default
 ``benchmarks/results/estimate_full_catdog.json``).
+
+With ``--before KEY=VALUE ...`` it compares instead: the first preset with those settings (for
+example the values it held before a change) against the preset as it is, both estimated in each
+of ``--rounds`` interleaved rounds in this one process, and prints the ratio of the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +44,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import parse_settings  # noqa: E402
 from helpers import (adversarial, artifacts, config, data, diffusion, image_ae, image_eval,  # noqa: E402
                      image_generation, runtime)
 
@@ -52,9 +60,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def estimate(preset: str, n_images: int, den_steps: int) -> dict:
-    """Timed pieces and the scaled estimate (seconds) of notebook 04 in ``preset``."""
-    cfg = config.get_config("catdog", preset)
+def estimate(preset: str, n_images: int, den_steps: int, overrides: dict | None = None) -> dict:
+    """Timed pieces and the scaled estimate (seconds) of notebook 04 in ``preset`` (with ``overrides``)."""
+    cfg = config.get_config("catdog", preset, **(overrides or {}))
     x, y = data.load_tensors("catdog", "train")
     x, y = x[:n_images], y[:n_images]
     n_train = cfg.n_train or N_TRAIN
@@ -113,6 +121,23 @@ def estimate(preset: str, n_images: int, den_steps: int) -> dict:
     return out
 
 
+def compare(preset: str, before: dict, rounds: int, n_images: int, den_steps: int) -> dict:
+    """``preset`` with the settings ``before`` against ``preset`` as it is: both estimated in each of ``rounds``
+    interleaved rounds, in this process; medians of each piece and the ratio of the totals."""
+    runs: dict = {"before": [], "now": []}
+    for _ in range(rounds):
+        for label, overrides in (("before", before), ("now", {})):
+            runs[label].append(estimate(preset, n_images, den_steps, overrides))
+    med = {label: {k: statistics.median(r[k] for r in rs) for k in (*PIECES, "total")} for label, rs in runs.items()}
+    ratio = statistics.median(b["total"] / n["total"] for b, n in zip(runs["before"], runs["now"]))
+    print(f"{preset} notebook 04, {rounds} interleaved rounds, median estimate: before {med['before']['total']:.0f} s, "
+          f"now {med['now']['total']:.0f} s; before / now = {ratio:.2f}x")
+    for k in PIECES:
+        print(f"  {k:16s} before {med['before'][k]:7.1f} s   now {med['now'][k]:7.1f} s")
+    return {"preset": preset, "before_settings": before, "rounds": rounds, "median_seconds": med,
+            "before_over_now": ratio}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["default", "full"], choices=config.PRESET_NAMES)
@@ -120,10 +145,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-images", type=int, default=1000, help="images of the one timed epoch")
     ap.add_argument("--den-steps", type=int, default=40, help="timed denoiser steps")
     ap.add_argument("--out", type=str, default=None, help="JSON result path")
+    ap.add_argument("--before", nargs="+", metavar="KEY=VALUE", default=None,
+                    help="compare the first preset with these settings against it as it is, side by side")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the comparison (--before)")
     args = ap.parse_args(argv)
     runtime.keep_freed_memory()   # as runtime.setup does in the notebooks
     threads = runtime.setup_threads(args.threads)
     result = {"threads": threads, "n_images": args.n_images, "den_steps": args.den_steps, "estimates": {}}
+    if args.before:
+        result["comparison"] = compare(args.presets[0], parse_settings(args.before), args.rounds, args.n_images,
+                                       args.den_steps)
+        args.presets = []
     for preset in args.presets:
         est = estimate(preset, args.n_images, args.den_steps)
         result["estimates"][preset] = est

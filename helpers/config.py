@@ -254,7 +254,8 @@ CATDOG: dict[str, dict[str, Any]] = {
              "ae_adv_steps": 5000, "ae_adv_width": 64,
              "clf_channels": [32, 64, 128], "clf_epochs": 30, "sel_channels": [32, 64, 128], "sel_epochs": 30,
              "den_width": 128, "den_res": 2, "den_attention": True, "den_steps": 50000, "den_ema": 0.9995,
-             "ddim_steps": 50, "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0], "tsne_points": 2000},
+             "ddim_steps": 50, "n_eval_per_class": 1000, "guidance_sweep": [4.0, 6.0, 7.0, 8.0, 10.0],
+             "tsne_points": 2000},
 }
 CATDOG_RULES = {
     "seed": SEED, "n_train": Int(2, 10000, none=True), "ae_channels": ListOf(WIDTH),

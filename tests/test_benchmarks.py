@@ -35,6 +35,19 @@ def test_full_catdog_estimate_scales_its_timed_pieces(tmp_path):
     assert json.loads(out.read_text())["estimates"]["smoke"]["total"] == pytest.approx(smoke["total"])
 
 
+def test_catdog_estimate_compares_settings_side_by_side(tmp_path):
+    est = _load("estimate_full_catdog")
+    result = est.main(["--presets", "smoke", "--n-images", "32", "--den-steps", "2", "--threads", "1", "--rounds", "1",
+                       "--before", "ae_epochs=3", "den_steps=300", "--out", str(tmp_path / "compare.json")])
+    cmp = result["comparison"]
+    assert cmp["before_settings"] == {"ae_epochs": 3, "den_steps": 300} and not result["estimates"]
+    med = cmp["median_seconds"]
+    # three epochs instead of one and 300 denoiser steps instead of 100: both pieces estimated longer before
+    assert med["before"]["autoencoder"] > med["now"]["autoencoder"]
+    assert med["before"]["denoiser"] > med["now"]["denoiser"]
+    assert cmp["before_over_now"] == pytest.approx(med["before"]["total"] / med["now"]["total"])
+
+
 def _prepared() -> bool:
     """The prepared cache's files are there (the data tests check their content)."""
     return all(p.exists() for name in ("mnist", "cifar10") for split in data.SPLITS
@@ -72,3 +85,24 @@ def test_median_seconds_warms_up_once_and_takes_the_median():
     t = _load("common").median_seconds(fn, repeats=3)
     assert len(calls) == 4
     assert t < 0.05  # the median of (0.2, 0, 0) s; the mean would be 0.067 s, the warm-up 0.3 s
+
+
+def test_settings_from_the_command_line_reject_what_is_not_a_literal():
+    parse = _load("common").parse_settings
+    with pytest.raises(SystemExit, match="ae_epochs: expected a Python literal"):
+        parse(["ae_epochs=eight"])
+    with pytest.raises(SystemExit, match="expected key=value"):
+        parse(["ae_epochs"])
+    assert parse(["den_attention=False", "grid=[1.0, 2.5]"]) == {"den_attention": False, "grid": [1.0, 2.5]}
+
+
+@pytest.mark.skipif(not _prepared(), reason="data not prepared (make data)")
+def test_validate_catdog_reports_the_rule_on_the_validation_split(tmp_path):
+    out = tmp_path / "validation.jsonl"
+    tiny = ["n_train=300", "val_size=100", "ae_epochs=1", "ae_adv_steps=3", "ae_adv_warmup=1", "den_steps=3",
+            "sel_epochs=1", "n_eval_per_class=8", "ddim_steps=2", "grid=[1.0, 3.0]"]
+    record = _load("validate_catdog").main(["--preset", "smoke", *tiny, "--out", str(out)])
+    assert set(record["rows"]) == {1.0, 3.0} and record["chosen_w"] in (1.0, 3.0)
+    assert all(0 <= r["class_consistency"] <= 100 and r["feature_fd"] >= 0 for r in record["rows"].values())
+    assert record["overrides"]["ae_epochs"] == 1 and "latent U-Net" in record["wall_seconds"]
+    assert json.loads(out.read_text().splitlines()[-1])["chosen_w"] == record["chosen_w"]
