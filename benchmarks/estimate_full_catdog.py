@@ -30,7 +30,7 @@ t-SNE panels, decoding, the judge's scoring and the figures are left out: in
 
 With ``--before KEY=VALUE ...`` it compares instead: the first preset with those settings (for
 example the values it held before a change) against the preset as it is, both estimated in each
-of ``--rounds`` interleaved rounds in this one process, and prints the ratio of the medians.
+of ``--rounds`` interleaved rounds in this one process, and prints the median of the rounds' ratios.
 """
 
 from __future__ import annotations
