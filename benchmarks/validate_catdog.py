@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -62,13 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
         x_train, y_train = x_train[keep], y_train[keep]
     perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))
     val_idx, fit_idx = perm[:cfg.val_size], perm[cfg.val_size:]  # the notebook's split
-    wall = {}
+    timers: dict = {}
 
     def timed(name, fn):
-        start = time.perf_counter()
-        result = fn()
-        wall[name] = round(time.perf_counter() - start, 1)
-        return result
+        with runtime.timer(name) as timers[name]:
+            return fn()
 
     ae_first, _ = timed("autoencoder", lambda: image_ae.build_or_load_autoencoder(cfg, x_train, y_train, device=device))
     ae, _ = timed("sharper decoder", lambda: adversarial.build_or_load_sharp_autoencoder(cfg, ae_first, x_train,
@@ -92,15 +89,15 @@ def main(argv: list[str] | None = None) -> dict:
                                           guidance_interval=cfg.guidance_interval)
     labels = torch.arange(2).repeat_interleave(cfg.n_eval_per_class)
     rows = {}
-    start = time.perf_counter()
-    for w in grid:
-        images = gen.generate(labels, cfg.ddim_steps, w, seed=cfg.seed + 100)
-        row = image_eval.evaluate_generated(selector, images, labels, feats_val)
-        row["nn_dist"] = image_eval.nearest_neighbours(images, x_train[fit_idx])[0].mean().item()
-        rows[w] = {k: round(v, 4) for k, v in row.items()}
-        print(f"w {w:4.1f}: consistency {row['class_consistency']:5.1f} %  validation FD {row['feature_fd']:.3f}  "
-              f"NN distance {row['nn_dist']:.4f}", flush=True)
-    wall["sweep"] = round(time.perf_counter() - start, 1)
+    with runtime.timer("sweep") as timers["sweep"]:
+        for w in grid:
+            images = gen.generate(labels, cfg.ddim_steps, w, seed=cfg.seed + 100)
+            row = image_eval.evaluate_generated(selector, images, labels, feats_val)
+            row["nn_dist"] = image_eval.nearest_neighbours(images, x_train[fit_idx])[0].mean().item()
+            rows[w] = {k: round(v, 4) for k, v in row.items()}
+            print(f"w {w:4.1f}: consistency {row['class_consistency']:5.1f} %  validation FD {row['feature_fd']:.3f}  "
+                  f"NN distance {row['nn_dist']:.4f}", flush=True)
+    wall = {name: round(t["seconds"], 1) for name, t in timers.items()}
     record = {"overrides": over, "grid": grid, "chosen_w": image_generation.choose_guidance(rows, cfg.guidance_target),
               "guidance_target": cfg.guidance_target, "psnr_val": {k: round(v, 2) for k, v in psnr.items()},
               "selector_val_acc": round(100 * (probs_val.argmax(1) == y_train[val_idx]).float().mean().item(), 2),
