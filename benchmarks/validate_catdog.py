@@ -16,7 +16,8 @@ notebook's evaluation set and reports, with the selector only:
   validation images', the two numbers the notebook's rule (``image_generation.choose_guidance``)
   picks w from, and the w it picks;
 - the mean RMS distance of each sample to its nearest training image outside the split;
-- the PSNR of both decoders on the validation images, and the wall time of each piece.
+- the PSNR of both decoders on the validation images, the selector FD of their reconstructions of
+  them (``recon_fd_val``), and the wall time of each piece.
 
 The judge and the test images are never loaded. Appends one JSON line per call to ``--out``
 (default ``benchmarks/results/validate_catdog.jsonl``). The records of these runs are in
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     selector = timed("selector", lambda: image_generation.build_or_load_selector(cfg, x_train[fit_idx],
                                                                                  y_train[fit_idx], device=device))
     probs_val, feats_val = image_eval.predict(selector, x_val)
+    recon_fd = {name: image_eval.frechet_distance(image_eval.predict(selector, image_ae.decode_all(model, z_val))[1],
+                                                feats_val) for name, model in (("first stage", ae_first), ("sharper decoder", ae))}
 
     gen = image_generation.ImageGenerator(ae, denoiser, None, scaler, objective="flow", flow_method=cfg.flow_method,
                                           guidance_interval=cfg.guidance_interval)
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall = {name: round(t["seconds"], 1) for name, t in timers.items()}
     record = {"overrides": over, "grid": grid, "chosen_w": image_generation.choose_guidance(rows, cfg.guidance_target),
               "guidance_target": cfg.guidance_target, "psnr_val": {k: round(v, 2) for k, v in psnr.items()},
+              "recon_fd_val": {k: round(v, 4) for k, v in recon_fd.items()},
               "selector_val_acc": round(100 * (probs_val.argmax(1) == y_train[val_idx]).float().mean().item(), 2),
               "rows": rows, "wall_seconds": wall}
     print(json.dumps(record, indent=1))

@@ -233,7 +233,7 @@ WIDE_CONDITIONING_CROSS = [("target_quantiles", lambda c: c["target_quantiles"][
 _CATDOG_DEFAULT: dict[str, Any] = {
     "seed": 0, "n_train": None, "ae_channels": [16, 32, 64], "latent_channels": 8, "ae_n_cab": 1,
     "ae_epochs": 8, "ae_batch_size": 64, "ae_lr": 2e-3, "ae_w_cls": 0.1, "ae_w_center": 0.05,
-    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_adv_steps": 500, "ae_adv_batch_size": 64,
+    "ae_latent_noise": 0.1, "ae_w_l1": 1.0, "ae_adv_steps": 1000, "ae_adv_batch_size": 64,
     "ae_adv_lr": 2e-4, "ae_adv_weight": 0.5, "ae_adv_warmup": 100, "ae_adv_width": 32,
     "clf_channels": [16, 32, 64], "clf_epochs": 14, "clf_batch_size": 128, "clf_lr": 3e-3, "clf_blur": 0.5,
     "val_size": 1000, "sel_channels": [16, 32, 64], "sel_epochs": 8, "guidance_target": 92.0,
