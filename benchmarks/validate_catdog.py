@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                                                          device=device))
     x_val = x_train[val_idx]
     z_val = image_ae.encode_all(ae, x_val)
-    psnr = {name: -10 * math.log10(F.mse_loss(image_ae.decode_all(model, z_val), x_val.float() / 255).item())
-            for name, model in (("first stage", ae_first), ("sharper decoder", ae))}
+    recons = {name: image_ae.decode_all(model, z_val) for name, model in (("first stage", ae_first),
+                                                                           ("sharper decoder", ae))}
+    psnr = {name: -10 * math.log10(F.mse_loss(r, x_val.float() / 255).item()) for name, r in recons.items()}
 
     z_train = image_ae.encode_all(ae, x_train)
     scaler = diffusion.LatentStandardizer.fit(z_train)
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     selector = timed("selector", lambda: image_generation.build_or_load_selector(cfg, x_train[fit_idx],
                                                                                  y_train[fit_idx], device=device))
     probs_val, feats_val = image_eval.predict(selector, x_val)
-    recon_fd = {name: image_eval.frechet_distance(image_eval.predict(selector, image_ae.decode_all(model, z_val))[1],
-                                                feats_val) for name, model in (("first stage", ae_first), ("sharper decoder", ae))}
+    recon_fd = {name: image_eval.frechet_distance(image_eval.predict(selector, r)[1], feats_val)
+                for name, r in recons.items()}
 
     gen = image_generation.ImageGenerator(ae, denoiser, None, scaler, objective="flow", flow_method=cfg.flow_method,
                                           guidance_interval=cfg.guidance_interval)
